@@ -1,0 +1,1 @@
+"""Model recipes (installed as tinyq.models); see tinyq.recipes."""

@@ -1,0 +1,156 @@
+"""Run a flatbuffer in LiteRT (no XNNPACK) and TFLM on a data folder: accuracy, agreement, arena."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tinyq._stderr import captured_fd2
+from tinyq.contract import InputContract
+from tinyq.convert import flatbuffer
+from tinyq.data import ImageSet, layout, load_folder
+from tinyq.errors import TinyqError
+from tinyq.runfolder import Run
+
+Log = Callable[[str], None]
+LITERT_OPS_MISSING = {"DECODE"}
+
+
+def contract_for(fb: flatbuffer.Flatbuffer, run: Run | None) -> InputContract:
+    """The run's contract, or one read off the model's input (RGB/grey, [0, 1], VWW labels)."""
+    if run is not None:
+        return InputContract.from_dict(run.config()["contract"])
+    shape = fb.tensors[fb.inputs[0]].shape
+    if len(shape) != 4 or shape[1] != shape[2]:
+        raise TinyqError(f"model input shape {shape} is not a square image; tinyq checks image classifiers")
+    return InputContract(resolution=shape[1], channels=shape[3])
+
+
+def run_of(tflite: Path) -> Run | None:
+    run = Run(tflite.parent)
+    return run if run.config_path.exists() else None
+
+
+def load_eval_data(data_dir: str | Path, contract: InputContract, limit: int | None, log: Log) -> ImageSet:
+    found = layout(data_dir)
+    if "all" in found:
+        folder = found["all"]
+    else:
+        name = "test" if "test" in found else sorted(found)[-1]
+        folder = found[name]
+        log(f"check: {data_dir} has split folders; using {name}/")
+    data = load_folder(folder, contract.resolution, contract.channels, limit)
+    if data.skipped:
+        log(f"check: {len(data.skipped)} unreadable images skipped")
+    return data
+
+
+def quantize_input(pixels: np.ndarray, contract: InputContract, scale: float, zero_point: int) -> np.ndarray:
+    return np.clip(np.round(contract.to_float(pixels) / scale + zero_point), -128, 127).astype(np.int8)
+
+
+def _litert(data: bytes, x: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    # Without XNNPACK: its requantisation rounds differently from TFLM's reference kernels.
+    it = Interpreter(model_content=data, num_threads=1,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+    outs = []
+    for xi in x:
+        it.set_tensor(inp, xi[None])
+        it.invoke()
+        outs.append(it.get_tensor(out)[0].copy())
+    return np.stack(outs)
+
+
+def tflm_interpreter(data: bytes, arena: int | None = None):
+    from tflite_micro import runtime
+
+    try:
+        return runtime.Interpreter.from_bytes(data, arena_size=arena or max(len(data) * 4, 1 << 20))
+    except Exception as e:
+        raise TinyqError(f"TFLM cannot load the model: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
+
+
+def arena_bytes(data: bytes) -> int:
+    """Arena bytes TFLM's recording allocator reports after one inference (64-bit host)."""
+    it = tflm_interpreter(data)
+    fb = flatbuffer.parse(data)
+    t = fb.tensors[fb.inputs[0]]
+    it.set_input(np.zeros(t.shape, np.int8), 0)
+    it.invoke()
+    with captured_fd2() as text:
+        it.print_allocations()
+    m = re.search(r"Arena allocation total (\d+) bytes", text[0])
+    if not m:
+        raise RuntimeError(f"TFLM printed no arena total: {text[0][:200]!r}")
+    return int(m.group(1))
+
+
+def _tflm(data: bytes, x: np.ndarray) -> np.ndarray:
+    it = tflm_interpreter(data)
+    outs = []
+    for xi in x:
+        it.set_input(xi[None], 0)
+        it.invoke()
+        outs.append(np.array(it.get_output(0))[0])
+    return np.stack(outs)
+
+
+def tflm_accuracy(data: bytes, images: ImageSet, contract: InputContract) -> float:
+    """Top-1 accuracy of the flatbuffer ``data`` in TFLM on ``images``."""
+    fb = flatbuffer.parse(data)
+    tin = fb.tensors[fb.inputs[0]]
+    x = quantize_input(images.x, contract, float(tin.scales[0]), int(tin.zero_points[0]))
+    return float((_tflm(data, x).argmax(1) == images.y).mean())
+
+
+def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, log: Log = lambda m: None) -> dict:
+    """Accuracy in each runtime, agreement with the Keras model, LiteRT-vs-TFLM difference, arena."""
+    tflite = Path(tflite)
+    data, fb = flatbuffer.read(tflite)
+    run = run_of(tflite)
+    contract = contract_for(fb, run)
+    images = load_eval_data(data_dir, contract, limit, log)
+    tin, tout = fb.tensors[fb.inputs[0]], fb.tensors[fb.outputs[0]]
+    if tin.type != "INT8" or tout.type != "INT8":
+        raise TinyqError(f"{str(tflite)!r} has {tin.type} input / {tout.type} output; tinyq checks full-integer "
+                         "(int8 in, int8 out) models")
+    x = quantize_input(images.x, contract, float(tin.scales[0]), int(tin.zero_points[0]))
+    result: dict = {"file": str(tflite), "file_bytes": len(data), "n": len(images), "data": str(data_dir),
+                    "labels": list(contract.labels), "ops": fb.op_names}
+
+    keras_pred = None
+    if run is not None and run.model.exists():
+        from tinyq.qat import load_model
+        from tinyq.train import evaluate_keras
+
+        log("check: Keras QAT model ...")
+        keras_pred = evaluate_keras(load_model(run.model), images, contract).argmax(1)
+        result["keras"] = {"accuracy": float((keras_pred == images.y).mean()), "n": len(images)}
+
+    outputs = {}
+    missing = LITERT_OPS_MISSING & set(fb.op_names)
+    if missing:
+        result["litert"] = {"skipped": f"LiteRT has no {', '.join(sorted(missing))} operator: this 2-bit LUT "
+                                       "file runs in TFLM only"}
+    else:
+        log("check: LiteRT (builtin kernels, no XNNPACK) ...")
+        outputs["litert"] = _litert(data, x)
+    log(f"check: TFLM on {len(images)} images ...")
+    outputs["tflm"] = _tflm(data, x)
+    for name, out in outputs.items():
+        pred = out.argmax(1)
+        entry = {"accuracy": float((pred == images.y).mean()), "n": len(images)}
+        if keras_pred is not None:
+            entry["agreement_with_keras"] = float((pred == keras_pred).mean())
+        result[name] = entry
+    result["tflm"]["arena_bytes"] = arena_bytes(data)
+    if "litert" in outputs:
+        result["litert_vs_tflm_max_abs_diff"] = int(np.abs(outputs["litert"].astype(np.int32)
+                                                           - outputs["tflm"].astype(np.int32)).max())
+    return result

@@ -1,0 +1,189 @@
+"""The ``tinyq`` command: parse, call one library function, print."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from tinyq.errors import TinyqError
+
+
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+class Group(click.Group):
+    """Turns TinyqError and click's usage errors into one line on stderr and exit code 2/1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TinyqError as e:
+            _err(f"error: {e}")
+            ctx.exit(1)
+        except click.UsageError as e:
+            cmd = f"tinyq {e.ctx.info_name}" if e.ctx is not None and e.ctx.info_name != "tinyq" else "tinyq"
+            _err(f"error: {e.format_message()} (see {cmd} --help)")
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            _err("interrupted; outputs written so far are complete (resume training with --resume)")
+            ctx.exit(130)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tinyq", message="tinyq %(version)s")
+def main() -> None:
+    """tinyq: train and ship 2/4/8-bit person detectors to microcontrollers (TFLite / TFLM)."""
+
+
+def _default_out(recipe: str, bits: int) -> Path:
+    base = Path("runs") / f"{recipe}-w{bits}"
+    out, i = base, 2
+    while out.exists():
+        out, i = Path(f"{base}-{i}"), i + 1
+    return out
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--bits", type=int, default=8, show_default=True, help="Weight bits, 2 to 8 (activations are int8).")
+@click.option("--method", default="ste", show_default=True, help="Weight quantizer (see tinyq methods).")
+@click.option("--keep-8bit", default="first,last,depthwise", show_default=True,
+              help="Layers kept at 8 bits: any of first,last,depthwise, or none.")
+@click.option("--data", type=click.Path(), default=None,
+              help="Image folder: person/ and non_person/ (optionally under train/ val/ test/). "
+                   "Default: a synthetic set made on the fly.")
+@click.option("--channels", type=int, default=3, show_default=True, help="3 (RGB) or 1 (grayscale).")
+@click.option("--epochs", type=int, default=10, show_default=True, help="Float training epochs.")
+@click.option("--qat-epochs", type=int, default=5, show_default=True, help="Quantization-aware epochs after float.")
+@click.option("--batch", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Float learning rate (cosine decay).")
+@click.option("--qat-lr", type=float, default=5e-4, show_default=True, help="QAT learning rate (cosine decay).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds data order, augmentation and init.")
+@click.option("--synthetic-images", type=int, default=2000, show_default=True,
+              help="Size of the synthetic default set.")
+@click.option("--limit", type=int, default=None, help="Use at most N images per split folder (quick runs).")
+@click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/RECIPE-wBITS].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
+def train(recipe, bits, method, keep_8bit, data, channels, epochs, qat_epochs, batch, lr, qat_lr, seed,
+          synthetic_images, limit, out, resume):
+    """Train RECIPE (see tinyq models) with QAT; writes a run folder with model.tflite."""
+    from tinyq import recipes
+    from tinyq.plan import parse_keep
+    from tinyq.train import TrainConfig, log_stderr
+    from tinyq.train import train as run_training
+
+    recipes.get(recipe)
+    config = TrainConfig(recipe=recipe, bits=bits, method=method, keep_8bit=parse_keep(keep_8bit), data=data,
+                         channels=channels, epochs=epochs, qat_epochs=qat_epochs, batch=batch, lr=lr,
+                         qat_lr=qat_lr, seed=seed, synthetic_images=synthetic_images, limit=limit)
+    if out is None:
+        if resume:
+            raise TinyqError("--resume needs --out RUN, the run folder to continue")
+        out = _default_out(recipe, bits)
+    run = run_training(config, out, resume=resume, log=log_stderr)
+    m = run.metrics()
+    click.echo(f"run folder: {run.path}")
+    for key in ("keras_test_accuracy", "tflm_test_accuracy"):
+        if key in m:
+            click.echo(f"  {key}: {m[key]:.4f} on {m.get('test_n', m.get('keras_test_n'))} held-out images"
+                       f"{' (synthetic)' if data is None else ''}")
+    click.echo(f"  model.tflite: {run.tflite.stat().st_size:,} bytes")
+    click.echo(f"next: tinyq check {run.tflite} --data DIR   |   tinyq export {run.path} --target c --out firmware/")
+    if data is None:
+        click.echo("note: trained on SYNTHETIC figures; for a real detector pass --data DIR, and train longer with "
+                   "--epochs 30 --qat-epochs 10")
+
+
+@main.command()
+@click.argument("run", type=click.Path())
+@click.option("--bits", type=int, default=None, help="Weight storage: 2 (LUT), 4 (INT4) or 8 (INT8); "
+              "default: as trained. Only widening is lossless, so at least the trained bits.")
+@click.option("--out", type=click.Path(), default=None, help="Output .tflite [default: RUN/model.tflite].")
+def convert(run, bits, out):
+    """Convert a run's QAT model to a full-integer .tflite."""
+    from tinyq.convert import convert_run
+    from tinyq.train import log_stderr
+
+    click.echo(str(convert_run(run, storage_bits=bits, out=out, log=log_stderr)))
+
+
+@main.command()
+@click.argument("source", type=click.Path())
+@click.option("--target", default="c", show_default=True, help="Export target: c.")
+@click.option("--out", type=click.Path(), required=True, help="Output folder.")
+@click.option("--lang", type=click.Choice(["cc", "c"]), default="cc", show_default=True,
+              help="model_data.cc (C++) or model_data.c (C11).")
+@click.option("--name", default=None, help="C name of the model [default: the recipe].")
+def export(source, target, out, lang, name):
+    """Write C sources for firmware from a run folder or .tflite: model_data + model_settings.h."""
+    from tinyq.export import export as do_export
+    from tinyq.train import log_stderr
+
+    for path in do_export(source, out, target=target, lang=lang, name=name, log=log_stderr):
+        click.echo(str(path))
+
+
+@main.command()
+@click.argument("tflite", type=click.Path())
+@click.option("--data", type=click.Path(), required=True, help="Image folder (person/ + non_person/).")
+@click.option("--limit", type=int, default=None, help="At most N images (seeded sample).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout, nothing else.")
+def check(tflite, data, limit, as_json):
+    """Run TFLITE in LiteRT and TFLM on a data folder: accuracy, agreement, arena, size."""
+    from tinyq.check import check as do_check
+    from tinyq.train import log_stderr
+
+    result = do_check(tflite, data, limit=limit, log=log_stderr)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"{result['file']}: {result['file_bytes']:,} bytes, {result['n']} images from {result['data']}")
+    for rt in ("keras", "litert", "tflm"):
+        entry = result.get(rt)
+        if entry is None:
+            continue
+        if "skipped" in entry:
+            click.echo(f"  {rt:<7} skipped: {entry['skipped']}")
+            continue
+        extra = f"  agreement with Keras {entry['agreement_with_keras']:.4f}" if "agreement_with_keras" in entry else ""
+        arena = f"  arena {entry['arena_bytes']:,} bytes" if "arena_bytes" in entry else ""
+        click.echo(f"  {rt:<7} accuracy {entry['accuracy']:.4f}{extra}{arena}")
+    if "litert_vs_tflm_max_abs_diff" in result:
+        click.echo(f"  LiteRT vs TFLM: max |int8 output difference| = {result['litert_vs_tflm_max_abs_diff']}")
+
+
+@main.command()
+@click.argument("tflite", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout, nothing else.")
+def inspect(tflite, as_json):
+    """Per-tensor types, bits and bytes, and where the file's bytes go."""
+    from tinyq.convert.breakdown import format_table, inspect_model
+
+    info = inspect_model(tflite)
+    click.echo(json.dumps(info) if as_json else format_table(info))
+
+
+@main.command()
+def models():
+    """The model recipes there are."""
+    from tinyq import recipes
+
+    for name, r in recipes.all_recipes().items():
+        click.echo(f"{name:<16} {r.summary}")
+
+
+@main.command()
+def methods():
+    """The weight-quantization methods there are."""
+    from tinyq.quantizers import registry
+
+    for name in registry.names():
+        m = registry.get(name)
+        click.echo(f"{name:<10} {m.quantizes}; {m.paper}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Where a flatbuffer's bytes go: per tensor, and weights / tables / quantization / the rest."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tinyq.convert import flatbuffer
+
+WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def inspect_model(path: str | Path) -> dict:
+    """Per-tensor type, bits and bytes, and the file's breakdown.
+
+    - ``weights``: constant inputs of conv / depthwise / fully-connected ops (LUT indices for
+      2-bit tensors);
+    - ``value_tables``: DECODE's ancillary tensors (LUT header and per-channel values);
+    - ``biases``: other constant tensors (int32 biases, shapes);
+    - ``quantization``: scales (4 bytes each) and zero points (8 bytes each, int64 in the schema);
+    - ``names``: tensor names;
+    - ``rest``: graph structure, op options, flatbuffer tables and padding.
+    """
+    data, fb = flatbuffer.read(path)
+    producers = {t: op for op in fb.ops for t in op.outputs}
+    weight_ids, table_ids = set(), set()
+    weight_bits: dict[int, int] = {}
+    for op in fb.ops:
+        if op.name in WEIGHT_OPS and len(op.inputs) > 1:
+            t = op.inputs[1]
+            src = producers.get(t)
+            if src is not None and src.name == "DECODE":
+                weight_ids.add(src.inputs[0])
+                table_ids.add(src.inputs[1])
+                weight_bits[src.inputs[0]] = _lut_bits(fb.tensors[src.inputs[1]])
+            else:
+                weight_ids.add(t)
+    rows = []
+    totals = dict(weights=0, value_tables=0, biases=0, quantization=0, names=0)
+    params = 0
+    packed_bits = 0
+    for t in fb.tensors:
+        kind = "weights" if t.index in weight_ids else "value_tables" if t.index in table_ids else \
+            "biases" if t.data is not None else "activation"
+        bits = weight_bits.get(t.index, t.bits)
+        count = t.count
+        if kind == "weights" and t.index in weight_bits:
+            # LUT-encoded tensors are stored as a flat UINT8 byte vector: count from the consumer's shape
+            count = t.nbytes * 8 // bits
+        if kind == "weights":
+            params += count
+            packed_bits += count * bits
+        rows.append({"index": t.index, "name": t.name, "type": t.type if t.index not in weight_bits else f"LUT{bits}",
+                     "bits": bits, "shape": list(t.shape), "bytes": t.nbytes, "kind": kind,
+                     "channels": int(t.scales.size)})
+        if kind in totals:
+            totals[kind] += t.nbytes
+        totals["quantization"] += 4 * t.scales.size + 8 * t.zero_points.size
+        totals["names"] += len(t.name.encode())
+    totals["rest"] = len(data) - sum(totals.values())
+    packed = packed_bits / 8
+    return {"file": str(path), "file_bytes": len(data), "ops": [op.name for op in fb.ops],
+            "tensors": rows, "breakdown": totals, "weight_params": params,
+            "packed_weight_bytes": int(np.ceil(packed)),
+            "file_over_packed_weights": round(len(data) / packed, 3) if packed else None}
+
+
+def _lut_bits(ancillary: flatbuffer.Tensor) -> int:
+    """Index width from the LUT header: DCM byte 5, low 3 bits (tflite-micro decode_state_lut)."""
+    if ancillary.data is None or ancillary.data.size < 6:
+        return 8
+    return int(ancillary.data[5]) & 0x7
+
+
+def format_table(info: dict) -> str:
+    lines = [f"{info['file']}: {info['file_bytes']:,} bytes, {len(info['ops'])} ops",
+             f"{'#':>4} {'type':<8}{'bits':>5}{'bytes':>9}  {'kind':<13}{'shape':<18} name"]
+    for r in info["tensors"]:
+        if r["kind"] == "activation":
+            continue
+        lines.append(f"{r['index']:>4} {r['type']:<8}{r['bits']:>5}{r['bytes']:>9}  {r['kind']:<13}"
+                     f"{str(r['shape']):<18} {r['name'][:60]}")
+    lines.append("breakdown:")
+    for k, v in info["breakdown"].items():
+        lines.append(f"  {k:<13}{v:>9,} bytes  {100 * v / info['file_bytes']:5.1f}%")
+    ratio = info["file_over_packed_weights"]
+    lines.append(f"weights: {info['weight_params']:,} parameters, {info['packed_weight_bytes']:,} bytes packed; "
+                 f"file / packed weights = {ratio}")
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""Keras QAT model -> full-integer TFLite, weights stored by bits, verified against training.
+
+Storage by weight bits: 8 -> INT8; 3-4 -> packed INT4; 2 -> INT8 holding 4 values per
+channel, then TFLM LUT compression (2-bit indices, per-channel value tables, DECODE op).
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+
+from tinyq._stderr import captured_fd2
+from tinyq._tf import tf
+from tinyq.contract import InputContract
+from tinyq.convert import flatbuffer, lut
+from tinyq.errors import TinyqError
+from tinyq.qat import quantized_layers
+
+STORAGE_BITS = (2, 4, 8)
+_LAYER_IN_NAME = re.compile(r"(?:^|/)quant_([^/;]+)/")
+
+
+@contextlib.contextmanager
+def storage(qat, bits: int | None) -> Iterator[None]:
+    """While converting, store weights in the container ``bits`` asks for (lossless widening)."""
+    layers = list(quantized_layers(qat))
+    for _, _, quantizer, _ in layers:
+        quantizer.storage_bits = bits
+    try:
+        yield
+    finally:
+        for _, _, quantizer, _ in layers:
+            quantizer.storage_bits = None
+
+
+def to_tflite(qat, representative: np.ndarray, contract: InputContract, storage_bits: int | None = None) -> bytes:
+    """Full-integer conversion: int8 activations, int8 input and output."""
+    sample = contract.to_float(representative[:200])
+
+    def rep():
+        for x in sample:
+            yield [x[None]]
+
+    with storage(qat, storage_bits):
+        converter = tf.lite.TFLiteConverter.from_keras_model(qat)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = rep
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+        try:
+            with captured_fd2():  # the converter's C++ progress lines are not for users
+                return bytes(converter.convert())
+        except Exception as e:  # the converter's MLIR errors are long; keep their first line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TinyqError(f"the TFLite converter rejected the model: {first}") from None
+
+
+def layer_of(tensor_name: str) -> str | None:
+    """The Keras layer a converted weight tensor came from (TFMOT names it ``quant_<layer>``)."""
+    m = _LAYER_IN_NAME.search(tensor_name)
+    return m.group(1) if m else None
+
+
+def expected_integers(qat) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """Per quantized layer: the integers and per-channel steps training used, in TFLite layout."""
+    out = {}
+    for layer, weight, quantizer, qvars in quantized_layers(qat):
+        name = layer.layer.name
+        w_q = quantizer(weight, False, qvars).numpy()
+        step = np.abs(qvars["scale"].numpy()) / quantizer.grid.step_ratio
+        axis = -1 if quantizer.channel_axis is None else quantizer.channel_axis
+        w_c = np.moveaxis(w_q, axis, -1)
+        ints = np.round(w_c / step).astype(np.int64)
+        # Keras channels-last -> TFLite channels-first: [h,w,in,out] -> [out,h,w,in], [in,out] -> [out,in]
+        tfl = np.moveaxis(ints, -1, 0)
+        if tfl.ndim == 4 and quantizer.channel_axis == 2:  # depthwise: channels are TFLite's last axis
+            tfl = np.moveaxis(tfl, 0, -1)
+        out[name] = (tfl, step, quantizer.bits)
+    return out
+
+
+def verify(qat, fb: flatbuffer.Flatbuffer) -> dict[int, tuple[str, int]]:
+    """Check every weight tensor holds exactly the integers training used.
+
+    Returns ``{tensor index: (layer name, weight bits)}``.
+    """
+    expected = expected_integers(qat)
+    found: dict[int, tuple[str, int]] = {}
+    for index in fb.weight_tensors():
+        t = fb.tensors[index]
+        name = layer_of(t.name)
+        if name not in expected:
+            continue
+        ints, step, bits = expected[name]
+        got = flatbuffer.int_values(t)
+        if got.shape != ints.shape:
+            got = got.reshape(ints.shape) if got.size == ints.size else got
+        scales = t.scales if t.scales.size == step.size else np.full(step.size, t.scales[0])
+        if got.shape != ints.shape or not np.array_equal(got, ints) or not np.allclose(scales, step, rtol=1e-5):
+            raise AssertionError(f"converted weights of layer {name!r} differ from the ones training used")
+        found[index] = (name, bits)
+    missing = set(expected) - {n for n, _ in found.values()}
+    if missing:
+        raise AssertionError(f"no weight tensor found for quantized layers {sorted(missing)}")
+    return found
+
+
+def convert(qat, representative: np.ndarray, contract: InputContract, storage_bits: int | None = None,
+            log: Callable[[str], None] = lambda m: None) -> bytes:
+    """Convert, verify the integers against training, LUT-compress 2-bit tensors."""
+    if storage_bits is not None and storage_bits not in STORAGE_BITS:
+        raise TinyqError(f"unsupported storage bits {storage_bits}: expected one of {', '.join(map(str, STORAGE_BITS))}")
+    t0 = time.time()
+    data = to_tflite(qat, representative, contract, storage_bits)
+    fb = flatbuffer.parse(data)
+    layers = verify(qat, fb)
+    log(f"convert: {len(data):,} bytes in {time.time() - t0:.1f}s; weights of {len(layers)} layers verified "
+        "equal to training's integers")
+    two_bit = {i: name for i, (name, bits) in layers.items()
+               if bits == 2 and fb.tensors[i].type == "INT8"}
+    if two_bit:
+        data = lut.compress(data, fb, two_bit)
+        log(f"convert: {len(two_bit)} 2-bit tensors LUT-compressed (TFLM DECODE): {len(data):,} bytes")
+    return data

@@ -1,0 +1,144 @@
+"""Read a .tflite flatbuffer: tensors, types, buffers and ops, with clear errors for bad files."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tinyq.errors import TinyqError
+
+# The TFLite schema as generated Python; tflite-micro ships it.
+from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema  # noqa: E402
+
+TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+TYPE_BITS = {"FLOAT32": 32, "FLOAT16": 16, "INT32": 32, "UINT8": 8, "INT64": 64, "INT16": 16,
+             "INT8": 8, "INT4": 4, "INT2": 2, "BOOL": 8, "UINT32": 32, "UINT16": 16, "FLOAT64": 64}
+
+
+@dataclass
+class Tensor:
+    index: int
+    name: str
+    type: str
+    shape: tuple[int, ...]
+    buffer: int
+    data: np.ndarray | None  # raw bytes of a constant tensor
+    scales: np.ndarray
+    zero_points: np.ndarray
+    quantized_dimension: int
+
+    @property
+    def bits(self) -> int:
+        return TYPE_BITS.get(self.type, 8)
+
+    @property
+    def count(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.data is None else int(self.data.size)
+
+
+@dataclass
+class Op:
+    name: str
+    inputs: list[int]
+    outputs: list[int]
+
+
+@dataclass
+class Flatbuffer:
+    size: int
+    tensors: list[Tensor]
+    ops: list[Op]
+    inputs: list[int]
+    outputs: list[int]
+    model: object = field(repr=False)  # schema.ModelT, for callers that need more
+
+    @property
+    def op_names(self) -> list[str]:
+        return sorted({op.name for op in self.ops})
+
+    def weight_tensors(self) -> dict[int, Op]:
+        """Constant weight inputs of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED (after DECODE, its source)."""
+        out = {}
+        producers = {t: op for op in self.ops for t in op.outputs}
+        for op in self.ops:
+            if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(op.inputs) > 1:
+                t = op.inputs[1]
+                src = producers.get(t)
+                if src is not None and src.name == "DECODE":
+                    t = src.inputs[0]
+                out[t] = op
+        return out
+
+
+def _op_name(model, op) -> str:
+    code = model.operatorCodes[op.opcodeIndex]
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        return (code.customCode or b"CUSTOM").decode(errors="replace")
+    return OP_NAMES.get(builtin, f"OP_{builtin}")
+
+
+def parse(data: bytes, what: str = "the model") -> Flatbuffer:
+    """Parse TFLite flatbuffer bytes; a truncated or foreign file raises a TinyqError."""
+    bad = TinyqError(f"{what} is not a valid .tflite flatbuffer (truncated or corrupt); convert it again "
+                     "(tinyq convert RUN)")
+    if len(data) < 16 or data[4:8] != b"TFL3":
+        raise bad
+    try:
+        model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(data), 0))
+        sg = model.subgraphs[0]
+        tensors = []
+        for i, t in enumerate(sg.tensors or []):
+            buf = model.buffers[t.buffer] if t.buffer < len(model.buffers) else None
+            raw = None
+            if buf is not None:
+                if buf.data is not None and len(buf.data):
+                    raw = np.asarray(buf.data, np.uint8)
+                elif buf.offset and buf.size:
+                    if buf.offset + buf.size > len(data):
+                        raise bad
+                    raw = np.frombuffer(data, np.uint8, buf.size, buf.offset)
+            q = t.quantization
+            tensors.append(Tensor(
+                i, (t.name or b"").decode(errors="replace"), TYPE_NAMES.get(t.type, str(t.type)),
+                tuple(int(d) for d in (t.shape if t.shape is not None else ())), t.buffer, raw,
+                np.asarray(q.scale if q is not None and q.scale is not None else [], np.float32),
+                np.asarray(q.zeroPoint if q is not None and q.zeroPoint is not None else [], np.int64),
+                int(q.quantizedDimension) if q is not None else 0))
+        ops = [Op(_op_name(model, op), [int(x) for x in op.inputs], [int(x) for x in op.outputs])
+               for op in sg.operators or []]
+        for op in ops:
+            if any(x >= len(tensors) for x in op.inputs + op.outputs):
+                raise bad
+        return Flatbuffer(len(data), tensors, ops, [int(x) for x in sg.inputs], [int(x) for x in sg.outputs], model)
+    except TinyqError:
+        raise
+    except Exception:  # the generated reader raises anything from IndexError to struct.error
+        raise bad from None
+
+
+def read(path: str | Path) -> tuple[bytes, Flatbuffer]:
+    path = Path(path)
+    if not path.is_file():
+        raise TinyqError(f"{str(path)!r} does not exist; give the path of a .tflite file")
+    data = path.read_bytes()
+    return data, parse(data, repr(str(path)))
+
+
+def int_values(t: Tensor) -> np.ndarray:
+    """The integer values of a constant INT8 / INT4 tensor, in its shape."""
+    from tinyq.convert.packing import unpack_int4
+
+    if t.data is None:
+        raise ValueError(f"tensor {t.index} has no data")
+    if t.type == "INT4":
+        return unpack_int4(t.data.tobytes(), t.count).reshape(t.shape)
+    if t.type == "INT8":
+        return t.data.view(np.int8).reshape(t.shape)
+    raise ValueError(f"tensor {t.index} is {t.type}, not INT8 or INT4")

@@ -1,0 +1,293 @@
+"""Apply a per-layer plan of :class:`QuantSpec` to a float Keras model through TFMOT.
+
+Steps: fold batch norm into the preceding Conv2D / DepthwiseConv2D / Dense (so the kernel
+training quantizes is the kernel the device runs), annotate every weight layer with a
+:class:`TinyqQuantizeConfig`, ``quantize_apply`` with :class:`TinyqScheme`, and initialise
+each per-channel scale by an MSE search on the float weights.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Mapping
+
+import numpy as np
+
+from tinyq._tf import keras, tf, tfmot
+from tinyq.errors import TinyqError
+from tinyq.quantizers import mse_scale, registry
+from tinyq.spec import QuantSpec
+
+tfq = tfmot.quantization.keras
+L = keras.layers
+
+WEIGHT_LAYERS = (L.Conv2D, L.DepthwiseConv2D, L.Dense)
+_RELU_NAMES = {"relu", "relu6"}
+
+
+def kernel_attr(layer) -> str:
+    return "depthwise_kernel" if isinstance(layer, L.DepthwiseConv2D) else "kernel"
+
+
+def channel_axis(layer) -> int | None:
+    """Kernel axis of the per-channel scales (depthwise: input channels; Dense: None, per tensor)."""
+    if isinstance(layer, L.DepthwiseConv2D):
+        if layer.depth_multiplier != 1:
+            raise TinyqError(f"layer {layer.name!r}: depthwise depth_multiplier "
+                             f"{layer.depth_multiplier} is not supported; use 1")
+        return 2
+    if isinstance(layer, L.Dense):
+        return None
+    return -1
+
+
+def _as_functional(model: keras.Model) -> keras.Model:
+    if isinstance(model, keras.Sequential):
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    return model
+
+
+def fold_batchnorm(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` with each BatchNormalization folded into the weight layer before it.
+
+    ``w' = w * gamma / sqrt(var + eps)`` per output channel, ``b' = (b - mean) * gamma /
+    sqrt(var + eps) + beta``. Folded before QAT (as TFLite folds it at conversion), so the
+    grid that training sees is the grid that is deployed. A BN that does not follow a weight
+    layer with a linear activation and no other consumer is kept.
+    """
+    model = _as_functional(model)
+    config = copy.deepcopy(model.get_config())
+    layers = {layer.name: layer for layer in model.layers}
+    consumers: dict[str, int] = {}
+    for lc in config["layers"]:
+        for node in lc["inbound_nodes"]:
+            for inbound in node:
+                consumers[inbound[0]] = consumers.get(inbound[0], 0) + 1
+
+    folds: dict[str, str] = {}  # bn name -> weight layer name
+    for lc in config["layers"]:
+        layer = layers[lc["name"]]
+        if not isinstance(layer, L.BatchNormalization) or len(lc["inbound_nodes"]) != 1:
+            continue
+        src = lc["inbound_nodes"][0][0][0]
+        prev = layers[src]
+        if (isinstance(prev, WEIGHT_LAYERS) and consumers.get(src) == 1
+                and prev.activation is keras.activations.linear
+                and layer.axis in ([-1], [len(layer.input_shape) - 1], -1)):
+            folds[lc["name"]] = src
+    if not folds:
+        return _copy(model)
+
+    def rename(ref):
+        return folds.get(ref, ref)
+
+    new_layers = []
+    for lc in config["layers"]:
+        if lc["name"] in folds:
+            continue
+        if lc["name"] in folds.values():
+            lc["config"]["use_bias"] = True
+        for node in lc["inbound_nodes"]:
+            for inbound in node:
+                inbound[0] = rename(inbound[0])
+        new_layers.append(lc)
+    config["layers"] = new_layers
+    config["output_layers"] = [[rename(o[0]), *o[1:]] for o in config["output_layers"]]
+    folded = keras.Model.from_config(config)
+
+    by_src = {v: k for k, v in folds.items()}
+    for layer in folded.layers:
+        old = layers[layer.name]
+        if layer.name not in by_src:
+            layer.set_weights(old.get_weights())
+            continue
+        bn = layers[by_src[layer.name]]
+        w = old.get_weights()
+        kernel = w[0]
+        gamma = bn.gamma.numpy() if bn.scale else 1.0
+        beta = bn.beta.numpy() if bn.center else 0.0
+        k = gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+        bias = w[1] if len(w) > 1 else np.zeros(len(k), np.float32)
+        if isinstance(old, L.DepthwiseConv2D):
+            kernel = kernel * k[None, None, :, None]
+        else:
+            kernel = kernel * k
+        layer.set_weights([kernel.astype(np.float32), ((bias - bn.moving_mean.numpy()) * k + beta).astype(np.float32)])
+    return folded
+
+
+def _copy(model: keras.Model) -> keras.Model:
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+class TinyqQuantizeConfig(tfq.QuantizeConfig):
+    """Weights through a tinyq quantizer; the output through TFMOT's 8-bit moving-average one.
+
+    ``quantize_output`` is False when a ReLU layer follows and quantizes instead, so the
+    converter can fuse the activation into the op (no requantisation in between).
+    """
+
+    def __init__(self, weight_quantizer, attr: str = "kernel", quantize_output: bool = True):
+        self.weight_quantizer = weight_quantizer
+        self.attr = attr
+        self.quantize_output = quantize_output
+
+    def get_weights_and_quantizers(self, layer):
+        return [(getattr(layer, self.attr), self.weight_quantizer)]
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        setattr(layer, self.attr, quantize_weights[0])
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        if not self.quantize_output:
+            return []
+        return [tfq.quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False,
+                                                      narrow_range=False)]
+
+    def get_config(self):
+        return {"weight_quantizer": keras.utils.serialize_keras_object(self.weight_quantizer),
+                "attr": self.attr, "quantize_output": self.quantize_output}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["weight_quantizer"] = keras.utils.deserialize_keras_object(
+            config["weight_quantizer"], custom_objects=registry.custom_objects())
+        return cls(**config)
+
+
+def _layout_transform():
+    from tensorflow_model_optimization.python.core.quantization.keras import quantize_layout_transform
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_transforms)
+    from tensorflow_model_optimization.python.core.quantization.keras.graph_transformations import (
+        model_transformer)
+
+    class InputOnlyLayout(quantize_layout_transform.QuantizeLayoutTransform):
+        """Only quantize the model input: BN is already folded and ReLUs quantize themselves.
+
+        TFMOT's default layout would replace a custom config with a no-op one wherever a
+        ReLU follows a conv, dropping the weight quantizer.
+        """
+
+        def apply(self, model, layer_quantize_map):
+            return model_transformer.ModelTransformer(
+                model, [default_8bit_transforms.InputLayerQuantize()],
+                set(layer_quantize_map.keys()), layer_quantize_map).transform()
+
+    return InputOnlyLayout()
+
+
+class TinyqScheme(tfq.QuantizeScheme):
+    """TFMOT's 8-bit registry for layers without weights; only the input-quantize transform."""
+
+    def get_layout_transformer(self):
+        return _layout_transform()
+
+    def get_quantize_registry(self):
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+            default_8bit_quantize_registry)
+        return default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+
+
+def custom_objects() -> dict:
+    return {"TinyqQuantizeConfig": TinyqQuantizeConfig, **registry.custom_objects()}
+
+
+def _followed_by_relu(layer) -> bool:
+    outbound = layer._outbound_nodes
+    if len(outbound) != 1:
+        return False
+    nxt = outbound[0].outbound_layer
+    if isinstance(nxt, L.ReLU):
+        return True
+    if isinstance(nxt, L.Activation):
+        return getattr(nxt.activation, "__name__", "") in _RELU_NAMES
+    return False
+
+
+def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = None,
+                   default: QuantSpec | None = None) -> keras.Model:
+    """QAT model: BN folded, weight layers quantized per ``plan`` (others by ``default``)."""
+    plan = dict(plan or {})
+    default = default or QuantSpec()
+    folded = fold_batchnorm(model)
+    unknown = set(plan) - {layer.name for layer in folded.layers}
+    if unknown:
+        raise TinyqError(f"plan names layers the model does not have: {sorted(unknown)}")
+
+    def annotate(layer):
+        if isinstance(layer, WEIGHT_LAYERS):
+            spec = plan.get(layer.name, default)
+            quantizer = registry.get(spec.method).quantizer(bits=spec.weight_bits,
+                                                             channel_axis=channel_axis(layer))
+            config = TinyqQuantizeConfig(quantizer, kernel_attr(layer),
+                                         quantize_output=not _followed_by_relu(layer))
+            return tfq.quantize_annotate_layer(layer, quantize_config=config)
+        if isinstance(layer, L.InputLayer):
+            return layer
+        return tfq.quantize_annotate_layer(layer)
+
+    # clone_model hands clone_function the layers of `folded`, whose outbound links are intact.
+    annotated = keras.models.clone_model(folded, clone_function=annotate)
+    with tfq.quantize_scope(custom_objects()):
+        qat = tfq.quantize_apply(annotated, scheme=TinyqScheme())
+    calibrate_scales(qat)
+    return qat
+
+
+def quantized_layers(qat: keras.Model):
+    """(wrapper, kernel variable, quantizer, its variables) for every tinyq-quantized layer."""
+    for layer in qat.layers:
+        for weight, quantizer, qvars in getattr(layer, "_weight_vars", []):
+            if hasattr(quantizer, "grid"):
+                yield layer, weight, quantizer, qvars
+
+
+def calibrate_scales(qat: keras.Model) -> None:
+    """Set each per-channel scale to the MSE-best one for the current float kernel."""
+    for _, weight, quantizer, qvars in quantized_layers(qat):
+        qvars["scale"].assign(mse_scale(weight.numpy(), quantizer.bits, quantizer.channel_axis))
+
+
+def load_model(path) -> keras.Model:
+    """Load a Keras model (.h5, .keras, SavedModel) saved by tinyq or built from standard layers.
+
+    QAT .h5 files are restored by variable name: Keras restores HDF5 weights by position,
+    and a rebuilt QuantizeWrapper lists its trainable scale before the wrapped kernel.
+    """
+    import h5py
+
+    path = str(path)
+    with tfq.quantize_scope(custom_objects()):
+        if not path.endswith(".h5"):
+            return keras.models.load_model(path, compile=False)
+        with h5py.File(path, "r") as f:
+            config = f.attrs["model_config"]
+            config = config.decode() if isinstance(config, bytes) else config
+            if "QuantizeWrapper" not in config:
+                return keras.models.load_model(path, compile=False)
+            model = keras.models.model_from_json(config)
+            group = f["model_weights"]
+            for layer in model.layers:
+                if not layer.weights:
+                    continue
+                g = group[layer.name]
+                names = [n.decode() if isinstance(n, bytes) else n for n in g.attrs["weight_names"]]
+                # the wrapped layer's variables come back under the wrapper's name scope
+                stored = {n.rsplit("/", 1)[-1]: g[n][()] for n in names}
+                values = []
+                for w in layer.weights:
+                    if w.name.rsplit("/", 1)[-1] not in stored:
+                        raise TinyqError(f"{path!r}: no stored value for {w.name}; the file is from another "
+                                         "tinyq version or damaged")
+                    values.append(stored[w.name.rsplit("/", 1)[-1]])
+                layer.set_weights(values)
+    return model

@@ -1,0 +1,120 @@
+"""What every weight quantizer shares: per-channel scale variables and the converter's view.
+
+A weight quantizer is a TFMOT ``Quantizer``: ``build`` creates its variables on the layer,
+``__call__`` returns the weights the layer computes with. Every tinyq weight quantizer ends
+with :func:`to_container`, a per-channel ``FakeQuantWithMinMaxVarsPerChannel`` whose grid
+contains the method's grid, so the TFLite converter stores exactly the integers training
+used (INT8 or packed INT4) with no special case per method.
+"""
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+from tinyq._tf import tf, tfmot
+from tinyq.quantizers.grid import Grid, grid
+
+
+def channels_last(w: tf.Tensor, channel_axis: int) -> tf.Tensor:
+    """Move the output-channel axis last (depthwise kernels [h, w, c, 1] -> [h, w, 1, c])."""
+    if channel_axis in (-1, w.shape.rank - 1):
+        return w
+    perm = list(range(w.shape.rank))
+    perm[channel_axis], perm[-1] = perm[-1], perm[channel_axis]
+    return tf.transpose(w, perm)
+
+
+def to_container(w_q: tf.Tensor, scale: tf.Tensor, g: Grid, per_channel: bool = True) -> tf.Tensor:
+    """Per-channel fake-quant onto the container grid; the identity on ``w_q``'s levels.
+
+    ``w_q`` (channels last) already lies on ``(code + offset) * scale``. The container step is
+    ``scale / step_ratio`` and its range ``+-container_max * step``, so the fake-quant op
+    changes no value, passes gradients straight through, and tells the converter the scale.
+    """
+    step = tf.stop_gradient(scale / g.step_ratio)
+    bound = step * g.container_max
+    if not per_channel:
+        return tf.quantization.fake_quant_with_min_max_vars(
+            w_q, -bound[0], bound[0], num_bits=g.container_bits, narrow_range=True)
+    return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        w_q, -bound, bound, num_bits=g.container_bits, narrow_range=True)
+
+
+def mse_scale(w: np.ndarray, bits: int, channel_axis: int | None = -1, steps: int = 40) -> np.ndarray:
+    """Per-channel scale minimising ``||w - Q(w)||^2`` over clipping ratios of ``max|w|``.
+
+    Searched, not ``max|w| / top_level``: at 2 bits one outlier would otherwise put most
+    weights into the two inner levels. ``channel_axis=None``: one scale for the tensor.
+    """
+    g = grid(bits)
+    w = np.asarray(w, np.float64)
+    wc = w.reshape(-1, 1) if channel_axis is None else np.moveaxis(w, channel_axis, -1).reshape(-1, w.shape[channel_axis])
+    amax = np.maximum(np.abs(wc).max(axis=0), 1e-8)
+    best_err = np.full(amax.shape, np.inf)
+    best = amax / g.top_level
+    for ratio in np.linspace(1.0, 0.2, steps):
+        s = amax * ratio / g.top_level
+        q = (np.clip(np.round(wc / s - g.offset), g.lo, g.hi) + g.offset) * s
+        err = ((wc - q) ** 2).sum(axis=0)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best = np.where(better, s, best)
+    return best.astype(np.float32)
+
+
+class WeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
+    """Base for tinyq's weight quantizers: stores ``bits`` and ``channel_axis``, owns ``scale``.
+
+    ``channel_axis=None`` quantizes per tensor: Dense kernels, whose per-axis fake-quant the
+    converter cannot transpose into TFLite's [out, in] layout.
+
+    Subclasses implement :meth:`quantize` (channels-last weights, per-channel scale ->
+    quantized weights on the grid) and may add variables in :meth:`build_extra`.
+    """
+
+    name = ""  # registry key
+
+    def __init__(self, bits: int = 8, channel_axis: int | None = -1, **kwargs) -> None:
+        self.bits = int(bits)
+        self.channel_axis = None if channel_axis is None else int(channel_axis)
+        self.storage_bits: int | None = None  # set only while converting; see tinyq.convert
+
+    @property
+    def grid(self) -> Grid:
+        return grid(self.bits, self.storage_bits)
+
+    def build(self, tensor_shape, name, layer):
+        channels = 1 if self.channel_axis is None else int(tensor_shape[self.channel_axis])
+        scale = layer.add_weight(
+            name=f"{name}_scale", shape=(channels,), initializer=tf.keras.initializers.Ones(),
+            trainable=True)
+        return {"scale": scale, **self.build_extra(tensor_shape, name, layer)}
+
+    def build_extra(self, tensor_shape, name, layer) -> dict:
+        return {}
+
+    @abc.abstractmethod
+    def quantize(self, w: tf.Tensor, scale: tf.Tensor, weights: dict, training) -> tf.Tensor:
+        """Quantized ``w`` (channels last), on ``(code + offset) * scale`` when not training."""
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        axis = -1 if self.channel_axis is None else self.channel_axis
+        w = channels_last(inputs, axis)
+        scale = tf.abs(weights["scale"]) + 1e-12
+        w_q = to_container(self.quantize(w, scale, weights, training), scale, self.grid,
+                           per_channel=self.channel_axis is not None)
+        return channels_last(w_q, axis)
+
+    def get_config(self) -> dict:
+        return {"bits": self.bits, "channel_axis": self.channel_axis}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self == other

@@ -1,0 +1,104 @@
+"""The run folder: one object every stage reads or writes, and atomic file writes.
+
+``RUN/config.json`` (what was asked, the input contract, the plan), ``float.h5``,
+``model.h5`` (the QAT model), ``history.json``, ``metrics.json``, ``model.tflite``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from tinyq.errors import TinyqError
+
+FORMAT_VERSION = 1
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
+
+    A crash, Ctrl-C or error leaves the old file (or none), never a half-written one.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
+    except OSError as e:
+        raise TinyqError(f"cannot write {str(path)!r}: {e.strerror}; choose a writable --out") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except OSError as e:
+        raise TinyqError(f"cannot write {str(path)!r}: {e.strerror}; free space or choose another --out") from None
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise TinyqError(f"{str(path)!r} is missing; is this a tinyq run folder?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise TinyqError(f"{str(path)!r} is not valid JSON; the run folder is damaged, train again") from None
+
+
+class Run:
+    """Paths and records of one run folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    config_path = property(lambda self: self.path / "config.json")
+    float_model = property(lambda self: self.path / "float.h5")
+    model = property(lambda self: self.path / "model.h5")
+    tflite = property(lambda self: self.path / "model.tflite")
+    history_path = property(lambda self: self.path / "history.json")
+    metrics_path = property(lambda self: self.path / "metrics.json")
+
+    def require(self) -> "Run":
+        if not self.path.is_dir():
+            raise TinyqError(f"run folder {str(self.path)!r} does not exist; train first "
+                             "(tinyq train person-detect --out RUN)")
+        if not self.config_path.exists():
+            raise TinyqError(f"{str(self.path)!r} is not a tinyq run folder (no config.json)")
+        version = self.config().get("format_version")
+        if version != FORMAT_VERSION:
+            raise TinyqError(f"run folder {str(self.path)!r} has format version {version}, this tinyq "
+                             f"reads version {FORMAT_VERSION}; train it again with this version")
+        return self
+
+    def config(self) -> dict:
+        return read_json(self.config_path)
+
+    def metrics(self) -> dict:
+        return read_json(self.metrics_path) if self.metrics_path.exists() else {}
+
+    def update_metrics(self, **entries) -> dict:
+        metrics = self.metrics()
+        metrics.update(entries)
+        write_json(self.metrics_path, metrics)
+        return metrics

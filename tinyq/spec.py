@@ -1,0 +1,37 @@
+"""QuantSpec: how one layer is quantized. A plan is ``dict[layer_name, QuantSpec]``."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from tinyq.errors import TinyqError
+
+WEIGHT_BITS = range(2, 9)
+ACT_BITS = (8,)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """Weight method and bit widths for one layer, validated on construction."""
+
+    method: str = "ste"
+    weight_bits: int = 8
+    act_bits: int = 8
+    per_channel: bool = True
+
+    def __post_init__(self) -> None:
+        from tinyq.quantizers import registry  # late: the registry imports TensorFlow
+
+        registry.get(self.method)  # raises the "expected one of" error
+        if self.weight_bits not in WEIGHT_BITS:
+            raise TinyqError(
+                f"unsupported weight bits {self.weight_bits}: tinyq quantizes weights to 2..8 bits; "
+                "pass --bits 2, 4 or 8")
+        if self.act_bits not in ACT_BITS:
+            raise TinyqError(f"unsupported activation bits {self.act_bits}: expected one of {list(ACT_BITS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantSpec":
+        return cls(**d)

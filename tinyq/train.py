@@ -1,0 +1,169 @@
+"""The fit loop: a float phase, then QAT; a backup every epoch, ``resume``, seeded runs."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tinyq import __version__
+from tinyq._tf import keras, tf
+from tinyq.contract import InputContract
+from tinyq.data import ImageSet, load_splits, synthetic_splits
+from tinyq.data.pipeline import dataset
+from tinyq.errors import TinyqError
+from tinyq.plan import KEEP_CHOICES, default_plan
+from tinyq.qat import load_model, quantize_model
+from tinyq.runfolder import FORMAT_VERSION, Run, write_json
+from tinyq.spec import QuantSpec
+
+Log = Callable[[str], None]
+
+
+def log_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    recipe: str = "person-detect"
+    bits: int = 8
+    method: str = "ste"
+    keep_8bit: tuple[str, ...] = KEEP_CHOICES
+    data: str | None = None
+    channels: int = 3
+    epochs: int = 10
+    qat_epochs: int = 5
+    batch: int = 64
+    lr: float = 2e-3
+    qat_lr: float = 5e-4
+    seed: int = 0
+    synthetic_images: int = 2000
+    limit: int | None = None  # images per split folder (seeded sample), for quick runs
+
+    def __post_init__(self) -> None:
+        QuantSpec(method=self.method, weight_bits=self.bits)  # validates bits and method
+        if self.epochs < 0 or self.qat_epochs < 0 or (self.epochs == 0 and self.qat_epochs == 0):
+            raise TinyqError("--epochs and --qat-epochs must be >= 0 and not both 0")
+        if self.batch < 1:
+            raise TinyqError(f"--batch must be at least 1; got {self.batch}")
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One line per epoch: phase, loss, accuracy, validation accuracy, time."""
+
+    def __init__(self, phase: str, epochs: int, log: Log) -> None:
+        super().__init__()
+        self.phase, self.epochs, self.log = phase, epochs, log
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.log(f"  [{self.phase}] epoch {epoch + 1}/{self.epochs}  loss {logs.get('loss', float('nan')):.4f}  "
+                 f"acc {logs.get('accuracy', float('nan')):.4f}  val_acc {logs.get('val_accuracy', float('nan')):.4f}  "
+                 f"({time.time() - self.t0:.1f}s)")
+
+
+def load_data(config: TrainConfig, contract: InputContract, log: Log) -> dict[str, ImageSet]:
+    if config.data is None:
+        log(f"data: SYNTHETIC default ({config.synthetic_images} procedurally drawn figures, seed {config.seed}). "
+            "It teaches the pipeline, not real people: pass --data DIR (person/ + non_person/) for a real detector.")
+        return synthetic_splits(config.synthetic_images, contract.resolution, contract.channels, config.seed)
+    t0 = time.time()
+    splits = load_splits(config.data, contract.resolution, contract.channels, config.seed, config.limit)
+    for name, part in splits.items():
+        skipped = f", {len(part.skipped)} unreadable skipped" if part.skipped else ""
+        log(f"data: {name}: {len(part)} images {part.counts()}{skipped}")
+    log(f"data: loaded in {time.time() - t0:.1f}s from {config.data}")
+    return splits
+
+
+def _fit(model, splits, contract, config: TrainConfig, epochs: int, lr: float, phase: str,
+         backup: Path, log: Log):
+    steps = max(1, -(-len(splits["train"]) // config.batch))
+    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.05)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    train_ds = dataset(splits["train"].x, splits["train"].y, contract, config.batch, training=True, seed=config.seed)
+    val_ds = dataset(splits["val"].x, splits["val"].y, contract, config.batch) if len(splits.get("val", ())) else None
+    callbacks = [keras.callbacks.BackupAndRestore(str(backup)), EpochLog(phase, epochs, log)]
+    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0)
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def evaluate_keras(model, data: ImageSet, contract: InputContract, batch: int = 128) -> np.ndarray:
+    """Class probabilities of ``model`` on ``data``."""
+    return model.predict(dataset(data.x, None, contract, batch), verbose=0)
+
+
+def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log = log_stderr) -> Run:
+    """Train ``config.recipe`` into the run folder ``out``; returns the run."""
+    from tinyq import recipes
+    from tinyq.convert import convert_run
+
+    recipe = recipes.get(config.recipe)
+    contract = recipe.contract(config.channels)
+    run = Run(out)
+    record = {"format_version": FORMAT_VERSION, "tinyq_version": __version__, "kind": "train",
+              "train": {**asdict(config), "keep_8bit": list(config.keep_8bit)}, "contract": contract.to_dict()}
+    if run.config_path.exists():
+        old = run.config()
+        if not resume:
+            raise TinyqError(f"{str(run.path)!r} already holds a run; pass --resume to continue it or choose another --out")
+        if old.get("train") != record["train"]:
+            raise TinyqError(f"--resume with different settings than {str(run.path)!r} was started with; "
+                             "resume with the same flags or choose another --out")
+    run.path.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+
+    splits = load_data(config, contract, log)
+    history: dict[str, dict] = json.loads(run.history_path.read_text()) if (resume and run.history_path.exists()) else {}
+
+    if resume and run.float_model.exists():
+        log(f"float: resuming from {run.float_model}")
+        float_model = load_model(run.float_model)
+    else:
+        float_model = recipe.model(config.channels)
+        write_json(run.config_path, record)
+        if config.epochs:
+            log(f"float training: {config.epochs} epochs, {len(splits['train'])} images")
+            history["float"] = _fit(float_model, splits, contract, config, config.epochs, config.lr, "float",
+                                    run / ".backup_float", log)
+        float_model.save(run.float_model)
+        write_json(run.history_path, history)
+
+    plan = default_plan(float_model, config.bits, config.method, config.keep_8bit)
+    record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
+    write_json(run.config_path, record)
+    qat = quantize_model(float_model, plan)
+    if config.qat_epochs:
+        log(f"QAT: {config.qat_epochs} epochs, weights {config.bits}-bit ({config.method}) "
+            f"with {', '.join(config.keep_8bit) or 'no layers'} kept 8-bit, activations int8")
+        history["qat"] = _fit(qat, splits, contract, config, config.qat_epochs, config.qat_lr, "qat",
+                              run / ".backup_qat", log)
+    qat.save(run.model)
+    write_json(run.history_path, history)
+
+    metrics = {"data": config.data or "synthetic"}
+    for split in ("val", "test"):
+        if len(splits.get(split, ())):
+            probs = evaluate_keras(qat, splits[split], contract)
+            metrics[f"keras_{split}_accuracy"] = float((probs.argmax(1) == splits[split].y).mean())
+            metrics[f"keras_{split}_n"] = len(splits[split])
+    run.update_metrics(**metrics)
+    log("  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("accuracy")))
+    convert_run(run, representative=splits["train"].x, log=log)
+    if len(splits.get("test", ())):
+        from tinyq.check import tflm_accuracy
+
+        log(f"TFLM: running model.tflite on {len(splits['test'])} test images ...")
+        acc = tflm_accuracy(run.tflite.read_bytes(), splits["test"], contract)
+        run.update_metrics(tflm_test_accuracy=acc, test_n=len(splits["test"]))
+    return run
