@@ -15,7 +15,7 @@ from tinyq.errors import TinyqError
 from tinyq.runfolder import Run
 
 Log = Callable[[str], None]
-LITERT_OPS_MISSING = {"DECODE"}
+LITERT_OPS_MISSING = set(flatbuffer.DECODE_OPS)
 
 
 def contract_for(fb: flatbuffer.Flatbuffer, run: Run | None) -> InputContract:
@@ -55,9 +55,12 @@ def _litert(data: bytes, x: np.ndarray) -> np.ndarray:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     # Without XNNPACK: its requantisation rounds differently from TFLM's reference kernels.
-    it = Interpreter(model_content=data, num_threads=1,
-                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    it.allocate_tensors()
+    try:
+        it = Interpreter(model_content=data, num_threads=1,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise TinyqError(f"LiteRT cannot load the model: {str(e).strip().splitlines()[0][:200]}") from None
     inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
     outs = []
     for xi in x:
@@ -136,8 +139,7 @@ def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, lo
     outputs = {}
     missing = LITERT_OPS_MISSING & set(fb.op_names)
     if missing:
-        result["litert"] = {"skipped": f"LiteRT has no {', '.join(sorted(missing))} operator: this 2-bit LUT "
-                                       "file runs in TFLM only"}
+        result["litert"] = {"skipped": "LiteRT has no DECODE operator: this 2-bit LUT file runs in TFLM only"}
     else:
         log("check: LiteRT (builtin kernels, no XNNPACK) ...")
         outputs["litert"] = _litert(data, x)

@@ -29,7 +29,7 @@ def inspect_model(path: str | Path) -> dict:
         if op.name in WEIGHT_OPS and len(op.inputs) > 1:
             t = op.inputs[1]
             src = producers.get(t)
-            if src is not None and src.name == "DECODE":
+            if src is not None and src.name in flatbuffer.DECODE_OPS:
                 weight_ids.add(src.inputs[0])
                 table_ids.add(src.inputs[1])
                 weight_bits[src.inputs[0]] = _lut_bits(fb.tensors[src.inputs[1]])

@@ -13,6 +13,8 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 
 TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+# TFLM's DECODE (LUT decompression) is stored as a custom op named TFLM_DECODE.
+DECODE_OPS = ("DECODE", "TFLM_DECODE")
 TYPE_BITS = {"FLOAT32": 32, "FLOAT16": 16, "INT32": 32, "UINT8": 8, "INT64": 64, "INT16": 16,
              "INT8": 8, "INT4": 4, "INT2": 2, "BOOL": 8, "UINT32": 32, "UINT16": 16, "FLOAT64": 64}
 
@@ -70,7 +72,7 @@ class Flatbuffer:
             if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(op.inputs) > 1:
                 t = op.inputs[1]
                 src = producers.get(t)
-                if src is not None and src.name == "DECODE":
+                if src is not None and src.name in DECODE_OPS:
                     t = src.inputs[0]
                 out[t] = op
         return out

@@ -35,6 +35,8 @@ def c_identifier(text: str) -> str:
 
 def resolver_name(op: str) -> str:
     """TFLite op name -> MicroMutableOpResolver method suffix: DEPTHWISE_CONV_2D -> DepthwiseConv2D."""
+    if op in flatbuffer.DECODE_OPS:
+        return "Decode"
     return "".join(part.capitalize() if not part[0].isdigit() else part.upper() for part in op.split("_"))
 
 

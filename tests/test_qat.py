@@ -1,0 +1,114 @@
+"""BN folding, QAT on a small model, conversion verified against training's integers."""
+import numpy as np
+import pytest
+
+from tinyq._tf import keras
+from tinyq.contract import InputContract
+from tinyq.convert import flatbuffer
+from tinyq.convert.converter import convert, expected_integers
+from tinyq.errors import TinyqError
+from tinyq.plan import default_plan
+from tinyq.qat import fold_batchnorm, load_model, quantize_model, quantized_layers
+from tinyq.quantizers import registry
+from tinyq.spec import QuantSpec
+
+L = keras.layers
+BITS = (2, 4, 8)
+
+
+def small_model(seed=0, res=24):
+    keras.utils.set_random_seed(seed)
+    i = L.Input((res, res, 3))
+    x = L.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="c1")(i)
+    x = L.BatchNormalization(name="c1_bn")(x)
+    x = L.ReLU(6.0)(x)
+    x = L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    x = L.BatchNormalization(name="dw_bn")(x)
+    x = L.ReLU(6.0)(x)
+    x = L.Conv2D(16, 1, name="pw")(x)
+    x = L.BatchNormalization(name="pw_bn")(x)
+    x = L.ReLU(6.0)(x)
+    x = L.GlobalAveragePooling2D()(x)
+    x = L.Dense(4, name="d")(x)
+    x = L.BatchNormalization(name="d_bn")(x)
+    x = L.Dense(2, name="out")(x)
+    model = keras.Model(i, L.Softmax()(x))
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:  # non-trivial BN statistics, so folding is really exercised
+        if isinstance(layer, L.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 2, n), rng.normal(0, 0.3, n), rng.normal(0, 0.3, n),
+                               rng.uniform(0.3, 3, n)])
+    return model
+
+
+def data(n=32, res=24, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, res, res, 3)).astype(np.float32), rng.integers(0, 2, n)
+
+
+def test_fold_batchnorm_keeps_outputs():
+    model = small_model()
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(l, L.BatchNormalization) for l in folded.layers)
+    x, _ = data()
+    np.testing.assert_allclose(model.predict(x, verbose=0), folded.predict(x, verbose=0), atol=1e-5)
+
+
+def test_fold_keeps_bn_that_cannot_fold():
+    i = L.Input((8, 8, 3))
+    x = L.Conv2D(4, 3, activation="relu")(i)
+    x = L.BatchNormalization()(x)  # after a non-linear activation: cannot fold
+    model = keras.Model(i, x)
+    assert any(isinstance(l, L.BatchNormalization) for l in fold_batchnorm(model).layers)
+
+
+@pytest.mark.parametrize("method", registry.names())
+@pytest.mark.parametrize("bits", BITS)
+def test_train_convert_verify(method, bits, tmp_path):
+    model = small_model()
+    plan = default_plan(model, bits, method, keep_8bit=())
+    qat = quantize_model(model, plan)
+    x, y = data()
+    qat.compile("adam", "sparse_categorical_crossentropy")
+    before = [w.numpy().copy() for w in qat.trainable_weights]
+    qat.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, qat.trainable_weights))
+
+    contract = InputContract(resolution=24)
+    pixels = (x * 255).astype(np.uint8)
+    tflite = convert(qat, pixels, contract)  # raises if any tensor differs from training's integers
+    fb = flatbuffer.parse(tflite)
+    ops = set(fb.op_names)
+    if bits == 2:
+        assert "TFLM_DECODE" in ops
+    types = {fb.tensors[t].type for t in fb.weight_tensors()}
+    assert types == ({"INT4"} if bits == 4 else {"UINT8"} if bits == 2 else {"INT8"})  # UINT8: LUT indices
+
+    # the Keras model reloads with identical outputs
+    qat.save(tmp_path / "m.h5")
+    again = load_model(tmp_path / "m.h5")
+    np.testing.assert_allclose(qat.predict(x, verbose=0), again.predict(x, verbose=0), atol=1e-6)
+
+
+def test_expected_integers_on_grid():
+    qat = quantize_model(small_model(), default_plan(small_model(), 2, keep_8bit=()))
+    for name, (ints, step, bits) in expected_integers(qat).items():
+        assert set(np.unique(ints)) <= {-3, -1, 1, 3}, name
+
+
+def test_plan_keeps_first_last_depthwise():
+    plan = default_plan(small_model(), 2)
+    assert plan["c1"].weight_bits == 8 and plan["out"].weight_bits == 8 and plan["dw"].weight_bits == 8
+    assert plan["pw"].weight_bits == 2 and plan["d"].weight_bits == 2
+
+
+def test_plan_with_unknown_layer_fails():
+    with pytest.raises(TinyqError, match="plan names layers"):
+        quantize_model(small_model(), {"nope": QuantSpec()})
+
+
+def test_each_weight_layer_is_quantized():
+    qat = quantize_model(small_model(), default_plan(small_model(), 4))
+    names = {layer.layer.name for layer, *_ in quantized_layers(qat)}
+    assert names == {"c1", "dw", "pw", "d", "out"}
