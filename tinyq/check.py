@@ -114,7 +114,7 @@ def tflm_accuracy(data: bytes, images: ImageSet, contract: InputContract) -> flo
 
 def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, log: Log = lambda m: None) -> dict:
     """Accuracy in each runtime, agreement with the Keras model, LiteRT-vs-TFLM difference, arena."""
-    tflite = Path(tflite)
+    tflite = flatbuffer.resolve(tflite)
     data, fb = flatbuffer.read(tflite)
     run = run_of(tflite)
     contract = contract_for(fb, run)

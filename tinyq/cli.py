@@ -65,10 +65,12 @@ def _default_out(recipe: str, bits: int) -> Path:
 @click.option("--synthetic-images", type=int, default=2000, show_default=True,
               help="Size of the synthetic default set.")
 @click.option("--limit", type=int, default=None, help="Use at most N images per split folder (quick runs).")
+@click.option("--init", type=click.Path(), default=None,
+              help="Start QAT from this float model (.h5, or a run folder's float.h5); skips the float phase.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/RECIPE-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
 def train(recipe, bits, method, keep_8bit, data, channels, epochs, qat_epochs, batch, lr, qat_lr, seed,
-          synthetic_images, limit, out, resume):
+          synthetic_images, limit, init, out, resume):
     """Train RECIPE (see tinyq models) with QAT; writes a run folder with model.tflite."""
     from tinyq import recipes
     from tinyq.plan import parse_keep
@@ -78,7 +80,7 @@ def train(recipe, bits, method, keep_8bit, data, channels, epochs, qat_epochs, b
     recipes.get(recipe)
     config = TrainConfig(recipe=recipe, bits=bits, method=method, keep_8bit=parse_keep(keep_8bit), data=data,
                          channels=channels, epochs=epochs, qat_epochs=qat_epochs, batch=batch, lr=lr,
-                         qat_lr=qat_lr, seed=seed, synthetic_images=synthetic_images, limit=limit)
+                         qat_lr=qat_lr, seed=seed, synthetic_images=synthetic_images, limit=limit, init=init)
     if out is None:
         if resume:
             raise TinyqError("--resume needs --out RUN, the run folder to continue")

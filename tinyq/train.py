@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -44,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     synthetic_images: int = 2000
     limit: int | None = None  # images per split folder (seeded sample), for quick runs
+    init: str | None = None  # a float model (.h5) to start QAT from, instead of the float phase
 
     def __post_init__(self) -> None:
         QuantSpec(method=self.method, weight_bits=self.bits)  # validates bits and method
@@ -60,11 +62,14 @@ class EpochLog(keras.callbacks.Callback):
         super().__init__()
         self.phase, self.epochs, self.log = phase, epochs, log
 
+        self.seconds: list[float] = []
+
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        self.seconds.append(time.time() - self.t0)
         self.log(f"  [{self.phase}] epoch {epoch + 1}/{self.epochs}  loss {logs.get('loss', float('nan')):.4f}  "
                  f"acc {logs.get('accuracy', float('nan')):.4f}  val_acc {logs.get('val_accuracy', float('nan')):.4f}  "
                  f"({time.time() - self.t0:.1f}s)")
@@ -92,14 +97,30 @@ def _fit(model, splits, contract, config: TrainConfig, epochs: int, lr: float, p
                   metrics=["accuracy"])
     train_ds = dataset(splits["train"].x, splits["train"].y, contract, config.batch, training=True, seed=config.seed)
     val_ds = dataset(splits["val"].x, splits["val"].y, contract, config.batch) if len(splits.get("val", ())) else None
-    callbacks = [keras.callbacks.BackupAndRestore(str(backup)), EpochLog(phase, epochs, log)]
+    epoch_log = EpochLog(phase, epochs, log)
+    callbacks = [keras.callbacks.BackupAndRestore(str(backup)), epoch_log]
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0)
-    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    shutil.rmtree(backup, ignore_errors=True)  # the phase is complete; Keras leaves the empty folder
+    out = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    out["epoch_seconds"] = epoch_log.seconds  # after a resume: the epochs this process ran
+    return out
 
 
 def evaluate_keras(model, data: ImageSet, contract: InputContract, batch: int = 128) -> np.ndarray:
     """Class probabilities of ``model`` on ``data``."""
     return model.predict(dataset(data.x, None, contract, batch), verbose=0)
+
+
+def _load_init(path: str, contract: InputContract):
+    p = Path(path)
+    if p.is_dir() and (p / "float.h5").exists():
+        p = p / "float.h5"
+    if not p.exists():
+        raise TinyqError(f"--init {path!r} does not exist; give a float .h5 or a run folder holding float.h5")
+    model = load_model(p)
+    if tuple(model.input_shape[1:]) != contract.shape:
+        raise TinyqError(f"--init model takes input {tuple(model.input_shape[1:])}, the recipe {contract.shape}")
+    return model
 
 
 def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log = log_stderr) -> Run:
@@ -119,16 +140,20 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
         if old.get("train") != record["train"]:
             raise TinyqError(f"--resume with different settings than {str(run.path)!r} was started with; "
                              "resume with the same flags or choose another --out")
+    splits = load_data(config, contract, log)  # before creating anything: bad data leaves no folder
     run.path.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
-
-    splits = load_data(config, contract, log)
     history: dict[str, dict] = json.loads(run.history_path.read_text()) if (resume and run.history_path.exists()) else {}
 
     if resume and run.float_model.exists():
         log(f"float: resuming from {run.float_model}")
         float_model = load_model(run.float_model)
+    elif config.init:
+        float_model = _load_init(config.init, contract)
+        log(f"float: starting QAT from {config.init} (no float phase)")
+        write_json(run.config_path, record)
+        float_model.save(run.float_model)
     else:
         float_model = recipe.model(config.channels)
         write_json(run.config_path, record)

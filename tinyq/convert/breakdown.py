@@ -21,6 +21,7 @@ def inspect_model(path: str | Path) -> dict:
     - ``names``: tensor names;
     - ``rest``: graph structure, op options, flatbuffer tables and padding.
     """
+    path = flatbuffer.resolve(path)
     data, fb = flatbuffer.read(path)
     producers = {t: op for op in fb.ops for t in op.outputs}
     weight_ids, table_ids = set(), set()

@@ -125,8 +125,14 @@ def parse(data: bytes, what: str = "the model") -> Flatbuffer:
         raise bad from None
 
 
-def read(path: str | Path) -> tuple[bytes, Flatbuffer]:
+def resolve(path: str | Path) -> Path:
+    """A .tflite path; a run folder stands for its model.tflite."""
     path = Path(path)
+    return path / "model.tflite" if path.is_dir() and (path / "model.tflite").is_file() else path
+
+
+def read(path: str | Path) -> tuple[bytes, Flatbuffer]:
+    path = resolve(path)
     if not path.is_file():
         raise TinyqError(f"{str(path)!r} does not exist; give the path of a .tflite file")
     data = path.read_bytes()

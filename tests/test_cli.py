@@ -1,0 +1,97 @@
+"""The CLI: help everywhere, listings, and one-line errors with no partial output."""
+import pytest
+from click.testing import CliRunner
+
+from tinyq.cli import main
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+
+
+@pytest.mark.parametrize("command", ["train", "convert", "export", "check", "inspect", "models", "methods"])
+def test_help(command):
+    r = invoke(command, "--help")
+    assert r.exit_code == 0 and "Usage:" in r.output
+
+
+def test_models_and_methods():
+    assert "person-detect" in invoke("models").output
+    assert invoke("methods").output.startswith("ste")
+
+
+def test_unknown_recipe():
+    assert_one_line_error(invoke("train", "cat-detect"), "expected one of person-detect", "got 'cat-detect'")
+
+
+@pytest.mark.parametrize("bits", [1, 9])
+def test_unsupported_bits(bits, tmp_path):
+    r = invoke("train", "person-detect", "--bits", bits, "--out", tmp_path / "run")
+    assert_one_line_error(r, f"unsupported weight bits {bits}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_method(tmp_path):
+    assert_one_line_error(invoke("train", "person-detect", "--method", "magic", "--out", tmp_path / "r"),
+                          "expected one of", "got 'magic'")
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "one_class"])
+def test_bad_data_folder(case, tmp_path):
+    data = tmp_path / "data"
+    if case != "missing":
+        data.mkdir()
+    if case == "corrupt":
+        for label in ("person", "non_person"):
+            (data / label).mkdir()
+            (data / label / "broken.jpg").write_bytes(b"\xff\xd8\xff\x00 not really a jpeg")
+    if case == "one_class":
+        from PIL import Image
+
+        (data / "person").mkdir()
+        for i in range(3):
+            Image.new("RGB", (20, 20), (i, 2 * i, 3 * i)).save(data / "person" / f"{i}.png")
+    r = invoke("train", "person-detect", "--data", data, "--out", tmp_path / "run")
+    assert_one_line_error(r, str(data))
+    assert not (tmp_path / "run").exists()
+
+
+def test_usage_error_is_one_line():
+    assert_one_line_error(invoke("check"), "Missing argument")
+
+
+@pytest.fixture
+def truncated(tmp_path):
+    from tinyq.export.c_source import templates_dir  # noqa: F401  (installed layout check)
+    from tflite_micro.python.tflite_micro import runtime
+
+    import pathlib
+
+    good = (pathlib.Path(runtime.__file__).parent / "sine_float.tflite").read_bytes()
+    path = tmp_path / "cut.tflite"
+    path.write_bytes(good[: len(good) // 2])
+    return path
+
+
+def test_truncated_tflite(truncated, tmp_path):
+    data = tmp_path / "d"
+    assert_one_line_error(invoke("inspect", truncated), "not a valid .tflite")
+    assert_one_line_error(invoke("check", truncated, "--data", data), "not a valid .tflite")
+    r = invoke("export", truncated, "--out", tmp_path / "fw")
+    assert_one_line_error(r, "not a valid .tflite")
+    assert not (tmp_path / "fw").exists()
+
+
+def test_not_a_run_folder(tmp_path):
+    assert_one_line_error(invoke("convert", tmp_path), "not a tinyq run folder")
+    assert_one_line_error(invoke("convert", tmp_path / "nope"), "does not exist")

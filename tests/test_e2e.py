@@ -1,0 +1,164 @@
+"""End to end through the CLI: train -> convert -> export -> check -> inspect at 2, 4 and 8 bits.
+
+Real TensorFlow training (small: 300 synthetic images, 1 + 1 epochs), the real converter, the
+real LiteRT and TFLM interpreters, real compilers.
+"""
+import json
+import shutil
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from tinyq.cli import main
+from tinyq.convert import flatbuffer
+
+BITS = (2, 4, 8)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for bits in BITS:
+        r = invoke("train", "person-detect", "--bits", bits, "--epochs", 1, "--qat-epochs", 1,
+                   "--synthetic-images", 300, "--batch", 32, "--out", root / f"w{bits}")
+        assert r.exit_code == 0, r.output + r.stderr
+        out[bits] = root / f"w{bits}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_eval(tmp_path_factory):
+    """A held-out synthetic folder (another seed) in the VWW layout, for `check`."""
+    from PIL import Image
+
+    from tinyq.data import synthetic
+
+    root = tmp_path_factory.mktemp("eval")
+    data = synthetic(40, seed=777)
+    for i, (x, y) in enumerate(zip(data.x, data.y)):
+        folder = root / ("person" if y else "non_person")
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(x).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_run_folder_contents(runs, bits):
+    run = runs[bits]
+    for name in ("config.json", "float.h5", "model.h5", "history.json", "metrics.json", "model.tflite",
+                 "representative.npy"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["tflm_test_accuracy"] <= 1.0 and metrics["test_n"] == 30
+    config = json.loads((run / "config.json").read_text())
+    assert config["plan"]["pw1"]["weight_bits"] == bits and config["plan"]["conv1"]["weight_bits"] == 8
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["float"]["loss"]) == 1 and len(history["qat"]["loss"]) == 1
+    assert not list(run.glob(".*.tmp*")) and not list(run.glob(".backup*"))
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_check_json(runs, synthetic_eval, bits):
+    r = invoke("check", runs[bits] / "model.tflite", "--data", synthetic_eval, "--json")
+    assert r.exit_code == 0, r.stderr
+    result = json.loads(r.stdout)  # stdout holds the JSON object and nothing else
+    tflm = result["tflm"]
+    assert tflm["n"] == 40 and 0 <= tflm["accuracy"] <= 1 and tflm["arena_bytes"] > 10_000
+    assert tflm["agreement_with_keras"] >= 0.9
+    assert result["file_bytes"] == (runs[bits] / "model.tflite").stat().st_size
+    if bits == 2:
+        assert "DECODE" in result["litert"]["skipped"]
+    else:  # LiteRT without XNNPACK and TFLM agree bit for bit on int8 and int4
+        assert result["litert"]["n"] == 40
+        assert result["litert_vs_tflm_max_abs_diff"] == 0
+
+
+def test_sizes_shrink_with_bits(runs):
+    sizes = {b: (runs[b] / "model.tflite").stat().st_size for b in BITS}
+    assert sizes[2] < sizes[4] < sizes[8], sizes
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_weight_storage_by_bits(runs, bits):
+    _, fb = flatbuffer.read(runs[bits] / "model.tflite")
+    config = json.loads((runs[bits] / "config.json").read_text())
+    by_layer = {}
+    from tinyq.convert.converter import layer_of
+
+    producers = {t: op for op in fb.ops for t in op.outputs}
+    for op in fb.ops:
+        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            src = producers.get(op.inputs[1])
+            t = fb.tensors[src.inputs[0] if src is not None else op.inputs[1]]
+            by_layer[layer_of(fb.tensors[op.inputs[1]].name) or layer_of(t.name)] = (t.type, src is not None)
+    for layer, spec in config["plan"].items():
+        expected = {8: ("INT8", False), 4: ("INT4", False), 2: ("UINT8", True)}[spec["weight_bits"]]
+        assert by_layer[layer] == expected, layer
+
+
+def test_convert_widens_storage_losslessly(runs, tmp_path):
+    out = tmp_path / "w4-as-int8.tflite"
+    r = invoke("convert", runs[4], "--bits", 8, "--out", out)
+    assert r.exit_code == 0, r.stderr
+    _, fb = flatbuffer.read(out)
+    assert {fb.tensors[t].type for t in fb.weight_tensors()} == {"INT8"}
+    assert out.stat().st_size > (runs[4] / "model.tflite").stat().st_size
+    r = invoke("convert", runs[4], "--bits", 2, "--out", tmp_path / "x.tflite")
+    assert r.exit_code == 1 and "below the 4 bits" in r.stderr and not (tmp_path / "x.tflite").exists()
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("lang", ["cc", "c"])
+def test_export_compiles(runs, tmp_path, bits, lang):
+    out = tmp_path / "fw"
+    r = invoke("export", runs[bits], "--target", "c", "--out", out, "--lang", lang)
+    assert r.exit_code == 0, r.stderr
+    settings = (out / "model_settings.h").read_text()
+    assert "PERSON_DETECT_INPUT_ZERO_POINT" in settings and '"non_person", "person"' in settings
+    assert ("X(Decode)" in settings) == (bits == 2)
+    data = (out / f"model_data.{lang}").read_text()
+    assert "alignas(16) const unsigned char g_person_detect_model_data[]" in data
+    assert f"g_person_detect_model_data_len = {(runs[bits] / 'model.tflite').stat().st_size};" in data
+    (out / "use.c").write_text(
+        '#include "model_data.h"\n#include "model_settings.h"\n'
+        "static const char *labels[] = PERSON_DETECT_LABELS;\n"
+        "static unsigned char arena[PERSON_DETECT_ARENA_BYTES];\n"
+        "int use(void) { return (int)g_person_detect_model_data_len + PERSON_DETECT_INPUT_SIZE\n"
+        "  + (int)sizeof(labels) + (int)sizeof(arena) + g_person_detect_model_data[0]; }\n")
+    if lang == "c":
+        compilers = [["gcc", "-std=c11", f"model_data.{lang}"], ["gcc", "-std=c11", "use.c"]]
+    else:
+        compilers = [["g++", "-std=c++17", f"model_data.{lang}"], ["g++", "-std=c++17", "-x", "c++", "use.c"]]
+    for cmd in compilers:
+        if shutil.which(cmd[0]) is None:
+            pytest.skip(f"{cmd[0]} is not installed")
+        proc = subprocess.run(cmd[:1] + ["-Wall", "-Wextra", "-Werror", "-c"] + cmd[1:], cwd=out,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_inspect(runs, bits):
+    r = invoke("inspect", runs[bits] / "model.tflite", "--json")
+    assert r.exit_code == 0
+    info = json.loads(r.stdout)
+    assert sum(info["breakdown"].values()) == info["file_bytes"]
+    types = {t["type"] for t in info["tensors"] if t["kind"] == "weights"}
+    assert types == {2: {"LUT2", "INT8"}, 4: {"INT4", "INT8"}, 8: {"INT8"}}[bits]
+    assert (info["breakdown"]["value_tables"] > 0) == (bits == 2)
+    text = invoke("inspect", runs[bits] / "model.tflite").stdout
+    assert "breakdown:" in text and "file / packed weights" in text
+
+
+def test_check_on_real_images(runs, people96):
+    r = invoke("check", runs[8] / "model.tflite", "--data", people96 / "test", "--limit", 24, "--json")
+    assert r.exit_code == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["tflm"]["n"] == 24 and result["litert_vs_tflm_max_abs_diff"] == 0
