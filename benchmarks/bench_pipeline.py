@@ -73,8 +73,8 @@ def quant_row(run: Path, bits: int, sets: dict[str, Path]) -> dict:
 
 def epoch_ratio(run: Path, float_run: Path) -> float:
     """Mean QAT epoch time over mean float epoch time, first epoch (tracing) excluded."""
-    qat = json.loads((run / "history.json").read_text())["qat"]["epoch_seconds"]
-    flt = json.loads((float_run / "history.json").read_text())["float"]["epoch_seconds"]
+    qat = [e["seconds"] for e in json.loads((run / "history.json").read_text())["qat"]]
+    flt = [e["seconds"] for e in json.loads((float_run / "history.json").read_text())["float"]]
     return float(np.mean(qat[1:] or qat) / np.mean(flt[1:] or flt))
 
 

@@ -13,17 +13,21 @@ def build(resolution: int = 96, channels: int = 3, num_classes: int = 2, alpha: 
     from tinyq._tf import keras
 
     L = keras.layers
+    # momentum 0.9, not Keras' 0.99: with a few thousand images an epoch is ~30 steps, and
+    # the moving statistics (which BN folding bakes into the deployed weights) must settle
+    # within the first epochs.
+    bn = dict(momentum=0.9)
     inputs = keras.Input((resolution, resolution, channels), name="input")
 
     def conv_bn(x, filters, kernel, stride, name):
         x = L.Conv2D(int(filters * alpha), kernel, strides=stride, padding="same", use_bias=False, name=name)(x)
-        x = L.BatchNormalization(name=f"{name}_bn")(x)
+        x = L.BatchNormalization(name=f"{name}_bn", **bn)(x)
         return L.ReLU(6.0, name=f"{name}_relu")(x)
 
     x = conv_bn(inputs, 32, 3, 2, "conv1")
     for i, (filters, stride) in enumerate(BLOCKS, start=1):
         x = L.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"dw{i}")(x)
-        x = L.BatchNormalization(name=f"dw{i}_bn")(x)
+        x = L.BatchNormalization(name=f"dw{i}_bn", **bn)(x)
         x = L.ReLU(6.0, name=f"dw{i}_relu")(x)
         x = conv_bn(x, filters, 1, 1, f"pw{i}")
     x = L.GlobalAveragePooling2D(name="pool")(x)

@@ -60,7 +60,8 @@ def test_run_folder_contents(runs, bits):
     config = json.loads((run / "config.json").read_text())
     assert config["plan"]["pw1"]["weight_bits"] == bits and config["plan"]["conv1"]["weight_bits"] == 8
     history = json.loads((run / "history.json").read_text())
-    assert len(history["float"]["loss"]) == 1 and len(history["qat"]["loss"]) == 1
+    assert [e["epoch"] for e in history["float"]] == [1] and [e["epoch"] for e in history["qat"]] == [1]
+    assert {"loss", "accuracy", "val_accuracy", "seconds"} <= set(history["qat"][0])
     assert not list(run.glob(".*.tmp*")) and not list(run.glob(".backup*"))
 
 

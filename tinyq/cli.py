@@ -59,10 +59,10 @@ def _default_out(recipe: str, bits: int) -> Path:
 @click.option("--epochs", type=int, default=10, show_default=True, help="Float training epochs.")
 @click.option("--qat-epochs", type=int, default=5, show_default=True, help="Quantization-aware epochs after float.")
 @click.option("--batch", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=2e-3, show_default=True, help="Float learning rate (cosine decay).")
+@click.option("--lr", type=float, default=1e-2, show_default=True, help="Float learning rate (cosine decay).")
 @click.option("--qat-lr", type=float, default=5e-4, show_default=True, help="QAT learning rate (cosine decay).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds data order, augmentation and init.")
-@click.option("--synthetic-images", type=int, default=2000, show_default=True,
+@click.option("--synthetic-images", type=int, default=3000, show_default=True,
               help="Size of the synthetic default set.")
 @click.option("--limit", type=int, default=None, help="Use at most N images per split folder (quick runs).")
 @click.option("--init", type=click.Path(), default=None,

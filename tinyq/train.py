@@ -19,7 +19,7 @@ from tinyq.data.pipeline import dataset
 from tinyq.errors import TinyqError
 from tinyq.plan import KEEP_CHOICES, default_plan
 from tinyq.qat import load_model, quantize_model
-from tinyq.runfolder import FORMAT_VERSION, Run, write_json
+from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
 from tinyq.spec import QuantSpec
 
 Log = Callable[[str], None]
@@ -40,10 +40,10 @@ class TrainConfig:
     epochs: int = 10
     qat_epochs: int = 5
     batch: int = 64
-    lr: float = 2e-3
+    lr: float = 1e-2
     qat_lr: float = 5e-4
     seed: int = 0
-    synthetic_images: int = 2000
+    synthetic_images: int = 3000
     limit: int | None = None  # images per split folder (seeded sample), for quick runs
     init: str | None = None  # a float model (.h5) to start QAT from, instead of the float phase
 
@@ -56,23 +56,35 @@ class TrainConfig:
 
 
 class EpochLog(keras.callbacks.Callback):
-    """One line per epoch: phase, loss, accuracy, validation accuracy, time."""
+    """One line per epoch (phase, loss, accuracy, validation accuracy, time), recorded in history.json.
 
-    def __init__(self, phase: str, epochs: int, log: Log) -> None:
+    Each finished epoch is written to ``RUN/history.json`` at once, keyed by epoch, so a
+    resumed run keeps the epochs of the process that was interrupted.
+    """
+
+    def __init__(self, phase: str, epochs: int, log: Log, history_path: Path) -> None:
         super().__init__()
-        self.phase, self.epochs, self.log = phase, epochs, log
-
-        self.seconds: list[float] = []
+        self.phase, self.epochs, self.log, self.path = phase, epochs, log, history_path
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        self.seconds.append(time.time() - self.t0)
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        seconds = time.time() - self.t0
+        history = read_history(self.path)
+        epochs = {int(e["epoch"]): e for e in history.get(self.phase, [])}
+        epochs[epoch + 1] = {"epoch": epoch + 1, **logs, "seconds": seconds}
+        history[self.phase] = [epochs[k] for k in sorted(epochs)]
+        write_json(self.path, history)
         self.log(f"  [{self.phase}] epoch {epoch + 1}/{self.epochs}  loss {logs.get('loss', float('nan')):.4f}  "
                  f"acc {logs.get('accuracy', float('nan')):.4f}  val_acc {logs.get('val_accuracy', float('nan')):.4f}  "
-                 f"({time.time() - self.t0:.1f}s)")
+                 f"({seconds:.1f}s)")
+
+
+def read_history(path: Path) -> dict[str, list[dict]]:
+    """``{phase: [{"epoch": 1, "loss": ..., "seconds": ...}, ...]}``; empty before the first epoch."""
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def load_data(config: TrainConfig, contract: InputContract, log: Log) -> dict[str, ImageSet]:
@@ -90,25 +102,27 @@ def load_data(config: TrainConfig, contract: InputContract, log: Log) -> dict[st
 
 
 def _fit(model, splits, contract, config: TrainConfig, epochs: int, lr: float, phase: str,
-         backup: Path, log: Log):
+         run: Run, log: Log) -> None:
     steps = max(1, -(-len(splits["train"]) // config.batch))
     schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     train_ds = dataset(splits["train"].x, splits["train"].y, contract, config.batch, training=True, seed=config.seed)
     val_ds = dataset(splits["val"].x, splits["val"].y, contract, config.batch) if len(splits.get("val", ())) else None
-    epoch_log = EpochLog(phase, epochs, log)
-    callbacks = [keras.callbacks.BackupAndRestore(str(backup)), epoch_log]
-    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0)
+    backup = run / f".backup_{phase}"
+    # history before the backup: an epoch killed between the two is re-run and its entry replaced
+    callbacks = [EpochLog(phase, epochs, log, run.history_path), keras.callbacks.BackupAndRestore(str(backup))]
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0)
     shutil.rmtree(backup, ignore_errors=True)  # the phase is complete; Keras leaves the empty folder
-    out = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    out["epoch_seconds"] = epoch_log.seconds  # after a resume: the epochs this process ran
-    return out
 
 
 def evaluate_keras(model, data: ImageSet, contract: InputContract, batch: int = 128) -> np.ndarray:
     """Class probabilities of ``model`` on ``data``."""
     return model.predict(dataset(data.x, None, contract, batch), verbose=0)
+
+
+def _accuracy(model, data: ImageSet, contract: InputContract) -> float:
+    return float((evaluate_keras(model, data, contract).argmax(1) == data.y).mean())
 
 
 def _load_init(path: str, contract: InputContract):
@@ -144,8 +158,6 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
     run.path.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
-    history: dict[str, dict] = json.loads(run.history_path.read_text()) if (resume and run.history_path.exists()) else {}
-
     if resume and run.float_model.exists():
         log(f"float: resuming from {run.float_model}")
         float_model = load_model(run.float_model)
@@ -153,34 +165,39 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
         float_model = _load_init(config.init, contract)
         log(f"float: starting QAT from {config.init} (no float phase)")
         write_json(run.config_path, record)
-        float_model.save(run.float_model)
+        with atomic_path(run.float_model) as tmp:
+            float_model.save(tmp)
     else:
         float_model = recipe.model(config.channels)
         write_json(run.config_path, record)
         if config.epochs:
             log(f"float training: {config.epochs} epochs, {len(splits['train'])} images")
-            history["float"] = _fit(float_model, splits, contract, config, config.epochs, config.lr, "float",
-                                    run / ".backup_float", log)
-        float_model.save(run.float_model)
-        write_json(run.history_path, history)
+            _fit(float_model, splits, contract, config, config.epochs, config.lr, "float", run, log)
+        with atomic_path(run.float_model) as tmp:
+            float_model.save(tmp)
 
     plan = default_plan(float_model, config.bits, config.method, config.keep_8bit)
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
     write_json(run.config_path, record)
     qat = quantize_model(float_model, plan)
+    if len(splits.get("val", ())):
+        val = splits["val"]
+        start = {"float_val_accuracy": _accuracy(float_model, val, contract),
+                 "qat_step0_val_accuracy": _accuracy(qat, val, contract)}
+        run.update_metrics(**start)
+        log(f"val accuracy: float {start['float_val_accuracy']:.4f}; quantized before QAT (BN folded, "
+            f"scales calibrated) {start['qat_step0_val_accuracy']:.4f}")
     if config.qat_epochs:
         log(f"QAT: {config.qat_epochs} epochs, weights {config.bits}-bit ({config.method}) "
             f"with {', '.join(config.keep_8bit) or 'no layers'} kept 8-bit, activations int8")
-        history["qat"] = _fit(qat, splits, contract, config, config.qat_epochs, config.qat_lr, "qat",
-                              run / ".backup_qat", log)
-    qat.save(run.model)
-    write_json(run.history_path, history)
+        _fit(qat, splits, contract, config, config.qat_epochs, config.qat_lr, "qat", run, log)
+    with atomic_path(run.model) as tmp:
+        qat.save(tmp)
 
     metrics = {"data": config.data or "synthetic"}
     for split in ("val", "test"):
         if len(splits.get(split, ())):
-            probs = evaluate_keras(qat, splits[split], contract)
-            metrics[f"keras_{split}_accuracy"] = float((probs.argmax(1) == splits[split].y).mean())
+            metrics[f"keras_{split}_accuracy"] = _accuracy(qat, splits[split], contract)
             metrics[f"keras_{split}_n"] = len(splits[split])
     run.update_metrics(**metrics)
     log("  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("accuracy")))

@@ -2,11 +2,12 @@
 
 No download, 2,000 images in a few seconds. A *person* is an articulated figure (head,
 torso, two-segment arms and legs at sampled joint angles; skin, shirt and trouser colours;
-any size from a distant figure to one filling the frame, partly cut off at the edges). Every
+from half the frame's height to more than all of it, partly cut off at the edges). Every
 image, person or not, gets the same kind of background: a colour gradient, a noise texture
 and clutter (boxes, discs, poles, branches). Negatives additionally get loose body-like
-parts (discs, limb-like bars, torso-like blocks) that are not arranged as a figure, so the
-task is about the arrangement, not the presence of a colour or shape.
+parts (discs, limb-like bars, torso-like blocks) that are not arranged as a figure (most
+negatives; some positives carry them too), so the task is about the arrangement, not the
+presence of a colour or shape.
 
 It is synthetic: a model trained on it will not detect real people. Use ``--data DIR``.
 """
@@ -67,7 +68,7 @@ def _limb(draw, start, angle_deg, length, width, col):
 
 
 def _person(draw: ImageDraw.ImageDraw, rng, size: int) -> None:
-    height = size * rng.uniform(0.35, 1.1)
+    height = size * rng.uniform(0.5, 1.1)
     cx = rng.uniform(0.1, 0.9) * size
     top = rng.uniform(-0.15, 1.0 - min(height / size, 0.9)) * size
     unit = height / 8.0  # classic figure proportions: 8 heads tall
@@ -106,7 +107,7 @@ def _person(draw: ImageDraw.ImageDraw, rng, size: int) -> None:
 
 def _decoys(draw: ImageDraw.ImageDraw, rng, size: int) -> None:
     """Body-like parts scattered with no figure's arrangement."""
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(1, 4))):
         unit = size * rng.uniform(0.04, 0.12)
         x, y = rng.uniform(0, size, 2)
         kind = rng.integers(3)
@@ -124,14 +125,14 @@ def _decoys(draw: ImageDraw.ImageDraw, rng, size: int) -> None:
 def make_image(rng: np.random.Generator, person: bool, size: int = 96) -> Image.Image:
     img = _background(rng, size)
     draw = ImageDraw.Draw(img)
-    _clutter(draw, rng, size, int(rng.integers(2, 9)))
+    _clutter(draw, rng, size, int(rng.integers(2, 7)))
     if person:
         _person(draw, rng, size)
         if rng.random() < 0.3:
             _person(draw, rng, size)
         if rng.random() < 0.3:
             _decoys(draw, rng, size)
-    else:
+    elif rng.random() < 0.7:
         _decoys(draw, rng, size)
     if rng.random() < 0.5:  # occluders in front, for both classes
         _clutter(draw, rng, size, int(rng.integers(1, 3)))
