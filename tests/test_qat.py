@@ -8,7 +8,8 @@ from tinyq.convert import flatbuffer
 from tinyq.convert.converter import convert, expected_integers
 from tinyq.errors import TinyqError
 from tinyq.plan import default_plan
-from tinyq.qat import fold_batchnorm, load_model, quantize_model, quantized_layers
+from tinyq.fold import fold_batchnorm
+from tinyq.qat import load_model, quantize_model, quantized_layers
 from tinyq.quantizers import registry
 from tinyq.spec import QuantSpec
 
