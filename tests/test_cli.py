@@ -95,3 +95,19 @@ def test_truncated_tflite(truncated, tmp_path):
 def test_not_a_run_folder(tmp_path):
     assert_one_line_error(invoke("convert", tmp_path), "not a tinyq run folder")
     assert_one_line_error(invoke("convert", tmp_path / "nope"), "does not exist")
+
+
+@pytest.mark.parametrize("name, ident", [("person-detect", "person_detect"), ("pd w4 (v2)", "pd_w4_v2"),
+                                         ("4bit", "m_4bit"), ("---", "model")])
+def test_c_identifier(name, ident):
+    from tinyq.export.c_source import c_identifier
+
+    assert c_identifier(name) == ident
+
+
+@pytest.mark.parametrize("op, method", [("DEPTHWISE_CONV_2D", "DepthwiseConv2D"), ("FULLY_CONNECTED", "FullyConnected"),
+                                        ("AVERAGE_POOL_2D", "AveragePool2D"), ("TFLM_DECODE", "Decode")])
+def test_resolver_names(op, method):
+    from tinyq.export.c_source import resolver_name
+
+    assert resolver_name(op) == method

@@ -163,3 +163,25 @@ def test_check_on_real_images(runs, people96):
     assert r.exit_code == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["tflm"]["n"] == 24 and result["litert_vs_tflm_max_abs_diff"] == 0
+
+
+def test_same_seed_same_bytes(runs, tmp_path):
+    """--seed makes a run reproducible: retraining with the same flags gives the same file."""
+    r = invoke("train", "person-detect", "--bits", 4, "--epochs", 1, "--qat-epochs", 1,
+               "--synthetic-images", 300, "--batch", 32, "--out", tmp_path / "again")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "again" / "model.tflite").read_bytes() == (runs[4] / "model.tflite").read_bytes()
+
+
+def test_grayscale_channels(tmp_path, synthetic_eval):
+    out = tmp_path / "grey"
+    r = invoke("train", "person-detect", "--bits", 8, "--channels", 1, "--epochs", 1, "--qat-epochs", 1,
+               "--synthetic-images", 100, "--batch", 32, "--out", out)
+    assert r.exit_code == 0, r.stderr
+    _, fb = flatbuffer.read(out / "model.tflite")
+    assert fb.tensors[fb.inputs[0]].shape == (1, 96, 96, 1)
+    result = json.loads(invoke("check", out, "--data", synthetic_eval, "--json").stdout)
+    assert result["tflm"]["n"] == 40 and result["litert_vs_tflm_max_abs_diff"] == 0
+    settings_dir = tmp_path / "fw"
+    assert invoke("export", out, "--out", settings_dir).exit_code == 0
+    assert "#define PERSON_DETECT_INPUT_CHANNELS 1" in (settings_dir / "model_settings.h").read_text()

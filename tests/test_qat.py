@@ -113,3 +113,22 @@ def test_each_weight_layer_is_quantized():
     qat = quantize_model(small_model(), default_plan(small_model(), 4))
     names = {layer.layer.name for layer, *_ in quantized_layers(qat)}
     assert names == {"c1", "dw", "pw", "d", "out"}
+
+
+def test_activation_ranges_calibrated_before_training():
+    model = small_model()
+    x, _ = data(64)
+    plain = quantize_model(model, default_plan(model, 8, keep_8bit=()))
+    calibrated = quantize_model(model, default_plan(model, 8, keep_8bit=()), calibration=x)
+    folded = fold_batchnorm(model)
+    relu = next(layer for layer in folded.layers if isinstance(layer, L.ReLU))
+    relu_out = keras.Model(folded.inputs, relu.output).predict(x, verbose=0)
+    wrapper = next(l for l in calibrated.layers if getattr(l, "layer", None) is not None and l.layer.name == relu.name)
+    assert wrapper._output_quantizer_vars["max_var"].numpy() == pytest.approx(relu_out.max(), rel=1e-5)
+    assert wrapper._output_quantizer_vars["min_var"].numpy() == 0.0
+    # at 8 bits, the calibrated QAT model is the float model at step 0; the uncalibrated one
+    # (ranges still at TFMOT's [-6, 6]) is further from it
+    ref = model.predict(x, verbose=0)
+    err_cal = np.abs(calibrated.predict(x, verbose=0) - ref).max()
+    err_plain = np.abs(plain.predict(x, verbose=0) - ref).max()
+    assert err_cal < 0.05 and err_cal < err_plain

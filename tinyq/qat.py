@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import numpy as np
+
 from tinyq._tf import keras, tfmot
 from tinyq.errors import TinyqError
 from tinyq.fold import WEIGHT_LAYERS, fold_batchnorm
@@ -130,8 +132,11 @@ def _followed_by_relu(layer) -> bool:
 
 
 def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = None,
-                   default: QuantSpec | None = None) -> keras.Model:
-    """QAT model: BN folded, weight layers quantized per ``plan`` (others by ``default``)."""
+                   default: QuantSpec | None = None, calibration: np.ndarray | None = None) -> keras.Model:
+    """QAT model: BN folded, weight layers quantized per ``plan`` (others by ``default``).
+
+    ``calibration`` (model-ready float inputs) sets activation ranges before training.
+    """
     plan = dict(plan or {})
     default = default or QuantSpec()
     folded = fold_batchnorm(model)
@@ -156,6 +161,8 @@ def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = No
     with tfq.quantize_scope(custom_objects()):
         qat = tfq.quantize_apply(annotated, scheme=TinyqScheme())
     calibrate_scales(qat)
+    if calibration is not None:
+        calibrate_activations(qat, folded, calibration)
     return qat
 
 
@@ -171,6 +178,31 @@ def calibrate_scales(qat: keras.Model) -> None:
     """Set each per-channel scale to the MSE-best one for the current float kernel."""
     for _, weight, quantizer, qvars in quantized_layers(qat):
         qvars["scale"].assign(mse_scale(weight.numpy(), quantizer.bits, quantizer.channel_axis))
+
+
+def calibrate_activations(qat: keras.Model, folded: keras.Model, x: np.ndarray, batch: int = 64) -> None:
+    """Set each output quantizer's range to the min/max its tensor takes on ``x``.
+
+    Measured on the BN-folded float model. TFMOT's moving-average quantizers start at
+    [-6, 6] and move with decay 0.999, so without this the first QAT epochs would run on
+    badly scaled activation grids. The range always includes 0, as TFLite requires.
+    """
+    targets = {layer.layer.name: layer._output_quantizer_vars for layer in qat.layers
+               if getattr(layer, "_output_quantizer_vars", None) and hasattr(layer, "layer")}
+    names = [layer.name for layer in folded.layers if layer.name in targets]
+    if not names:
+        return
+    probe = keras.Model(folded.inputs, [folded.get_layer(n).output for n in names])
+    lo = {n: 0.0 for n in names}
+    hi = {n: 0.0 for n in names}
+    for i in range(0, len(x), batch):
+        outs = probe(x[i:i + batch], training=False)
+        for n, out in zip(names, outs if len(names) > 1 else [outs]):
+            lo[n] = min(lo[n], float(np.min(out)))
+            hi[n] = max(hi[n], float(np.max(out)))
+    for n in names:
+        targets[n]["min_var"].assign(lo[n])
+        targets[n]["max_var"].assign(hi[n])
 
 
 def load_model(path) -> keras.Model:

@@ -179,7 +179,9 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
     plan = default_plan(float_model, config.bits, config.method, config.keep_8bit)
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
     write_json(run.config_path, record)
-    qat = quantize_model(float_model, plan)
+    calibration = contract.to_float(splits["train"].x[np.random.default_rng(config.seed).permutation(
+        len(splits["train"]))[:512]])
+    qat = quantize_model(float_model, plan, calibration=calibration)
     if len(splits.get("val", ())):
         val = splits["val"]
         start = {"float_val_accuracy": _accuracy(float_model, val, contract),
