@@ -132,3 +132,15 @@ def test_activation_ranges_calibrated_before_training():
     err_cal = np.abs(calibrated.predict(x, verbose=0) - ref).max()
     err_plain = np.abs(plain.predict(x, verbose=0) - ref).max()
     assert err_cal < 0.05 and err_cal < err_plain
+
+
+def test_fused_activations_are_split_out_with_identical_outputs():
+    i = L.Input((12, 12, 3))
+    x = L.Conv2D(4, 3, activation="relu", name="c")(i)
+    x = L.GlobalAveragePooling2D()(x)
+    model = keras.Model(i, L.Dense(3, activation="softmax", name="d")(x))
+    folded = fold_batchnorm(model)
+    assert [l.name for l in folded.layers if isinstance(l, L.Activation)] == ["c_activation", "d_activation"]
+    assert folded.get_layer("d").activation is keras.activations.linear
+    x, _ = data(8, res=12)
+    np.testing.assert_allclose(model.predict(x, verbose=0), folded.predict(x, verbose=0), atol=1e-6)

@@ -86,17 +86,65 @@ def train(recipe, bits, method, keep_8bit, data, channels, epochs, qat_epochs, b
             raise TinyqError("--resume needs --out RUN, the run folder to continue")
         out = _default_out(recipe, bits)
     run = run_training(config, out, resume=resume, log=log_stderr)
+    _summary(run, synthetic=data is None)
+    if data is None:
+        click.echo("note: trained on SYNTHETIC figures; for a real detector pass --data DIR, and train longer with "
+                   "--epochs 30 --qat-epochs 10")
+
+
+def _summary(run, synthetic: bool) -> None:
     m = run.metrics()
     click.echo(f"run folder: {run.path}")
     for key in ("keras_test_accuracy", "tflm_test_accuracy"):
         if key in m:
             click.echo(f"  {key}: {m[key]:.4f} on {m.get('test_n', m.get('keras_test_n'))} held-out images"
-                       f"{' (synthetic)' if data is None else ''}")
+                       f"{' (synthetic)' if synthetic else ''}")
     click.echo(f"  model.tflite: {run.tflite.stat().st_size:,} bytes")
     click.echo(f"next: tinyq check {run.tflite} --data DIR   |   tinyq export {run.path} --target c --out firmware/")
-    if data is None:
-        click.echo("note: trained on SYNTHETIC figures; for a real detector pass --data DIR, and train longer with "
-                   "--epochs 30 --qat-epochs 10")
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--data", type=click.Path(), required=True,
+              help="Images: person/ + non_person/ (optionally under train/ val/ test/); with --unlabeled any folder.")
+@click.option("--bits", type=int, default=8, show_default=True, help="Weight bits, 2 to 8 (activations are int8).")
+@click.option("--method", default="ste", show_default=True, help="Weight quantizer (see tinyq methods).")
+@click.option("--keep-8bit", default="first,last,depthwise", show_default=True,
+              help="Layers kept at 8 bits: any of first,last,depthwise, or none.")
+@click.option("--unlabeled", is_flag=True, help="Ignore labels: the float model alone supervises.")
+@click.option("--distill", type=float, default=0.5, show_default=True,
+              help="Weight of the float model's outputs in the loss (the rest: labels); 1 with --unlabeled.")
+@click.option("--epochs", type=int, default=3, show_default=True, help="QAT epochs.")
+@click.option("--batch", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=2e-4, show_default=True, help="Learning rate (cosine decay).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=int, default=None, help="Use at most N images per split folder.")
+@click.option("--value-range", default="0,1", show_default=True,
+              help="Model input range: pixels p become lo + p/255 * (hi - lo).")
+@click.option("--labels", default=None, help="Class names in output order [default for 2 classes: non_person,person].")
+@click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/MODEL-wBITS].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
+def quantize(model, data, bits, method, keep_8bit, unlabeled, distill, epochs, batch, lr, seed, limit, value_range,
+             labels, out, resume):
+    """Quantize a float Keras classifier (.h5, .keras, SavedModel) with QAT and distillation."""
+    from tinyq.plan import parse_keep
+    from tinyq.quantize import QuantizeJob
+    from tinyq.quantize import quantize as run_quantize
+    from tinyq.train import log_stderr
+
+    try:
+        lo, hi = (float(v) for v in value_range.split(","))
+    except ValueError:
+        raise TinyqError(f"--value-range takes two numbers, lo,hi (e.g. 0,1 or -1,1); got {value_range!r}") from None
+    job = QuantizeJob(model=model, data=data, bits=bits, method=method, keep_8bit=parse_keep(keep_8bit),
+                      unlabeled=unlabeled, distill=distill, epochs=epochs, batch=batch, lr=lr, seed=seed, limit=limit,
+                      value_range=(lo, hi), labels=tuple(labels.split(",")) if labels else None)
+    if out is None:
+        if resume:
+            raise TinyqError("--resume needs --out RUN, the run folder to continue")
+        out = _default_out(Path(model).stem, bits)
+    run = run_quantize(job, out, resume=resume, log=log_stderr)
+    _summary(run, synthetic=False)
 
 
 @main.command()

@@ -1,4 +1,7 @@
-"""Fold batch normalization into the weight layer before it, by rewriting the model config."""
+"""Rewrite a float model for QAT: activations split out of weight layers, batch norm folded.
+
+Both rewrites edit the functional model's config and copy weights by layer name.
+"""
 from __future__ import annotations
 
 import copy
@@ -17,17 +20,56 @@ def _as_functional(model: keras.Model) -> keras.Model:
     return model
 
 
+def _rewire(config: dict, rename: dict[str, str]) -> None:
+    """Point inbound references and model outputs named in ``rename`` at their new layers."""
+    for lc in config["layers"]:
+        for node in lc["inbound_nodes"]:
+            for inbound in node:
+                inbound[0] = rename.get(inbound[0], inbound[0])
+    config["output_layers"] = [[rename.get(o[0], o[0]), *o[1:]] for o in config["output_layers"]]
+
+
+def split_activations(config: dict) -> dict:
+    """Move a non-linear activation out of each Conv2D / DepthwiseConv2D / Dense into its own layer.
+
+    Why: the converter keeps a Dense layer's per-tensor fake-quant only when no activation
+    is fused into it (with ``activation="softmax"`` it requantizes the weights per channel,
+    losing the trained grid), and a separate ReLU lets the converter fuse it into the op.
+    """
+    config = copy.deepcopy(config)
+    renames: dict[str, str] = {}
+    out = []
+    for lc in config["layers"]:  # topological order: a layer's inputs come before it
+        for node in lc["inbound_nodes"]:
+            for inbound in node:
+                inbound[0] = renames.get(inbound[0], inbound[0])
+        out.append(lc)
+        act = lc["config"].get("activation")
+        if lc["class_name"] not in ("Conv2D", "DepthwiseConv2D", "Dense") or act in (None, "linear"):
+            continue
+        lc["config"]["activation"] = "linear"
+        name = f"{lc['name']}_activation"
+        out.append({"class_name": "Activation", "name": name, "inbound_nodes": [[[lc["name"], 0, 0, {}]]],
+                    "config": {"name": name, "activation": act, "trainable": True,
+                               "dtype": lc["config"].get("dtype", "float32")}})
+        renames[lc["name"]] = name
+    config["layers"] = out
+    config["output_layers"] = [[renames.get(o[0], o[0]), *o[1:]] for o in config["output_layers"]]
+    return config
+
+
 def fold_batchnorm(model: keras.Model) -> keras.Model:
-    """A copy of ``model`` with each BatchNormalization folded into the weight layer before it.
+    """A copy of ``model`` with activations split out (:func:`split_activations`) and each
+    BatchNormalization folded into the weight layer before it.
 
     ``w' = w * gamma / sqrt(var + eps)`` per output channel, ``b' = (b - mean) * gamma /
     sqrt(var + eps) + beta``. Folded before QAT (as TFLite folds it at conversion), so the
     grid that training sees is the grid that is deployed. A BN that does not follow a weight
-    layer with a linear activation and no other consumer is kept.
+    layer with no other consumer is kept.
     """
     model = _as_functional(model)
-    config = copy.deepcopy(model.get_config())
     layers = {layer.name: layer for layer in model.layers}
+    config = split_activations(model.get_config())
     consumers: dict[str, int] = {}
     for lc in config["layers"]:
         for node in lc["inbound_nodes"]:
@@ -36,38 +78,26 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
 
     folds: dict[str, str] = {}  # bn name -> weight layer name
     for lc in config["layers"]:
-        layer = layers[lc["name"]]
+        layer = layers.get(lc["name"])
         if not isinstance(layer, L.BatchNormalization) or len(lc["inbound_nodes"]) != 1:
             continue
         src = lc["inbound_nodes"][0][0][0]
-        prev = layers[src]
+        prev = layers.get(src)  # a split-out activation is not in the old model: no fold
         if (isinstance(prev, WEIGHT_LAYERS) and consumers.get(src) == 1
-                and prev.activation is keras.activations.linear
                 and layer.axis in ([-1], [len(layer.input_shape) - 1], -1)):
             folds[lc["name"]] = src
-    if not folds:
-        return _copy(model)
-
-    def rename(ref):
-        return folds.get(ref, ref)
-
-    new_layers = []
     for lc in config["layers"]:
-        if lc["name"] in folds:
-            continue
         if lc["name"] in folds.values():
             lc["config"]["use_bias"] = True
-        for node in lc["inbound_nodes"]:
-            for inbound in node:
-                inbound[0] = rename(inbound[0])
-        new_layers.append(lc)
-    config["layers"] = new_layers
-    config["output_layers"] = [[rename(o[0]), *o[1:]] for o in config["output_layers"]]
+    config["layers"] = [lc for lc in config["layers"] if lc["name"] not in folds]
+    _rewire(config, folds)
     folded = keras.Model.from_config(config)
 
     by_src = {v: k for k, v in folds.items()}
     for layer in folded.layers:
-        old = layers[layer.name]
+        old = layers.get(layer.name)
+        if old is None:  # a split-out activation: no weights
+            continue
         if layer.name not in by_src:
             layer.set_weights(old.get_weights())
             continue
@@ -84,9 +114,3 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
             kernel = kernel * k
         layer.set_weights([kernel.astype(np.float32), ((bias - bn.moving_mean.numpy()) * k + beta).astype(np.float32)])
     return folded
-
-
-def _copy(model: keras.Model) -> keras.Model:
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone

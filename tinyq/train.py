@@ -101,18 +101,26 @@ def load_data(config: TrainConfig, contract: InputContract, log: Log) -> dict[st
     return splits
 
 
-def _fit(model, splits, contract, config: TrainConfig, epochs: int, lr: float, phase: str,
-         run: Run, log: Log) -> None:
-    steps = max(1, -(-len(splits["train"]) // config.batch))
+def _fit(model, splits, contract, epochs: int, lr: float, phase: str, run: Run, log: Log, *, batch: int,
+         seed: int, teacher=None, distill: float = 0.0, unlabeled: bool = False) -> None:
+    """Fit ``model`` (or distil ``teacher`` into it) with a per-epoch history and backup in ``run``."""
+    steps = max(1, -(-len(splits["train"]) // batch))
     schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.05)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    train_ds = dataset(splits["train"].x, splits["train"].y, contract, config.batch, training=True, seed=config.seed)
-    val_ds = dataset(splits["val"].x, splits["val"].y, contract, config.batch) if len(splits.get("val", ())) else None
+    if teacher is not None:
+        from tinyq.distill import Distiller
+
+        fitted = Distiller(model, teacher, distill)
+        fitted.compile(optimizer=keras.optimizers.Adam(schedule))
+    else:
+        fitted = model
+        fitted.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
+                       metrics=["accuracy"])
+    train_ds = dataset(splits["train"].x, splits["train"].y, contract, batch, training=True, seed=seed)
+    val_ds = dataset(splits["val"].x, splits["val"].y, contract, batch) if len(splits.get("val", ())) else None
     backup = run / f".backup_{phase}"
     # history before the backup: an epoch killed between the two is re-run and its entry replaced
     callbacks = [EpochLog(phase, epochs, log, run.history_path), keras.callbacks.BackupAndRestore(str(backup))]
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0)
+    fitted.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0)
     shutil.rmtree(backup, ignore_errors=True)  # the phase is complete; Keras leaves the empty folder
 
 
@@ -137,16 +145,8 @@ def _load_init(path: str, contract: InputContract):
     return model
 
 
-def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log = log_stderr) -> Run:
-    """Train ``config.recipe`` into the run folder ``out``; returns the run."""
-    from tinyq import recipes
-    from tinyq.convert import convert_run
-
-    recipe = recipes.get(config.recipe)
-    contract = recipe.contract(config.channels)
-    run = Run(out)
-    record = {"format_version": FORMAT_VERSION, "tinyq_version": __version__, "kind": "train",
-              "train": {**asdict(config), "keep_8bit": list(config.keep_8bit)}, "contract": contract.to_dict()}
+def prepare_run(run: Run, record: dict, resume: bool) -> None:
+    """Refuse to overwrite a run, or to resume one with other settings."""
     if run.config_path.exists():
         old = run.config()
         if not resume:
@@ -154,6 +154,18 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
         if old.get("train") != record["train"]:
             raise TinyqError(f"--resume with different settings than {str(run.path)!r} was started with; "
                              "resume with the same flags or choose another --out")
+
+
+def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log = log_stderr) -> Run:
+    """Train ``config.recipe`` into the run folder ``out``; returns the run."""
+    from tinyq import recipes
+
+    recipe = recipes.get(config.recipe)
+    contract = recipe.contract(config.channels)
+    run = Run(out)
+    record = {"format_version": FORMAT_VERSION, "tinyq_version": __version__, "kind": "train",
+              "train": {**asdict(config), "keep_8bit": list(config.keep_8bit)}, "contract": contract.to_dict()}
+    prepare_run(run, record, resume)
     splits = load_data(config, contract, log)  # before creating anything: bad data leaves no folder
     run.path.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
@@ -172,14 +184,25 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
         write_json(run.config_path, record)
         if config.epochs:
             log(f"float training: {config.epochs} epochs, {len(splits['train'])} images")
-            _fit(float_model, splits, contract, config, config.epochs, config.lr, "float", run, log)
+            _fit(float_model, splits, contract, config.epochs, config.lr, "float", run, log,
+                 batch=config.batch, seed=config.seed)
         with atomic_path(run.float_model) as tmp:
             float_model.save(tmp)
 
     plan = default_plan(float_model, config.bits, config.method, config.keep_8bit)
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
     write_json(run.config_path, record)
-    calibration = contract.to_float(splits["train"].x[np.random.default_rng(config.seed).permutation(
+    qat = qat_phase(float_model, plan, splits, contract, run, log, epochs=config.qat_epochs, lr=config.qat_lr,
+                    batch=config.batch, seed=config.seed,
+                    what=f"weights {config.bits}-bit ({config.method}) with "
+                         f"{', '.join(config.keep_8bit) or 'no layers'} kept 8-bit, activations int8")
+    return finish(run, qat, splits, contract, config.data or "synthetic", log)
+
+
+def qat_phase(float_model, plan, splits, contract, run: Run, log: Log, *, epochs: int, lr: float, batch: int,
+              seed: int, what: str, teacher=None, distill: float = 0.0, unlabeled: bool = False):
+    """Quantize ``float_model`` by ``plan``, calibrate, fine-tune; saves ``RUN/model.h5``."""
+    calibration = contract.to_float(splits["train"].x[np.random.default_rng(seed).permutation(
         len(splits["train"]))[:512]])
     qat = quantize_model(float_model, plan, calibration=calibration)
     if len(splits.get("val", ())):
@@ -187,16 +210,25 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
         start = {"float_val_accuracy": _accuracy(float_model, val, contract),
                  "qat_step0_val_accuracy": _accuracy(qat, val, contract)}
         run.update_metrics(**start)
-        log(f"val accuracy: float {start['float_val_accuracy']:.4f}; quantized before QAT (BN folded, "
-            f"scales calibrated) {start['qat_step0_val_accuracy']:.4f}")
-    if config.qat_epochs:
-        log(f"QAT: {config.qat_epochs} epochs, weights {config.bits}-bit ({config.method}) "
-            f"with {', '.join(config.keep_8bit) or 'no layers'} kept 8-bit, activations int8")
-        _fit(qat, splits, contract, config, config.qat_epochs, config.qat_lr, "qat", run, log)
+        log(f"val accuracy{' (agreement with the teacher)' if unlabeled else ''}: float "
+            f"{start['float_val_accuracy']:.4f}; quantized before QAT (BN folded, ranges calibrated) "
+            f"{start['qat_step0_val_accuracy']:.4f}")
+    if epochs:
+        log(f"QAT: {epochs} epochs, {what}" + (f"; distilled from the float model (weight {distill})"
+                                               if teacher is not None else ""))
+        _fit(qat, splits, contract, epochs, lr, "qat", run, log, batch=batch, seed=seed, teacher=teacher,
+             distill=distill, unlabeled=unlabeled)
     with atomic_path(run.model) as tmp:
         qat.save(tmp)
+    return qat
 
-    metrics = {"data": config.data or "synthetic"}
+
+def finish(run: Run, qat, splits, contract, data_name: str, log: Log) -> Run:
+    """Held-out accuracy in Keras, conversion to ``model.tflite``, and its accuracy in TFLM."""
+    from tinyq.check import tflm_accuracy
+    from tinyq.convert import convert_run
+
+    metrics = {"data": data_name}
     for split in ("val", "test"):
         if len(splits.get(split, ())):
             metrics[f"keras_{split}_accuracy"] = _accuracy(qat, splits[split], contract)
@@ -205,8 +237,6 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
     log("  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("accuracy")))
     convert_run(run, representative=splits["train"].x, log=log)
     if len(splits.get("test", ())):
-        from tinyq.check import tflm_accuracy
-
         log(f"TFLM: running model.tflite on {len(splits['test'])} test images ...")
         acc = tflm_accuracy(run.tflite.read_bytes(), splits["test"], contract)
         run.update_metrics(tflm_test_accuracy=acc, test_n=len(splits["test"]))

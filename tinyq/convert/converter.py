@@ -100,7 +100,13 @@ def verify(qat, fb: flatbuffer.Flatbuffer) -> dict[int, tuple[str, int]]:
         if got.shape != ints.shape:
             got = got.reshape(ints.shape) if got.size == ints.size else got
         scales = t.scales if t.scales.size == step.size else np.full(step.size, t.scales[0])
-        if got.shape != ints.shape or not np.array_equal(got, ints) or not np.allclose(scales, step, rtol=1e-5):
+        # A channel whose weights are all 0 deploys as 0 whatever its scale; the converter raises
+        # tiny scales to a floor, so compare scales only where a channel holds a non-zero weight.
+        live = np.ones(step.size, bool)
+        if step.size > 1 and got.shape == ints.shape:
+            live = np.moveaxis(ints, t.quantized_dimension, 0).reshape(step.size, -1).any(axis=1)
+        if (got.shape != ints.shape or not np.array_equal(got, ints)
+                or not np.allclose(scales[live], step[live], rtol=1e-5)):
             raise AssertionError(f"converted weights of layer {name!r} differ from the ones training used")
         found[index] = (name, bits)
     missing = set(expected) - {n for n, _ in found.values()}

@@ -113,6 +113,26 @@ def load_folder(root: str | Path, size: int, channels: int = 3, limit: int | Non
     return ImageSet(x, y, skipped, str(root))
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def load_images(root: str | Path, size: int, channels: int = 3, limit: int | None = None, seed: int = 0) -> ImageSet:
+    """Every image under ``root`` (any folder layout), unlabelled (y = 0)."""
+    root = Path(root)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if limit is not None and len(files) > limit:
+        files = [files[i] for i in sorted(np.random.default_rng(seed).choice(len(files), size=limit, replace=False))]
+    xs, skipped = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in files:
+            arr = _load_image(path, size, channels)
+            (skipped.append(str(path)) if arr is None else xs.append(arr))
+    if not xs:
+        raise TinyqError(f"no readable images under {str(root)!r}; add .jpg/.png images")
+    return ImageSet(np.stack(xs), np.zeros(len(xs), np.int32), skipped, str(root))
+
+
 def require_both_classes(data: ImageSet, what: str) -> None:
     missing = [name for name, n in data.counts().items() if n == 0]
     if missing:

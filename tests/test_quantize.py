@@ -1,0 +1,114 @@
+"""`tinyq quantize`: a user's saved float model, labelled or not, to a checked .tflite."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tinyq._tf import keras, tf
+from tinyq.cli import main
+from tinyq.distill import Distiller
+
+L = keras.layers
+RES = 32
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def float_model(tmp_path_factory):
+    """A small float classifier trained a little on synthetic figures, saved as .h5."""
+    from tinyq.data import synthetic
+
+    keras.utils.set_random_seed(0)
+    i = L.Input((RES, RES, 3))
+    x = L.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(i)
+    x = L.BatchNormalization()(x)
+    x = L.Activation("relu")(x)
+    x = L.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+    x = L.BatchNormalization()(x)
+    x = L.Activation("relu")(x)
+    x = L.Conv2D(16, 1, use_bias=False)(x)
+    x = L.BatchNormalization()(x)
+    x = L.Activation("relu")(x)
+    x = L.AveragePooling2D(16)(x)
+    x = L.Flatten()(x)
+    model = keras.Model(i, L.Dense(2, activation="softmax")(x))  # the layout of vww_96.h5
+    data = synthetic(200, size=RES, seed=5)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(data.x / 255.0, data.y, epochs=2, verbose=0)
+    path = tmp_path_factory.mktemp("model") / "float.h5"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from tinyq.data import synthetic
+
+    root = tmp_path_factory.mktemp("data")
+    data = synthetic(120, size=64, seed=9)
+    for i, (x, y) in enumerate(zip(data.x, data.y)):
+        labelled = root / "labelled" / ("person" if y else "non_person")
+        flat = root / "flat" / f"batch{i % 3}"
+        for folder in (labelled, flat):
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x).save(folder / f"{i}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_quantize_labelled(float_model, folders, tmp_path, bits):
+    out = tmp_path / "run"
+    r = invoke("quantize", float_model, "--bits", bits, "--data", folders / "labelled", "--epochs", 1,
+               "--batch", 16, "--out", out)
+    assert r.exit_code == 0, r.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["kind"] == "quantize" and config["contract"]["resolution"] == RES
+    assert "distilled from the float model (weight 0.5)" in r.stderr
+    result = json.loads(invoke("check", out, "--data", folders / "labelled", "--json").stdout)
+    assert result["tflm"]["n"] == 120 and result["tflm"]["agreement_with_keras"] >= 0.9
+    assert ("litert_vs_tflm_max_abs_diff" in result) == (bits != 2)
+
+
+def test_quantize_unlabeled_any_folder(float_model, folders, tmp_path):
+    out = tmp_path / "run"
+    r = invoke("quantize", float_model, "--bits", 4, "--data", folders / "flat", "--unlabeled", "--epochs", 1,
+               "--batch", 16, "--out", out)
+    assert r.exit_code == 0, r.stderr
+    assert "agreement with the teacher" in r.stderr and "(weight 1.0)" in r.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["float_val_accuracy"] == 1.0  # labels are the teacher's own top-1
+    assert 0.5 <= metrics["tflm_test_accuracy"] <= 1.0
+    # a flat folder without --unlabeled is the layout error
+    r = invoke("quantize", float_model, "--data", folders / "flat", "--out", tmp_path / "x")
+    assert r.exit_code == 1 and "no person/ or non_person/" in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_unsupported_layer_is_named(folders, tmp_path):
+    i = L.Input((RES, RES, 3))
+    x = L.SeparableConv2D(4, 3, name="sep")(i)
+    model = keras.Model(i, L.Dense(2, activation="softmax")(L.GlobalAveragePooling2D()(x)))
+    path = tmp_path / "sep.h5"
+    model.save(path)
+    r = invoke("quantize", path, "--data", folders / "labelled", "--out", tmp_path / "run")
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("error: layer 'sep' (SeparableConv2D) cannot be quantized")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_distillation_loss_formula(alpha):
+    keras.utils.set_random_seed(1)
+    student = keras.Sequential([L.Input((4,)), L.Dense(3, activation="softmax")])
+    teacher = keras.Sequential([L.Input((4,)), L.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 1, 0])
+    loss, _ = Distiller(student, teacher, alpha)._loss(tf.constant(x), tf.constant(y), training=False)
+    p, q = teacher(x).numpy(), student(x).numpy()
+    kl = (p * np.log(p / q)).sum(axis=1)
+    ce = -np.log(q[np.arange(5), y])
+    assert float(loss) == pytest.approx(float(np.mean(alpha * kl + (1 - alpha) * ce)), rel=1e-4)

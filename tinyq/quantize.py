@@ -1,0 +1,143 @@
+"""``tinyq quantize MODEL``: QAT with distillation for a float Keras classifier a user brings.
+
+The float model is the teacher; its quantized copy (BN folded, ranges calibrated) learns
+from the teacher's outputs and, when the data is labelled, the labels. With ``unlabeled``
+any folder of images serves: each image's label becomes the teacher's top-1, so every
+accuracy reported is agreement with the float model.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tinyq import __version__
+from tinyq._tf import keras, tf
+from tinyq.contract import InputContract
+from tinyq.data import ImageSet, layout, load_splits
+from tinyq.data.folder import SPLITS, load_images, split
+from tinyq.errors import TinyqError
+from tinyq.plan import KEEP_CHOICES, default_plan
+from tinyq.qat import load_model
+from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
+from tinyq.spec import QuantSpec
+from tinyq.train import Log, evaluate_keras, finish, log_stderr, prepare_run, qat_phase
+
+L = keras.layers
+SUPPORTED = (L.InputLayer, L.Conv2D, L.DepthwiseConv2D, L.Dense, L.BatchNormalization, L.ReLU, L.Activation,
+             L.MaxPooling2D, L.AveragePooling2D, L.GlobalAveragePooling2D, L.GlobalMaxPooling2D, L.Flatten,
+             L.Reshape, L.Dropout, L.Add, L.Concatenate, L.Softmax, L.ZeroPadding2D)
+ACTIVATIONS = ("linear", "relu", "relu6", "softmax")
+
+
+@dataclass(frozen=True)
+class QuantizeJob:
+    model: str
+    data: str
+    bits: int = 8
+    method: str = "ste"
+    keep_8bit: tuple[str, ...] = KEEP_CHOICES
+    unlabeled: bool = False
+    distill: float = 0.5
+    epochs: int = 3
+    batch: int = 64
+    lr: float = 2e-4
+    seed: int = 0
+    limit: int | None = None
+    value_range: tuple[float, float] = (0.0, 1.0)
+    labels: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        QuantSpec(method=self.method, weight_bits=self.bits)
+        if not 0.0 <= self.distill <= 1.0:
+            raise TinyqError(f"--distill must lie in 0..1 (the weight of the teacher's term); got {self.distill}")
+        if self.epochs < 0 or self.batch < 1:
+            raise TinyqError("--epochs must be >= 0 and --batch >= 1")
+
+
+def check_supported(model: keras.Model) -> None:
+    """Raise a TinyqError naming the first layer tinyq cannot quantize."""
+    for layer in model.layers:
+        if type(layer) not in SUPPORTED:
+            raise TinyqError(f"layer {layer.name!r} ({type(layer).__name__}) cannot be quantized by tinyq; "
+                             f"supported: {', '.join(sorted({c.__name__ for c in SUPPORTED}))}")
+        act = getattr(layer, "activation", None)
+        name = getattr(act, "__name__", None)
+        if act is not None and name not in ACTIVATIONS:
+            raise TinyqError(f"layer {layer.name!r} uses activation {name!r}; tinyq quantizes "
+                             f"{', '.join(ACTIVATIONS)}")
+
+
+def contract_of(model: keras.Model, value_range, labels) -> InputContract:
+    shape = model.input_shape
+    if isinstance(shape, list) or len(shape) != 4 or shape[1] != shape[2] or shape[1] is None:
+        raise TinyqError(f"the model's input shape {shape} is not one square image (N, H, H, C)")
+    classes = model.output_shape[-1]
+    if labels is None:
+        labels = ("non_person", "person") if classes == 2 else tuple(f"class{i}" for i in range(classes))
+    if len(labels) != classes:
+        raise TinyqError(f"--labels names {len(labels)} classes, the model outputs {classes}")
+    return InputContract(resolution=shape[1], channels=shape[3], value_range=tuple(value_range), labels=tuple(labels))
+
+
+def _load_data(job: QuantizeJob, contract: InputContract, teacher, log: Log) -> dict[str, ImageSet]:
+    path = Path(job.data)
+    labelled = True
+    try:
+        layout(path)
+    except TinyqError:
+        if not (job.unlabeled and path.is_dir()):
+            raise
+        labelled = False
+    if labelled:
+        splits = load_splits(path, contract.resolution, contract.channels, job.seed, job.limit)
+    else:
+        splits = split(load_images(path, contract.resolution, contract.channels, job.limit, job.seed), seed=job.seed)
+    if job.unlabeled:
+        for name, part in splits.items():  # the teacher's top-1 is the label: accuracy = agreement
+            if len(part):
+                part.y = evaluate_keras(teacher, part, contract).argmax(1).astype(np.int32)
+    for name in SPLITS:
+        if name in splits:
+            log(f"data: {name}: {len(splits[name])} images" + ("" if job.unlabeled else f" {splits[name].counts()}"))
+    if len(splits["train"]) == 0:
+        raise TinyqError(f"no training images in {job.data!r}")
+    return splits
+
+
+def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log = log_stderr) -> Run:
+    """Quantize ``job.model`` into the run folder ``out``."""
+    source = Path(job.model)
+    if not source.exists():
+        raise TinyqError(f"model {job.model!r} does not exist; give a .h5, .keras or SavedModel folder")
+    try:
+        teacher = load_model(source)
+    except TinyqError:
+        raise
+    except Exception as e:
+        raise TinyqError(f"cannot load {job.model!r} as a Keras model: {str(e).splitlines()[0][:160]}") from None
+    check_supported(teacher)
+    contract = contract_of(teacher, job.value_range, job.labels)
+    run = Run(out)
+    settings = {**asdict(job), "keep_8bit": list(job.keep_8bit), "value_range": list(job.value_range),
+                "labels": list(job.labels) if job.labels else None}
+    record = {"format_version": FORMAT_VERSION, "tinyq_version": __version__, "kind": "quantize",
+              "train": settings, "contract": contract.to_dict()}
+    prepare_run(run, record, resume)
+    splits = _load_data(job, contract, teacher, log)
+    run.path.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(job.seed)
+    tf.config.experimental.enable_op_determinism()
+    with atomic_path(run.float_model) as tmp:
+        teacher.save(tmp)
+    plan = default_plan(teacher, job.bits, job.method, job.keep_8bit)
+    record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
+    write_json(run.config_path, record)
+    distill = 1.0 if job.unlabeled else job.distill
+    qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=job.epochs, lr=job.lr, batch=job.batch,
+                    seed=job.seed, teacher=teacher if distill > 0 else None, distill=distill,
+                    unlabeled=job.unlabeled,
+                    what=f"weights {job.bits}-bit ({job.method}) with {', '.join(job.keep_8bit) or 'no layers'} "
+                         "kept 8-bit, activations int8")
+    return finish(run, qat, splits, contract, job.data, log)
