@@ -19,7 +19,7 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[-1], lines[-1]
 
 
-@pytest.mark.parametrize("command", ["train", "convert", "export", "check", "inspect", "models", "methods"])
+@pytest.mark.parametrize("command", ["train", "quantize", "convert", "export", "check", "inspect", "models", "methods"])
 def test_help(command):
     r = invoke(command, "--help")
     assert r.exit_code == 0 and "Usage:" in r.output

@@ -183,10 +183,16 @@ def calibrate_scales(qat: keras.Model) -> None:
 def calibrate_activations(qat: keras.Model, folded: keras.Model, x: np.ndarray, batch: int = 64) -> None:
     """Set each output quantizer's range to the min/max its tensor takes on ``x``.
 
-    Measured on the BN-folded float model. TFMOT's moving-average quantizers start at
-    [-6, 6] and move with decay 0.999, so without this the first QAT epochs would run on
-    badly scaled activation grids. The range always includes 0, as TFLite requires.
+    Measured on the BN-folded float model; the input quantizer gets the range of ``x``.
+    TFMOT's moving-average quantizers start at [-6, 6] and move with decay 0.999, and its
+    input quantizer starts at [0, 0] (every input 0 until the first training step), so
+    without this the quantized model is meaningless at step 0 and the first epochs run on
+    badly scaled grids. The range always includes 0, as TFLite requires.
     """
+    for layer in qat.layers:
+        if type(layer).__name__ == "QuantizeLayer":  # the input: TFMOT starts it at [0, 0]
+            layer.quantizer_vars["min_var"].assign(min(0.0, float(np.min(x))))
+            layer.quantizer_vars["max_var"].assign(max(0.0, float(np.max(x))))
     targets = {layer.layer.name: layer._output_quantizer_vars for layer in qat.layers
                if getattr(layer, "_output_quantizer_vars", None) and hasattr(layer, "layer")}
     names = [layer.name for layer in folded.layers if layer.name in targets]
