@@ -68,6 +68,9 @@ def quant_row(run: Path, bits: int, sets: dict[str, Path]) -> dict:
         row[f"{name}_litert"] = result["litert"].get("accuracy")
         row[f"{name}_tflm"] = result["tflm"]["accuracy"]
         row["arena_bytes"] = result["tflm"]["arena_bytes"]
+        if "litert_vs_tflm_max_abs_diff" in result:
+            row["litert_vs_tflm_max_abs_diff"] = max(row.get("litert_vs_tflm_max_abs_diff", 0),
+                                                     result["litert_vs_tflm_max_abs_diff"])
     return row
 
 
@@ -78,11 +81,13 @@ def epoch_ratio(run: Path, float_run: Path) -> float:
     return float(np.mean(qat[1:] or qat) / np.mean(flt[1:] or flt))
 
 
-def fmt(v) -> str:
+def fmt(v, column: str = "") -> str:
     if v is None:
         return "n/a"
+    if column.endswith("_vs_float"):
+        return f"{v:.2f}x"
     if isinstance(v, float):
-        return f"{100 * v:.1f}%" if v <= 1.0 else f"{v:.2f}"
+        return f"{100 * v:.1f}%"
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
@@ -109,9 +114,10 @@ def main(argv=None) -> int:
         row["qat_epoch_time_vs_float"] = epoch_ratio(out / f"w{bits}", out / "w8")
         rows.append(row)
     cols = ["bits", "people96_test_keras", "people96_test_litert", "people96_test_tflm", "vww_dev_keras",
-            "vww_dev_litert", "vww_dev_tflm", "file_bytes", "weight_bytes", "arena_bytes", "qat_epoch_time_vs_float"]
+            "vww_dev_litert", "vww_dev_tflm", "file_bytes", "weight_bytes", "arena_bytes",
+            "litert_vs_tflm_max_abs_diff", "qat_epoch_time_vs_float"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c), c) for c in cols) + " |" for r in rows]
     table = "\n".join(lines)
     command = "python benchmarks/bench_pipeline.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(table)
