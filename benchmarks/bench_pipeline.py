@@ -2,7 +2,7 @@
 
 Trains one float model and QAT at 8 bits from it, then QAT at 4 and 2 bits from the same
 float model (``--init``), so rows differ only in weight bits. Accuracy in Keras, LiteRT (no
-XNNPACK) and TFLM; file, packed-weight and arena bytes; QAT epoch time relative to float,
+XNNPACK, reference kernels) and TFLM; file, packed-weight and arena bytes; QAT epoch time relative to float,
 measured in the same process. Prints a markdown table and writes it with a JSON beside.
 
     python benchmarks/bench_pipeline.py --data ../shared/data/people96 --vww ../shared/data/vww-dev \\
@@ -42,7 +42,7 @@ def float_row(run: Path, sets: dict[str, Path]) -> dict:
         x = contract.to_float(data.x)
         row[f"{name}_keras"] = float((evaluate_keras(model, data, contract).argmax(1) == data.y).mean())
         lite = Interpreter(model_content=tflite,
-                           experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+                           experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
         lite.allocate_tensors()
         micro = runtime.Interpreter.from_bytes(tflite, arena_size=4 << 20)
         preds = {"litert": [], "tflm": []}

@@ -112,3 +112,46 @@ def test_distillation_loss_formula(alpha):
     kl = (p * np.log(p / q)).sum(axis=1)
     ce = -np.log(q[np.arange(5), y])
     assert float(loss) == pytest.approx(float(np.mean(alpha * kl + (1 - alpha) * ce)), rel=1e-4)
+
+
+def test_mlperf_model_runs_identically_up_to_the_classifier(tmp_path, people96, vww_dev):
+    """vww_96.h5 quantized to 8 bits: LiteRT (reference kernels) and TFLM agree op by op on real scenes.
+
+    Every conv, depthwise, pooling and requantize output is bit-identical. Known open bug:
+    FULLY_CONNECTED (and the softmax after it) can differ by 1-2 on some images between
+    LiteRT's reference kernel and TFLM's; this test pins that the difference starts there.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from conftest import shared_path
+    from tflite_micro import runtime
+
+    from tinyq.check import load_eval_data, quantize_input
+    from tinyq.contract import InputContract
+
+    out = tmp_path / "vww"
+    r = invoke("quantize", shared_path("models", "vww_96.h5"), "--bits", 8, "--data", people96 / "val",
+               "--unlabeled", "--limit", 64, "--epochs", 0, "--out", out)
+    assert r.exit_code == 0, r.stderr
+    data = (out / "model.tflite").read_bytes()
+    lite = Interpreter(model_content=data, experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
+                       experimental_preserve_all_tensors=True)
+    lite.allocate_tensors()
+    micro = runtime.Interpreter.from_bytes(data, arena_size=4 << 20,
+                                           intrepreter_config=runtime.InterpreterConfig.kPreserveAllTensors)
+    contract = InputContract()
+    images = load_eval_data(vww_dev, contract, 120, lambda m: None)
+    scale, zero = lite.get_input_details()[0]["quantization"]
+    differing = set()
+    ops = lite._get_ops_details()
+    for x in quantize_input(images.x, contract, scale, zero):
+        lite.set_tensor(lite.get_input_details()[0]["index"], x[None])
+        lite.invoke()
+        micro.set_input(x[None], 0)
+        micro.invoke()
+        for op in ops:
+            t = op["outputs"][0]
+            a = lite.get_tensor(t).astype(int)
+            b = np.array(micro.GetTensor(t, 0)["tensor_data"]).astype(int).reshape(a.shape)
+            if np.abs(a - b).max() > (0 if op["op_name"] not in ("FULLY_CONNECTED", "SOFTMAX") else 2):
+                differing.add(op["op_name"])
+    assert not differing
