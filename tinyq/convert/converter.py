@@ -98,21 +98,21 @@ def verify(qat, fb: flatbuffer.Flatbuffer) -> dict[int, tuple[str, int]]:
             continue
         ints, step, bits = expected[name]
         got = flatbuffer.int_values(t)
-        if got.shape != ints.shape:
-            got = got.reshape(ints.shape) if got.size == ints.size else got
+        differ = AssertionError(f"converted weights of layer {name!r} differ from the ones training used")
+        if got.size != ints.size:
+            raise differ
+        # one row per channel; a per-tensor weight is one channel
+        axis = t.quantized_dimension if step.size > 1 else 0
+        g = np.moveaxis(got.reshape(ints.shape), axis, 0).reshape(step.size, -1)
+        e = np.moveaxis(ints, axis, 0).reshape(step.size, -1)
         scales = t.scales if t.scales.size == step.size else np.full(step.size, t.scales[0])
         # A dead channel (all float weights 0, so a step of ~1e-9) deploys as ~0 whatever the
         # converter does with it; the converter raises tiny scales to a floor and requantizes,
         # so such channels are compared by value, every other channel by integer and scale.
         live = step >= _DEAD_STEP
-        if got.shape == ints.shape and step.size > 1:
-            chan = lambda a: np.moveaxis(a, t.quantized_dimension, 0).reshape(step.size, -1)  # noqa: E731
-            same = np.array_equal(chan(got)[live], chan(ints)[live]) and np.all(
-                np.abs(chan(got)[~live] * scales[~live, None]) < 1e-6)
-        else:
-            same = got.shape == ints.shape and np.array_equal(got, ints)
-        if not same or not np.allclose(scales[live], step[live], rtol=1e-5):
-            raise AssertionError(f"converted weights of layer {name!r} differ from the ones training used")
+        if not (np.array_equal(g[live], e[live]) and np.all(np.abs(g[~live] * scales[~live, None]) < 1e-6)
+                and np.allclose(scales[live], step[live], rtol=1e-5)):
+            raise differ
         found[index] = (name, bits)
     missing = set(expected) - {n for n, _ in found.values()}
     if missing:

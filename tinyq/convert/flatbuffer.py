@@ -1,7 +1,7 @@
 """Read a .tflite flatbuffer: tensors, types, buffers and ops, with clear errors for bad files."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +58,6 @@ class Flatbuffer:
     ops: list[Op]
     inputs: list[int]
     outputs: list[int]
-    model: object = field(repr=False)  # schema.ModelT, for callers that need more
 
     @property
     def op_names(self) -> list[str]:
@@ -118,7 +117,7 @@ def parse(data: bytes, what: str = "the model") -> Flatbuffer:
         for op in ops:
             if any(x >= len(tensors) for x in op.inputs + op.outputs):
                 raise bad
-        return Flatbuffer(len(data), tensors, ops, [int(x) for x in sg.inputs], [int(x) for x in sg.outputs], model)
+        return Flatbuffer(len(data), tensors, ops, [int(x) for x in sg.inputs], [int(x) for x in sg.outputs])
     except TinyqError:
         raise
     except Exception:  # the generated reader raises anything from IndexError to struct.error
