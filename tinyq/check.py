@@ -106,12 +106,24 @@ def _tflm(data: bytes, x: np.ndarray) -> np.ndarray:
     return np.stack(outs)
 
 
-def tflm_accuracy(data: bytes, images: ImageSet, contract: InputContract) -> float:
-    """Top-1 accuracy of the flatbuffer ``data`` in TFLM on ``images``."""
+def tflm_predictions(data: bytes, images: ImageSet, contract: InputContract) -> np.ndarray:
+    """Top-1 class of the flatbuffer ``data`` in TFLM for each of ``images``."""
     fb = flatbuffer.parse(data)
     tin = fb.tensors[fb.inputs[0]]
     x = quantize_input(images.x, contract, float(tin.scales[0]), int(tin.zero_points[0]))
-    return float((_tflm(data, x).argmax(1) == images.y).mean())
+    return _tflm(data, x).argmax(1)
+
+
+def tflm_accuracy(data: bytes, images: ImageSet, contract: InputContract) -> float:
+    """Top-1 accuracy of the flatbuffer ``data`` in TFLM on ``images``."""
+    return float((tflm_predictions(data, images, contract) == images.y).mean())
+
+
+def confusion(truth: np.ndarray, pred: np.ndarray, classes: int) -> list[list[int]]:
+    """``matrix[true][predicted]`` counts."""
+    m = np.zeros((classes, classes), np.int64)
+    np.add.at(m, (np.asarray(truth, np.int64), np.asarray(pred, np.int64)), 1)
+    return m.tolist()
 
 
 def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, log: Log = lambda m: None) -> dict:

@@ -95,7 +95,7 @@ def train(recipe, bits, method, keep_8bit, data, channels, epochs, qat_epochs, b
 def _summary(run, synthetic: bool) -> None:
     m = run.metrics()
     click.echo(f"run folder: {run.path}")
-    for key in ("keras_test_accuracy", "tflm_test_accuracy"):
+    for key in ("float_test_accuracy", "keras_test_accuracy", "tflm_test_accuracy"):
         if key in m:
             click.echo(f"  {key}: {m[key]:.4f} on {m.get('test_n', m.get('keras_test_n'))} held-out images"
                        f"{' (synthetic)' if synthetic else ''}")
@@ -122,13 +122,18 @@ def _summary(run, synthetic: bool) -> None:
 @click.option("--value-range", default="0,1", show_default=True,
               help="Model input range: pixels p become lo + p/255 * (hi - lo).")
 @click.option("--labels", default=None, help="Class names in output order [default for 2 classes: non_person,person].")
+@click.option("--ptq", is_flag=False, flag_value="auto", default=None,
+              type=click.Choice(["auto", "converter", "tinyq"]),
+              help="Post-training quantization baseline, no training: 'converter' (the TFLite converter's int8), "
+                   "'tinyq' (per-channel rounding with searched clipping, any bits); bare --ptq: converter "
+                   "at 8 bits, tinyq below.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/MODEL-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
 def quantize(model, data, bits, method, keep_8bit, unlabeled, distill, epochs, batch, lr, seed, limit, value_range,
-             labels, out, resume):
+             labels, ptq, out, resume):
     """Quantize a float Keras classifier (.h5, .keras, SavedModel) with QAT and distillation."""
     from tinyq.plan import parse_keep
-    from tinyq.quantize import QuantizeJob
+    from tinyq.quantize import QuantizeJob, ptq_kind
     from tinyq.quantize import quantize as run_quantize
     from tinyq.train import log_stderr
 
@@ -138,11 +143,12 @@ def quantize(model, data, bits, method, keep_8bit, unlabeled, distill, epochs, b
         raise TinyqError(f"--value-range takes two numbers, lo,hi (e.g. 0,1 or -1,1); got {value_range!r}") from None
     job = QuantizeJob(model=model, data=data, bits=bits, method=method, keep_8bit=parse_keep(keep_8bit),
                       unlabeled=unlabeled, distill=distill, epochs=epochs, batch=batch, lr=lr, seed=seed, limit=limit,
-                      value_range=(lo, hi), labels=tuple(labels.split(",")) if labels else None)
+                      value_range=(lo, hi), labels=tuple(labels.split(",")) if labels else None,
+                      ptq=ptq_kind(bits, ptq) if ptq else None)
     if out is None:
         if resume:
             raise TinyqError("--resume needs --out RUN, the run folder to continue")
-        out = _default_out(Path(model).stem, bits)
+        out = _default_out(Path(model).stem + (f"-ptq-{job.ptq}" if job.ptq else ""), bits)
     run = run_quantize(job, out, resume=resume, log=log_stderr)
     _summary(run, synthetic=False)
 

@@ -17,7 +17,7 @@ from tinyq._tf import keras, tf
 from tinyq.contract import InputContract
 from tinyq.data import ImageSet, layout, load_splits
 from tinyq.data.folder import SPLITS, load_images, split
-from tinyq.errors import TinyqError
+from tinyq.errors import TinyqError, expected_one_of
 from tinyq.plan import KEEP_CHOICES, default_plan
 from tinyq.qat import load_model
 from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
@@ -29,6 +29,12 @@ SUPPORTED = (L.InputLayer, L.Conv2D, L.DepthwiseConv2D, L.Dense, L.BatchNormaliz
              L.MaxPooling2D, L.AveragePooling2D, L.GlobalAveragePooling2D, L.GlobalMaxPooling2D, L.Flatten,
              L.Reshape, L.Dropout, L.Add, L.Concatenate, L.Softmax, L.ZeroPadding2D)
 ACTIVATIONS = ("linear", "relu", "relu6", "softmax")
+PTQ_CHOICES = ("converter", "tinyq")
+
+
+def ptq_kind(bits: int, choice: str) -> str:
+    """``--ptq`` without a value: the converter's int8 PTQ at 8 bits, tinyq's rounding below."""
+    return ("converter" if bits == 8 else "tinyq") if choice == "auto" else choice
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,15 @@ class QuantizeJob:
     limit: int | None = None
     value_range: tuple[float, float] = (0.0, 1.0)
     labels: tuple[str, ...] | None = None
+    ptq: str | None = None  # None: QAT; "converter": the TFLite converter's int8 PTQ; "tinyq": rounding only
 
     def __post_init__(self) -> None:
         QuantSpec(method=self.method, weight_bits=self.bits)
+        if self.ptq not in (None, *PTQ_CHOICES):
+            raise expected_one_of("--ptq", PTQ_CHOICES, self.ptq)
+        if self.ptq == "converter" and self.bits != 8:
+            raise TinyqError(f"--ptq converter is the TFLite converter's int8 quantization; got --bits {self.bits}: "
+                             "use --ptq tinyq for 2-4 bits")
         if not 0.0 <= self.distill <= 1.0:
             raise TinyqError(f"--distill must lie in 0..1 (the weight of the teacher's term); got {self.distill}")
         if self.epochs < 0 or self.batch < 1:
@@ -134,10 +146,19 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     plan = default_plan(teacher, job.bits, job.method, job.keep_8bit)
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
     write_json(run.config_path, record)
+    if job.ptq == "converter":
+        log("PTQ: the TFLite converter's int8 post-training quantization of the float model "
+            "(per-channel weights, ranges from representative images)")
+        return finish(run, None, splits, contract, job.data, log, float_model=teacher)
+    if job.ptq == "tinyq":
+        log(f"PTQ: tinyq's rounding, weights {job.bits}-bit per channel with MSE-searched clipping, no training")
+        qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=0, lr=job.lr, batch=job.batch,
+                        seed=job.seed, what="")
+        return finish(run, qat, splits, contract, job.data, log, float_model=teacher)
     distill = 1.0 if job.unlabeled else job.distill
     qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=job.epochs, lr=job.lr, batch=job.batch,
                     seed=job.seed, teacher=teacher if distill > 0 else None, distill=distill,
                     unlabeled=job.unlabeled,
                     what=f"weights {job.bits}-bit ({job.method}) with {', '.join(job.keep_8bit) or 'no layers'} "
                          "kept 8-bit, activations int8")
-    return finish(run, qat, splits, contract, job.data, log)
+    return finish(run, qat, splits, contract, job.data, log, float_model=teacher)

@@ -223,21 +223,29 @@ def qat_phase(float_model, plan, splits, contract, run: Run, log: Log, *, epochs
     return qat
 
 
-def finish(run: Run, qat, splits, contract, data_name: str, log: Log) -> Run:
-    """Held-out accuracy in Keras, conversion to ``model.tflite``, and its accuracy in TFLM."""
-    from tinyq.check import tflm_accuracy
+def finish(run: Run, qat, splits, contract, data_name: str, log: Log, float_model=None) -> Run:
+    """Held-out accuracy in Keras, conversion to ``model.tflite``, and its accuracy in TFLM.
+
+    ``qat`` is None for the converter's PTQ (no Keras quantized model); ``float_model`` adds
+    the float original's accuracy on the same images.
+    """
+    from tinyq.check import confusion, tflm_predictions
     from tinyq.convert import convert_run
 
     metrics = {"data": data_name}
     for split in ("val", "test"):
         if len(splits.get(split, ())):
-            metrics[f"keras_{split}_accuracy"] = _accuracy(qat, splits[split], contract)
+            for prefix, model in (("keras", qat), ("float", float_model)):
+                if model is not None:
+                    metrics[f"{prefix}_{split}_accuracy"] = _accuracy(model, splits[split], contract)
             metrics[f"keras_{split}_n"] = len(splits[split])
     run.update_metrics(**metrics)
     log("  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("accuracy")))
     convert_run(run, representative=splits["train"].x, log=log)
-    if len(splits.get("test", ())):
-        log(f"TFLM: running model.tflite on {len(splits['test'])} test images ...")
-        acc = tflm_accuracy(run.tflite.read_bytes(), splits["test"], contract)
-        run.update_metrics(tflm_test_accuracy=acc, test_n=len(splits["test"]))
+    test = splits.get("test", ())
+    if len(test):
+        log(f"TFLM: running model.tflite on {len(test)} test images ...")
+        pred = tflm_predictions(run.tflite.read_bytes(), test, contract)
+        run.update_metrics(tflm_test_accuracy=float((pred == test.y).mean()), test_n=len(test),
+                           tflm_test_confusion=confusion(test.y, pred, len(contract.labels)))
     return run

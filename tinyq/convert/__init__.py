@@ -31,8 +31,10 @@ def convert_run(run: Run | str | Path, storage_bits: int | None = None, out: str
     if storage_bits is not None and storage_bits < trained_bits:
         raise TinyqError(f"--bits {storage_bits} is below the {trained_bits} bits {str(run.path)!r} was trained at; "
                          f"convert with --bits {trained_bits} or more, or train again at {storage_bits} bits")
-    if not run.model.exists():
-        raise TinyqError(f"{str(run.path)!r} has no model.h5; training did not finish: run tinyq train ... --resume")
+    converter_ptq = config["train"].get("ptq") == "converter"
+    source = run.float_model if converter_ptq else run.model
+    if not source.exists():
+        raise TinyqError(f"{str(run.path)!r} has no {source.name}; training did not finish: run it again with --resume")
     contract = InputContract.from_dict(config["contract"])
     if representative is None:
         rep_path = run / "representative.npy"
@@ -41,8 +43,8 @@ def convert_run(run: Run | str | Path, storage_bits: int | None = None, out: str
         representative = np.load(rep_path)
     else:
         save_representative(run, representative)
-    qat = load_model(run.model)
-    data = convert(qat, representative, contract, storage_bits, log)
+    # converter PTQ: the float model goes to the converter, which picks every scale itself
+    data = convert(load_model(source), representative, contract, storage_bits, log)
     target = Path(out) if out is not None else run.tflite
     write_bytes(target, data)
     log(f"wrote {target} ({len(data):,} bytes)")

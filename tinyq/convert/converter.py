@@ -129,8 +129,9 @@ def convert(qat, representative: np.ndarray, contract: InputContract, storage_bi
     data = to_tflite(qat, representative, contract, storage_bits)
     fb = flatbuffer.parse(data)
     layers = verify(qat, fb)
-    log(f"convert: {len(data):,} bytes in {time.time() - t0:.1f}s; weights of {len(layers)} layers verified "
-        "equal to training's integers")
+    log(f"convert: {len(data):,} bytes in {time.time() - t0:.1f}s; " + (
+        f"weights of {len(layers)} layers verified equal to training's integers" if layers
+        else "a float model: the converter chose the int8 weights (post-training quantization)"))
     two_bit = {i: name for i, (name, bits) in layers.items()
                if bits == 2 and fb.tensors[i].type == "INT8"}
     if two_bit:
