@@ -122,6 +122,8 @@ def _summary(run, synthetic: bool) -> None:
 @click.option("--value-range", default="0,1", show_default=True,
               help="Model input range: pixels p become lo + p/255 * (hi - lo).")
 @click.option("--labels", default=None, help="Class names in output order [default for 2 classes: non_person,person].")
+@click.option("--allow-float", is_flag=True,
+              help="Leave layers tinyq cannot quantize out of QAT (a warning names them) instead of failing.")
 @click.option("--ptq", is_flag=False, flag_value="auto", default=None,
               type=click.Choice(["auto", "converter", "tinyq"]),
               help="Post-training quantization baseline, no training: 'converter' (the TFLite converter's int8), "
@@ -130,7 +132,7 @@ def _summary(run, synthetic: bool) -> None:
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/MODEL-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
 def quantize(model, data, bits, method, keep_8bit, unlabeled, distill, epochs, batch, lr, seed, limit, value_range,
-             labels, ptq, out, resume):
+             labels, allow_float, ptq, out, resume):
     """Quantize a float Keras classifier (.h5, .keras, SavedModel) with QAT and distillation."""
     from tinyq.plan import parse_keep
     from tinyq.quantize import QuantizeJob, ptq_kind
@@ -144,7 +146,7 @@ def quantize(model, data, bits, method, keep_8bit, unlabeled, distill, epochs, b
     job = QuantizeJob(model=model, data=data, bits=bits, method=method, keep_8bit=parse_keep(keep_8bit),
                       unlabeled=unlabeled, distill=distill, epochs=epochs, batch=batch, lr=lr, seed=seed, limit=limit,
                       value_range=(lo, hi), labels=tuple(labels.split(",")) if labels else None,
-                      ptq=ptq_kind(bits, ptq) if ptq else None)
+                      allow_float=allow_float, ptq=ptq_kind(bits, ptq) if ptq else None)
     if out is None:
         if resume:
             raise TinyqError("--resume needs --out RUN, the run folder to continue")

@@ -7,7 +7,7 @@ each per-channel scale by an MSE search on the float weights.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Collection, Mapping
 
 import numpy as np
 
@@ -81,6 +81,33 @@ class TinyqQuantizeConfig(tfq.QuantizeConfig):
         return cls(**config)
 
 
+class OutputQuantizeConfig(tfq.QuantizeConfig):
+    """A layer tinyq leaves float (``--allow-float``): only its output is fake-quantized to int8.
+
+    Explicit, because TFMOT's own fallback (``OutputOnlyConfig``) cannot be loaded back from a
+    saved model. The converter then calibrates the layer's weights, if any, post-training.
+    """
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [tfq.quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False,
+                                                      narrow_range=False)]
+
+    def get_config(self):
+        return {}
+
+
 def _layout_transform():
     from tensorflow_model_optimization.python.core.quantization.keras import quantize_layout_transform
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
@@ -116,7 +143,8 @@ class TinyqScheme(tfq.QuantizeScheme):
 
 
 def custom_objects() -> dict:
-    return {"TinyqQuantizeConfig": TinyqQuantizeConfig, **registry.custom_objects()}
+    return {"TinyqQuantizeConfig": TinyqQuantizeConfig, "OutputQuantizeConfig": OutputQuantizeConfig,
+            **registry.custom_objects()}
 
 
 def _followed_by_relu(layer) -> bool:
@@ -132,10 +160,13 @@ def _followed_by_relu(layer) -> bool:
 
 
 def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = None,
-                   default: QuantSpec | None = None, calibration: np.ndarray | None = None) -> keras.Model:
+                   default: QuantSpec | None = None, calibration: np.ndarray | None = None,
+                   keep_float: Collection[str] = ()) -> keras.Model:
     """QAT model: BN folded, weight layers quantized per ``plan`` (others by ``default``).
 
     ``calibration`` (model-ready float inputs) sets activation ranges before training.
+    Layers named in ``keep_float`` (names after :func:`tinyq.fold.fold_batchnorm`) keep float
+    weights and computation; only their output is quantized (:class:`OutputQuantizeConfig`).
     """
     plan = dict(plan or {})
     default = default or QuantSpec()
@@ -145,6 +176,8 @@ def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = No
         raise TinyqError(f"plan names layers the model does not have: {sorted(unknown)}")
 
     def annotate(layer):
+        if layer.name in keep_float:
+            return tfq.quantize_annotate_layer(layer, quantize_config=OutputQuantizeConfig())
         if isinstance(layer, WEIGHT_LAYERS):
             spec = plan.get(layer.name, default)
             quantizer = registry.get(spec.method).quantizer(bits=spec.weight_bits,

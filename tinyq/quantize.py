@@ -53,6 +53,7 @@ class QuantizeJob:
     limit: int | None = None
     value_range: tuple[float, float] = (0.0, 1.0)
     labels: tuple[str, ...] | None = None
+    allow_float: bool = False
     ptq: str | None = None  # None: QAT; "converter": the TFLite converter's int8 PTQ; "tinyq": rounding only
 
     def __post_init__(self) -> None:
@@ -68,17 +69,29 @@ class QuantizeJob:
             raise TinyqError("--epochs must be >= 0 and --batch >= 1")
 
 
-def check_supported(model: keras.Model) -> None:
-    """Raise a TinyqError naming the first layer tinyq cannot quantize."""
+def check_supported(model: keras.Model, allow_float: bool = False) -> list[str]:
+    """Names of the layers tinyq cannot quantize, as they appear after activations are split out.
+
+    Without ``allow_float`` the first one is a TinyqError naming it; with it they are
+    returned, to be left out of QAT (the converter then gives them int8 ranges from the
+    representative images where TFLite has an int8 kernel, float kernels otherwise).
+    """
+    found: list[tuple[str, str]] = []
     for layer in model.layers:
         if type(layer) not in SUPPORTED:
-            raise TinyqError(f"layer {layer.name!r} ({type(layer).__name__}) cannot be quantized by tinyq; "
-                             f"supported: {', '.join(sorted({c.__name__ for c in SUPPORTED}))}")
+            found.append((layer.name, f"layer {layer.name!r} ({type(layer).__name__}) cannot be quantized by tinyq; "
+                                      f"supported: {', '.join(sorted({c.__name__ for c in SUPPORTED}))}"))
+            continue
         act = getattr(layer, "activation", None)
         name = getattr(act, "__name__", None)
         if act is not None and name not in ACTIVATIONS:
-            raise TinyqError(f"layer {layer.name!r} uses activation {name!r}; tinyq quantizes "
-                             f"{', '.join(ACTIVATIONS)}")
+            # a weight layer's activation becomes its own layer (tinyq.fold.split_activations)
+            split = layer.name if isinstance(layer, L.Activation) else f"{layer.name}_activation"
+            found.append((split, f"layer {layer.name!r} uses activation {name!r}; tinyq quantizes "
+                                 f"{', '.join(ACTIVATIONS)}"))
+    if found and not allow_float:
+        raise TinyqError(f"{found[0][1]}; or pass --allow-float to leave it out of quantization")
+    return [name for name, _ in found]
 
 
 def contract_of(model: keras.Model, value_range, labels) -> InputContract:
@@ -129,7 +142,10 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
         raise
     except Exception as e:
         raise TinyqError(f"cannot load {job.model!r} as a Keras model: {str(e).splitlines()[0][:160]}") from None
-    check_supported(teacher)
+    keep_float = check_supported(teacher, job.allow_float)
+    if keep_float:
+        log(f"warning: --allow-float: {', '.join(keep_float)} left out of quantization-aware training; "
+            "the converter quantizes them from calibration where TFLite has an int8 kernel, else keeps them float")
     contract = contract_of(teacher, job.value_range, job.labels)
     run = Run(out)
     settings = {**asdict(job), "keep_8bit": list(job.keep_8bit), "value_range": list(job.value_range),
@@ -153,12 +169,12 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     if job.ptq == "tinyq":
         log(f"PTQ: tinyq's rounding, weights {job.bits}-bit per channel with MSE-searched clipping, no training")
         qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=0, lr=job.lr, batch=job.batch,
-                        seed=job.seed, what="")
+                        seed=job.seed, what="", keep_float=keep_float)
         return finish(run, qat, splits, contract, job.data, log, float_model=teacher)
     distill = 1.0 if job.unlabeled else job.distill
     qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=job.epochs, lr=job.lr, batch=job.batch,
                     seed=job.seed, teacher=teacher if distill > 0 else None, distill=distill,
-                    unlabeled=job.unlabeled,
+                    unlabeled=job.unlabeled, keep_float=keep_float,
                     what=f"weights {job.bits}-bit ({job.method}) with {', '.join(job.keep_8bit) or 'no layers'} "
                          "kept 8-bit, activations int8")
     return finish(run, qat, splits, contract, job.data, log, float_model=teacher)

@@ -200,11 +200,12 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
 
 
 def qat_phase(float_model, plan, splits, contract, run: Run, log: Log, *, epochs: int, lr: float, batch: int,
-              seed: int, what: str, teacher=None, distill: float = 0.0, unlabeled: bool = False):
+              seed: int, what: str, teacher=None, distill: float = 0.0, unlabeled: bool = False,
+              keep_float: tuple[str, ...] | list[str] = ()):
     """Quantize ``float_model`` by ``plan``, calibrate, fine-tune; saves ``RUN/model.h5``."""
     calibration = contract.to_float(splits["train"].x[np.random.default_rng(seed).permutation(
         len(splits["train"]))[:512]])
-    qat = quantize_model(float_model, plan, calibration=calibration)
+    qat = quantize_model(float_model, plan, calibration=calibration, keep_float=keep_float)
     if len(splits.get("val", ())):
         val = splits["val"]
         start = {"float_val_accuracy": _accuracy(float_model, val, contract),

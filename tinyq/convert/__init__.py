@@ -44,7 +44,8 @@ def convert_run(run: Run | str | Path, storage_bits: int | None = None, out: str
     else:
         save_representative(run, representative)
     # converter PTQ: the float model goes to the converter, which picks every scale itself
-    data = convert(load_model(source), representative, contract, storage_bits, log)
+    data = convert(load_model(source), representative, contract, storage_bits, log,
+                   allow_float=bool(config["train"].get("allow_float")))
     target = Path(out) if out is not None else run.tflite
     write_bytes(target, data)
     log(f"wrote {target} ({len(data):,} bytes)")

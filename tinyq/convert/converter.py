@@ -37,8 +37,12 @@ def storage(qat, bits: int | None) -> Iterator[None]:
             quantizer.storage_bits = None
 
 
-def to_tflite(qat, representative: np.ndarray, contract: InputContract, storage_bits: int | None = None) -> bytes:
-    """Full-integer conversion: int8 activations, int8 input and output."""
+def to_tflite(qat, representative: np.ndarray, contract: InputContract, storage_bits: int | None = None,
+              allow_float: bool = False) -> bytes:
+    """Full-integer conversion: int8 activations, int8 input and output.
+
+    ``allow_float``: ops without an int8 kernel stay float (QUANTIZE / DEQUANTIZE around them).
+    """
     sample = contract.to_float(representative[:200])
 
     def rep():
@@ -49,7 +53,8 @@ def to_tflite(qat, representative: np.ndarray, contract: InputContract, storage_
         converter = tf.lite.TFLiteConverter.from_keras_model(qat)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = rep
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] + (
+            [tf.lite.OpsSet.TFLITE_BUILTINS] if allow_float else [])
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
         try:
@@ -121,13 +126,17 @@ def verify(qat, fb: flatbuffer.Flatbuffer) -> dict[int, tuple[str, int]]:
 
 
 def convert(qat, representative: np.ndarray, contract: InputContract, storage_bits: int | None = None,
-            log: Callable[[str], None] = lambda m: None) -> bytes:
+            log: Callable[[str], None] = lambda m: None, allow_float: bool = False) -> bytes:
     """Convert, verify the integers against training, LUT-compress 2-bit tensors."""
     if storage_bits is not None and storage_bits not in STORAGE_BITS:
         raise TinyqError(f"unsupported storage bits {storage_bits}: expected one of {', '.join(map(str, STORAGE_BITS))}")
     t0 = time.time()
-    data = to_tflite(qat, representative, contract, storage_bits)
+    data = to_tflite(qat, representative, contract, storage_bits, allow_float)
     fb = flatbuffer.parse(data)
+    float_ops = fb.float_ops()
+    if float_ops:
+        log(f"warning: float ops in the file (no int8 kernel; slower, need float support on the device): "
+            f"{', '.join(float_ops)}")
     layers = verify(qat, fb)
     log(f"convert: {len(data):,} bytes in {time.time() - t0:.1f}s; " + (
         f"weights of {len(layers)} layers verified equal to training's integers" if layers

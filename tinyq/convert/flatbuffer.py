@@ -63,6 +63,11 @@ class Flatbuffer:
     def op_names(self) -> list[str]:
         return sorted({op.name for op in self.ops})
 
+    def float_ops(self) -> list[str]:
+        """Ops computing in float (a FLOAT32 output), ``NAME(output tensor)``; none in a full-integer file."""
+        return [f"{op.name}({self.tensors[op.outputs[0]].name})" for op in self.ops
+                if op.name != "DEQUANTIZE" and op.outputs and self.tensors[op.outputs[0]].type == "FLOAT32"]
+
     def weight_tensors(self) -> dict[int, Op]:
         """Constant weight inputs of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED (after DECODE, its source)."""
         out = {}
