@@ -11,6 +11,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("TINYQ_SHARED", ROOT.parent / "shared"))
 BITS = (2, 4, 8)
+RES = 32  # input size of the small float model users bring in the quantize tests
 
 
 def shared_path(*parts: str) -> Path:
@@ -29,3 +30,50 @@ def people96() -> Path:
 @pytest.fixture(scope="session")
 def vww_dev() -> Path:
     return shared_path("data", "vww-dev")
+
+
+@pytest.fixture(scope="session")
+def float_model(tmp_path_factory):
+    """A small float classifier trained a little on synthetic figures, saved as .h5."""
+    from tinyq._tf import keras
+    from tinyq.data import synthetic
+
+    L = keras.layers
+
+    keras.utils.set_random_seed(0)
+    i = L.Input((RES, RES, 3))
+    x = L.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(i)
+    x = L.BatchNormalization()(x)
+    x = L.Activation("relu")(x)
+    x = L.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+    x = L.BatchNormalization()(x)
+    x = L.Activation("relu")(x)
+    x = L.Conv2D(16, 1, use_bias=False)(x)
+    x = L.BatchNormalization()(x)
+    x = L.Activation("relu")(x)
+    x = L.AveragePooling2D(16)(x)
+    x = L.Flatten()(x)
+    model = keras.Model(i, L.Dense(2, activation="softmax")(x))  # the layout of vww_96.h5
+    data = synthetic(200, size=RES, seed=5)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(data.x / 255.0, data.y, epochs=2, verbose=0)
+    path = tmp_path_factory.mktemp("model") / "float.h5"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def folders(tmp_path_factory):
+    from PIL import Image
+
+    from tinyq.data import synthetic
+
+    root = tmp_path_factory.mktemp("data")
+    data = synthetic(120, size=64, seed=9)
+    for i, (x, y) in enumerate(zip(data.x, data.y)):
+        labelled = root / "labelled" / ("person" if y else "non_person")
+        flat = root / "flat" / f"batch{i % 3}"
+        for folder in (labelled, flat):
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x).save(folder / f"{i}.jpg")
+    return root

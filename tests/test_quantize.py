@@ -4,60 +4,18 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from tinyq._tf import keras, tf
 from tinyq.cli import main
 from tinyq.distill import Distiller
 
+from conftest import RES
+
 L = keras.layers
-RES = 32
 
 
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def float_model(tmp_path_factory):
-    """A small float classifier trained a little on synthetic figures, saved as .h5."""
-    from tinyq.data import synthetic
-
-    keras.utils.set_random_seed(0)
-    i = L.Input((RES, RES, 3))
-    x = L.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(i)
-    x = L.BatchNormalization()(x)
-    x = L.Activation("relu")(x)
-    x = L.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
-    x = L.BatchNormalization()(x)
-    x = L.Activation("relu")(x)
-    x = L.Conv2D(16, 1, use_bias=False)(x)
-    x = L.BatchNormalization()(x)
-    x = L.Activation("relu")(x)
-    x = L.AveragePooling2D(16)(x)
-    x = L.Flatten()(x)
-    model = keras.Model(i, L.Dense(2, activation="softmax")(x))  # the layout of vww_96.h5
-    data = synthetic(200, size=RES, seed=5)
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(data.x / 255.0, data.y, epochs=2, verbose=0)
-    path = tmp_path_factory.mktemp("model") / "float.h5"
-    model.save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    from tinyq.data import synthetic
-
-    root = tmp_path_factory.mktemp("data")
-    data = synthetic(120, size=64, seed=9)
-    for i, (x, y) in enumerate(zip(data.x, data.y)):
-        labelled = root / "labelled" / ("person" if y else "non_person")
-        flat = root / "flat" / f"batch{i % 3}"
-        for folder in (labelled, flat):
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(x).save(folder / f"{i}.jpg")
-    return root
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
@@ -155,3 +113,52 @@ def test_mlperf_model_runs_identically_up_to_the_classifier(tmp_path, people96, 
             if np.abs(a - b).max() > (0 if op["op_name"] not in ("FULLY_CONNECTED", "SOFTMAX") else 2):
                 differing.add(op["op_name"])
     assert not differing
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_ptq_baselines(float_model, folders, tmp_path, bits):
+    """Bare --ptq: the converter's int8 PTQ at 8 bits, tinyq's rounding (verified grids) below."""
+    out = tmp_path / "run"
+    r = invoke("quantize", float_model, "--ptq", "--bits", bits, "--data", folders / "labelled", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["ptq"] == ("converter" if bits == 8 else "tinyq")
+    assert not (out / "history.json").exists()  # no training
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"float_test_accuracy", "tflm_test_accuracy"} <= set(metrics)
+    assert sum(map(sum, metrics["tflm_test_confusion"])) == metrics["test_n"]
+    if bits == 8:
+        assert not (out / "model.h5").exists() and "the converter chose the int8 weights" in r.stderr
+    else:
+        assert "verified equal to training's integers" in r.stderr
+    result = json.loads(invoke("check", out, "--data", folders / "labelled", "--json").stdout)
+    assert result["tflm"]["n"] == 120
+
+
+def test_ptq_converter_is_int8_only(float_model, folders, tmp_path):
+    r = invoke("quantize", float_model, "--ptq", "converter", "--bits", 4, "--data", folders / "labelled",
+               "--out", tmp_path / "run")
+    assert r.exit_code == 1 and "use --ptq tinyq for 2-4 bits" in r.stderr
+    r = invoke("quantize", float_model, "--ptq", "nope", "--data", folders / "labelled", "--out", tmp_path / "run")
+    assert r.exit_code == 2 and "nope" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_allow_float_keeps_unsupported_layers_out_of_qat(folders, tmp_path):
+    i = L.Input((RES, RES, 3))
+    x = L.Conv2D(8, 3, strides=2, padding="same")(i)
+    x = L.LeakyReLU(0.1, name="leaky")(x)
+    x = L.Conv2D(8, 3, padding="same", activation="swish", name="swishconv")(x)
+    model = keras.Model(i, L.Dense(2, activation="softmax")(L.GlobalAveragePooling2D()(x)))
+    path = tmp_path / "odd.h5"
+    model.save(path)
+    r = invoke("quantize", path, "--bits", 4, "--data", folders / "labelled", "--epochs", 1, "--out", tmp_path / "x")
+    assert r.exit_code == 1 and "'leaky' (LeakyReLU)" in r.stderr and "--allow-float" in r.stderr
+    out = tmp_path / "run"
+    r = invoke("quantize", path, "--bits", 4, "--data", folders / "labelled", "--epochs", 1, "--batch", 16,
+               "--allow-float", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    assert "warning: --allow-float: leaky, swishconv_activation" in r.stderr
+    result = json.loads(invoke("check", out, "--data", folders / "labelled", "--json").stdout)
+    assert result["tflm"]["agreement_with_keras"] >= 0.9
+    assert "LEAKY_RELU" in result["ops"]

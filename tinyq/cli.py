@@ -185,6 +185,27 @@ def export(source, target, out, lang, name):
 
 
 @main.command()
+@click.argument("run", type=click.Path())
+@click.option("--data", type=click.Path(), default=None,
+              help="Also measure this run, its float original and each --reference on this folder (e.g. vww-dev).")
+@click.option("--reference", "references", multiple=True, type=click.Path(),
+              help="A .tflite to compare against on --data (repeatable), e.g. the MLPerf int8 model.")
+@click.option("--limit", type=int, default=None, help="Use at most N images of --data.")
+def report(run, data, references, limit):
+    """Write RUN/report.md, RUN/report.json and RUN/plots/*.png."""
+    from tinyq.report import write_report
+    from tinyq.train import log_stderr
+
+    if references and data is None:
+        raise TinyqError("--reference needs --data DIR: references are measured on the same images as the run")
+    rep = write_report(run, data, references, limit, log=log_stderr)
+    for p in rep["accuracy_vs_size"]:
+        click.echo(f"  {p['model']:<28} {100 * p['accuracy']:5.1f}%  {p['n']:>5} images of {p['data']}  "
+                   f"({p['runtime']}){'  ' + format(p['bytes'], ',') + ' bytes' if p['bytes'] else ''}")
+    click.echo(f"wrote {Path(run) / 'report.md'}, report.json and {len(rep['plots'])} plots in {Path(run) / 'plots'}")
+
+
+@main.command()
 @click.argument("tflite", type=click.Path())
 @click.option("--data", type=click.Path(), required=True, help="Image folder (person/ + non_person/).")
 @click.option("--limit", type=int, default=None, help="At most N images (seeded sample).")

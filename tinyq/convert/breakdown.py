@@ -52,7 +52,7 @@ def inspect_model(path: str | Path) -> dict:
             params += count
             packed_bits += count * bits
         rows.append({"index": t.index, "name": t.name, "type": t.type if t.index not in weight_bits else f"LUT{bits}",
-                     "bits": bits, "shape": list(t.shape), "bytes": t.nbytes, "kind": kind,
+                     "bits": bits, "shape": list(t.shape), "bytes": t.nbytes, "kind": kind, "params": count,
                      "channels": int(t.scales.size)})
         if kind in totals:
             totals[kind] += t.nbytes

@@ -1,0 +1,83 @@
+"""``report.md``: the quantization card, tables and the plots, from the report dict."""
+from __future__ import annotations
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _card(report: dict) -> list[str]:
+    c, s = report["card"], report["settings"]
+    how = {None: f"quantization-aware training, method `{c['method']}`", "tinyq": "post-training: tinyq's "
+           "per-channel rounding with MSE-searched clipping, no training",
+           "converter": "post-training: the TFLite converter's int8 quantization"}[c["ptq"]]
+    lines = ["## Quantization card", "",
+             f"- how: {how}",
+             f"- weights: {c['weight_bits']}-bit requested; bits in the file: "
+             f"{', '.join(map(str, c['weight_bits_in_file']))}",
+             f"- kept at 8 bits ({', '.join(c['kept_8bit']) or 'none requested'}): "
+             f"{', '.join(c['layers_at_8bit']) or 'none'}",
+             f"- per-channel scales: {', '.join(c['per_channel']) or 'none'}",
+             f"- per-tensor scale: {', '.join(c['per_tensor']) or 'none'}",
+             f"- activations: {c['activations']}",
+             f"- batch norm: {c['batch_norm']}",
+             f"- float ops in the file: {', '.join(c['float_layers']) or 'none (full integer)'}"]
+    if c["distillation"] is not None:
+        lines.append(f"- distillation weight (teacher: the float original): {c['distillation']}")
+    lines.append(f"- input: {report['contract']}")
+    if s.get("data"):
+        lines.append(f"- data: {s['data']}")
+    return lines
+
+
+def render(report: dict) -> str:
+    f = report["file"]
+    out = [f"# tinyq report: {report['run']}", "",
+           f"{report['kind']} run, tinyq {report['tinyq_version']}. Every number here is in `report.json`.", ""]
+    out += _card(report)
+    out += ["", "## Accuracy against size", "",
+            "| model | accuracy | images | data | runtime | file bytes |", "|---|---|---|---|---|---|"]
+    for p in report["accuracy_vs_size"]:
+        size = f"{p['bytes']:,}" if p["bytes"] else "n/a"
+        out.append(f"| {p['model']} | {_pct(p['accuracy'])} | {p['n']} | {p['data']} | {p['runtime']} | {size} |")
+    if "accuracy_size" in report["plots"]:
+        out += ["", "![accuracy against size](plots/accuracy_size.png)"]
+    c = report["confusion"]
+    if c:
+        out += ["", f"## Confusion matrix ({c['data']}, {c['runtime']})", "",
+                "| true \\ predicted | " + " | ".join(c["labels"]) + " |",
+                "|---" * (len(c["labels"]) + 1) + "|"]
+        out += [f"| {label} | " + " | ".join(map(str, row)) + " |" for label, row in zip(c["labels"], c["matrix"])]
+        out += ["", "![confusion](plots/confusion.png)"]
+    out += ["", "## File", "",
+            f"{f['bytes']:,} bytes; {f['weight_params']:,} weight parameters in {f['packed_weight_bytes']:,} packed "
+            f"bytes (file / packed weights = {f['file_over_packed_weights']}).", "",
+            "| part | bytes |", "|---|---|"]
+    out += [f"| {k} | {v:,} |" for k, v in f["breakdown"].items()]
+    out += ["", "## Layers", "", "Clipped: non-zero weights beyond the grid's range; zero: weights exactly 0 "
+            "(dead: output channels with only zeros).", "",
+            "| layer | bits | storage | scales | params | bytes | clipped | zero | dead channels |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    hists = {h["layer"]: h for h in report["histograms"]}
+    for r in report["layers"]:
+        h = hists.get(r["layer"])
+        out.append(f"| {r['layer']} | {r['bits']} | {r['storage']} | "
+                   f"{'per channel (' + str(r['channels']) + ')' if r['per_channel'] else 'per tensor'} | "
+                   f"{r['params']:,} | {r['bytes']:,} | {_pct(h['clipped_fraction']) if h else 'n/a'} | "
+                   f"{_pct(h['zero_fraction']) if h else 'n/a'} | {h['dead_channels'] if h else 'n/a'} |")
+    out += ["", "![bits and bytes](plots/bits.png)"]
+    if "weights" in report["plots"]:
+        out += ["", "## Weights on their grids", "", "Latent float weights divided by their channel's scale, so "
+                "every channel's levels line up; exact zeros left out.", "", "![weights](plots/weights.png)"]
+    else:
+        out += ["", "Weight histograms: not available (no Keras quantized model: the converter chose the weights)."]
+    out += ["", "## Training"]
+    if "curves" in report["plots"]:
+        history = report["history"]
+        out += ["", "| phase | epochs | last loss | last val accuracy |", "|---|---|---|---|"]
+        out += [f"| {phase} | {len(eps)} | {eps[-1].get('loss', float('nan')):.4f} | "
+                f"{_pct(eps[-1].get('val_accuracy'))} |" for phase, eps in history.items()]
+        out += ["", "![training curves](plots/curves.png)"]
+    else:
+        out += ["", "No training epochs (post-training quantization)."]
+    return "\n".join(out) + "\n"
