@@ -53,10 +53,14 @@ def synthetic_eval(tmp_path_factory):
 def test_run_folder_contents(runs, bits):
     run = runs[bits]
     for name in ("config.json", "float.h5", "model.h5", "history.json", "metrics.json", "model.tflite",
-                 "representative.npy"):
+                 "representative.npy", "report.md", "report.json", "plots/curves.png", "plots/weights.png"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["tflm_test_accuracy"] <= 1.0 and metrics["test_n"] == 30
+    assert 0.0 <= metrics["float_test_accuracy"] <= 1.0
+    report = json.loads((run / "report.json").read_text())
+    assert report["kind"] == "train" and set(report["history"]) == {"float", "qat"}
+    assert {h["bits"] for h in report["histograms"]} == ({8} if bits == 8 else {8, bits})
     config = json.loads((run / "config.json").read_text())
     assert config["plan"]["pw1"]["weight_bits"] == bits and config["plan"]["conv1"]["weight_bits"] == 8
     history = json.loads((run / "history.json").read_text())

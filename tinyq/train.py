@@ -196,7 +196,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
                     batch=config.batch, seed=config.seed,
                     what=f"weights {config.bits}-bit ({config.method}) with "
                          f"{', '.join(config.keep_8bit) or 'no layers'} kept 8-bit, activations int8")
-    return finish(run, qat, splits, contract, config.data or "synthetic", log)
+    return finish(run, qat, splits, contract, config.data or "synthetic", log, float_model=float_model)
 
 
 def qat_phase(float_model, plan, splits, contract, run: Run, log: Log, *, epochs: int, lr: float, batch: int,
@@ -225,7 +225,7 @@ def qat_phase(float_model, plan, splits, contract, run: Run, log: Log, *, epochs
 
 
 def finish(run: Run, qat, splits, contract, data_name: str, log: Log, float_model=None) -> Run:
-    """Held-out accuracy in Keras, conversion to ``model.tflite``, and its accuracy in TFLM.
+    """Held-out accuracy in Keras, conversion to ``model.tflite``, its accuracy in TFLM, the report.
 
     ``qat`` is None for the converter's PTQ (no Keras quantized model); ``float_model`` adds
     the float original's accuracy on the same images.
@@ -249,4 +249,8 @@ def finish(run: Run, qat, splits, contract, data_name: str, log: Log, float_mode
         pred = tflm_predictions(run.tflite.read_bytes(), test, contract)
         run.update_metrics(tflm_test_accuracy=float((pred == test.y).mean()), test_n=len(test),
                            tflm_test_confusion=confusion(test.y, pred, len(contract.labels)))
+    from tinyq.report import write_report
+
+    write_report(run.path)
+    log(f"report: {run / 'report.md'} (tinyq report RUN --data DIR measures it on other images too)")
     return run
