@@ -10,7 +10,7 @@ from tinyq.errors import TinyqError
 from tinyq.plan import default_plan
 from tinyq.fold import fold_batchnorm
 from tinyq.qat import load_model, quantize_model, quantized_layers
-from tinyq.quantizers import registry
+from tinyq.quantizers import method_callbacks, registry
 from tinyq.spec import QuantSpec
 
 L = keras.layers
@@ -73,7 +73,7 @@ def test_train_convert_verify(method, bits, tmp_path):
     x, y = data()
     qat.compile("adam", "sparse_categorical_crossentropy")
     before = [w.numpy().copy() for w in qat.trainable_weights]
-    qat.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    qat.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=method_callbacks(qat, 2, 2))
     assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, qat.trainable_weights))
 
     contract = InputContract(resolution=24)

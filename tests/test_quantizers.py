@@ -15,14 +15,21 @@ METHODS = registry.names()
 class _Holder(tf.Module):
     """Stands in for a layer in Quantizer.build: only add_weight is used."""
 
+    def __init__(self):
+        super().__init__()
+        self.added_losses = []
+
     def add_weight(self, name, shape, initializer, trainable):
         v = tf.Variable(initializer(shape), name=name, trainable=trainable)
         setattr(self, name, v)
         return v
 
+    def add_loss(self, loss):
+        self.added_losses.append(loss)
+
 
 def _build(method, bits, shape=(3, 3, 4, 5), channel_axis=-1):
-    q = registry.get(method).quantizer(bits=bits, channel_axis=channel_axis)
+    q = registry.parse(method).weight_quantizer(bits, channel_axis)
     qvars = q.build(tf.TensorShape(shape), "kernel", _Holder())
     return q, qvars
 
@@ -102,11 +109,11 @@ def test_depthwise_channel_axis(method, bits):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("bits", BITS)
 def test_get_config_round_trip(method, bits):
-    cls = registry.get(method).quantizer
-    q = cls(bits=bits, channel_axis=2)
+    q = registry.parse(method).weight_quantizer(bits, 2)
+    cls = type(q)
     again = cls.from_config(q.get_config())
     assert again == q and again.get_config() == {**q.get_config()}
-    assert cls.from_config(cls(bits=bits, channel_axis=None).get_config()).channel_axis is None
+    assert cls.from_config(registry.parse(method).weight_quantizer(bits, None).get_config()).channel_axis is None
 
 
 @pytest.mark.parametrize("bits", BITS)

@@ -261,7 +261,7 @@ def methods():
 
     for name in registry.names():
         m = registry.get(name)
-        click.echo(f"{name:<10} {m.quantizes}; {m.paper}")
+        click.echo(f"{name:<10} {m.kind:<12} {m.quantizes}; {m.paper}")
 
 
 if __name__ == "__main__":

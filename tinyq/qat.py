@@ -180,8 +180,7 @@ def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = No
             return tfq.quantize_annotate_layer(layer, quantize_config=OutputQuantizeConfig())
         if isinstance(layer, WEIGHT_LAYERS):
             spec = plan.get(layer.name, default)
-            quantizer = registry.get(spec.method).quantizer(bits=spec.weight_bits,
-                                                             channel_axis=channel_axis(layer))
+            quantizer = registry.parse(spec.method).weight_quantizer(spec.weight_bits, channel_axis(layer))
             config = TinyqQuantizeConfig(quantizer, kernel_attr(layer),
                                          quantize_output=not _followed_by_relu(layer))
             return tfq.quantize_annotate_layer(layer, quantize_config=config)
@@ -205,6 +204,12 @@ def quantized_layers(qat: keras.Model):
         for weight, quantizer, qvars in getattr(layer, "_weight_vars", []):
             if hasattr(quantizer, "grid"):
                 yield layer, weight, quantizer, qvars
+
+
+def diagnostics(qat: keras.Model) -> dict[str, dict[str, float]]:
+    """Per quantized layer, what its quantizer reports (QGT's grid distance, learned values)."""
+    return {layer.layer.name: quantizer.diagnostics(weight, qvars)
+            for layer, weight, quantizer, qvars in quantized_layers(qat)}
 
 
 def calibrate_scales(qat: keras.Model) -> None:

@@ -21,7 +21,7 @@ class QuantSpec:
     def __post_init__(self) -> None:
         from tinyq.quantizers import registry  # late: the registry imports TensorFlow
 
-        registry.get(self.method)  # raises the "expected one of" error
+        registry.parse(self.method)  # raises the "expected one of" error, or why a combination is wrong
         if self.weight_bits not in WEIGHT_BITS:
             raise TinyqError(
                 f"unsupported weight bits {self.weight_bits}: tinyq quantizes weights to 2..8 bits; "

@@ -18,7 +18,8 @@ from tinyq.data import ImageSet, load_splits, synthetic_splits
 from tinyq.data.pipeline import dataset
 from tinyq.errors import TinyqError
 from tinyq.plan import KEEP_CHOICES, default_plan
-from tinyq.qat import load_model, quantize_model
+from tinyq.qat import diagnostics, load_model, quantize_model
+from tinyq.quantizers import method_callbacks
 from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
 from tinyq.spec import QuantSpec
 
@@ -119,7 +120,8 @@ def _fit(model, splits, contract, epochs: int, lr: float, phase: str, run: Run, 
     val_ds = dataset(splits["val"].x, splits["val"].y, contract, batch) if len(splits.get("val", ())) else None
     backup = run / f".backup_{phase}"
     # history before the backup: an epoch killed between the two is re-run and its entry replaced
-    callbacks = [EpochLog(phase, epochs, log, run.history_path), keras.callbacks.BackupAndRestore(str(backup))]
+    callbacks = [EpochLog(phase, epochs, log, run.history_path), keras.callbacks.BackupAndRestore(str(backup)),
+                 *method_callbacks(model, epochs, steps)]
     fitted.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0)
     shutil.rmtree(backup, ignore_errors=True)  # the phase is complete; Keras leaves the empty folder
 
@@ -234,6 +236,8 @@ def finish(run: Run, qat, splits, contract, data_name: str, log: Log, float_mode
     from tinyq.convert import convert_run
 
     metrics = {"data": data_name}
+    if qat is not None:
+        metrics["diagnostics"] = diagnostics(qat)
     for split in ("val", "test"):
         if len(splits.get(split, ())):
             for prefix, model in (("keras", qat), ("float", float_model)):

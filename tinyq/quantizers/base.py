@@ -9,6 +9,8 @@ used (INT8 or packed INT4) with no special case per method.
 from __future__ import annotations
 
 import abc
+import math
+import weakref
 
 import numpy as np
 
@@ -63,11 +65,40 @@ def mse_scale(w: np.ndarray, bits: int, channel_axis: int | None = -1, steps: in
     return best.astype(np.float32)
 
 
+def grid_distance(w: tf.Tensor, scale: tf.Tensor, g: Grid) -> tf.Tensor:
+    """QGT's per-weight distance to the grid, in units of the step (Ghamari et al. 2021, arXiv 2103.06231).
+
+    ``r(w) = sin^2(pi * (w/s - o)) / pi^2`` inside the grid's range (0 on every level, at most
+    ``1/pi^2`` half-way between two; smooth, so its gradient points to the nearest level),
+    ``(|w|/s - top)^2`` beyond it (the clip level is the nearest). In units of ``s`` so layers
+    of any weight magnitude weigh alike; ``s`` gets no gradient from it (the task sets the
+    scale, the regulariser moves the weights).
+    """
+    s = tf.stop_gradient(scale)
+    u = w / s
+    inside = tf.square(tf.sin(math.pi * (u - g.offset))) / math.pi ** 2
+    outside = tf.square(tf.nn.relu(tf.abs(u) - g.top_level))
+    return tf.where(tf.abs(u) <= g.top_level, inside, outside)
+
+
+def _in_layer_call() -> bool:
+    """True inside a Keras layer's ``call`` (where ``add_loss`` takes a tensor), not when tinyq
+    calls a quantizer directly (conversion checks, diagnostics)."""
+    from tf_keras.src.engine import base_layer_utils
+
+    return base_layer_utils.call_context().in_call
+
+
 class WeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
     """Base for tinyq's weight quantizers: stores ``bits`` and ``channel_axis``, owns ``scale``.
 
     ``channel_axis=None`` quantizes per tensor: Dense kernels, whose per-axis fake-quant the
     converter cannot transpose into TFLite's [out, in] layout.
+
+    ``qgt > 0`` adds QGT's regulariser to the layer's losses: ``qgt * ramp * mean(r(w))`` with
+    :func:`grid_distance` and ``ramp`` (a non-trainable variable, 0 -> 1) set by
+    :class:`tinyq.quantizers.qgt.QGTRamp` as training progresses. Any method takes it
+    (``qgt+daq``): the regulariser acts on the latent weights, the method on the forward pass.
 
     Subclasses implement :meth:`quantize` (channels-last weights, per-channel scale ->
     quantized weights on the grid) and may add variables in :meth:`build_extra`.
@@ -75,9 +106,10 @@ class WeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
     name = ""  # registry key
 
-    def __init__(self, bits: int = 8, channel_axis: int | None = -1, **kwargs) -> None:
+    def __init__(self, bits: int = 8, channel_axis: int | None = -1, qgt: float = 0.0, **kwargs) -> None:
         self.bits = int(bits)
         self.channel_axis = None if channel_axis is None else int(channel_axis)
+        self.qgt = float(qgt)
         self.storage_bits: int | None = None  # set only while converting; see tinyq.convert
 
     @property
@@ -89,7 +121,12 @@ class WeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         scale = layer.add_weight(
             name=f"{name}_scale", shape=(channels,), initializer=tf.keras.initializers.Ones(),
             trainable=True)
-        return {"scale": scale, **self.build_extra(tensor_shape, name, layer)}
+        extra = {}
+        if self.qgt:
+            extra["qgt_ramp"] = layer.add_weight(name=f"{name}_qgt_ramp", shape=(),
+                                                 initializer=tf.keras.initializers.Zeros(), trainable=False)
+            self._owner = weakref.ref(layer)  # the regulariser is added to this layer's losses in __call__
+        return {"scale": scale, **extra, **self.build_extra(tensor_shape, name, layer)}
 
     def build_extra(self, tensor_shape, name, layer) -> dict:
         return {}
@@ -102,12 +139,29 @@ class WeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         axis = -1 if self.channel_axis is None else self.channel_axis
         w = channels_last(inputs, axis)
         scale = tf.abs(weights["scale"]) + 1e-12
+        if self.qgt and _in_layer_call() and getattr(self, "_owner", None) is not None and self._owner() is not None:
+            self._owner().add_loss(self.qgt * weights["qgt_ramp"] * self.regulariser(w, scale))
         w_q = to_container(self.quantize(w, scale, weights, training), scale, self.grid,
                            per_channel=self.channel_axis is not None)
         return channels_last(w_q, axis)
 
+    def regulariser(self, w: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+        """QGT's value for this layer: the mean :func:`grid_distance` of its weights (channels last)."""
+        return tf.reduce_mean(grid_distance(w, scale, self.grid))
+
+    def diagnostics(self, w: tf.Tensor, weights: dict) -> dict[str, float]:
+        """Numbers that show how the layer takes quantization (report.json, ``tinyq report``).
+
+        ``grid_distance``: QGT's regulariser value (mean squared distance to the grid in steps;
+        ``1/(2 pi^2) = 0.051`` for weights spread uniformly between levels, 0 on the grid):
+        layers that stay high resist quantization (candidates for more bits).
+        """
+        axis = -1 if self.channel_axis is None else self.channel_axis
+        scale = tf.abs(weights["scale"]) + 1e-12
+        return {"grid_distance": float(self.regulariser(channels_last(w, axis), scale))}
+
     def get_config(self) -> dict:
-        return {"bits": self.bits, "channel_axis": self.channel_axis}
+        return {"bits": self.bits, "channel_axis": self.channel_axis, "qgt": self.qgt}
 
     @classmethod
     def from_config(cls, config):

@@ -1,13 +1,16 @@
-"""The registry of weight-quantization methods, keyed by name.
+"""The registry of quantization methods, keyed by name, and how names combine with ``+``.
 
 The CLI's ``--method`` choices, ``tinyq methods`` and the tests' parametrisation all read
-:data:`METHODS`, so a new method is one entry here and one module.
+:data:`METHODS`, so a new method is one entry here and one module. A ``--method`` is one
+method or a ``+``-joined combination the papers use: at most one weight quantizer (``ste``
+when none is named), optionally ``qgt`` (a regulariser on top of it), at most one activation
+quantizer (``sat+cgpact``, ``qgt+daq``, ``qgt+pact``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tinyq.errors import expected_one_of
+from tinyq.errors import TinyqError, expected_one_of
 from tinyq.quantizers.base import WeightQuantizer
 from tinyq.quantizers.uniform import UniformSTE
 
@@ -15,18 +18,36 @@ from tinyq.quantizers.uniform import UniformSTE
 @dataclass(frozen=True)
 class Method:
     name: str
-    quantizer: type[WeightQuantizer]
+    kind: str  # "weights" | "regulariser" | "activations"
     paper: str
     quantizes: str
+    quantizer: type | None = None
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
-        Method("ste", UniformSTE, "straight-through estimator (Bengio et al. 2013) with LSQ scales "
-               "(Esser et al. 2020)", "weights: per-channel uniform grid, learned scale"),
+        Method("ste", "weights", "straight-through estimator (Bengio et al. 2013) with LSQ scales "
+               "(Esser et al. 2020)", "weights: per-channel uniform grid, learned scale", UniformSTE),
+        Method("qgt", "regulariser", "Quantization Guided Training (Ghamari et al. 2021, arXiv 2103.06231)",
+               "weights: pulls each weight to its grid level (a loss term, ramped); combines with any "
+               "weight method"),
     ]
 }
+
+
+@dataclass(frozen=True)
+class Combination:
+    """A parsed ``--method``: the weight quantizer, whether QGT regularises it, the activation method."""
+
+    weights: Method
+    qgt: bool = False
+    activations: Method | None = None
+
+    def weight_quantizer(self, bits: int, channel_axis: int | None) -> WeightQuantizer:
+        from tinyq.quantizers.qgt import QGT_LAMBDA
+
+        return self.weights.quantizer(bits=bits, channel_axis=channel_axis, qgt=QGT_LAMBDA if self.qgt else 0.0)
 
 
 def get(name: str) -> Method:
@@ -37,10 +58,30 @@ def get(name: str) -> Method:
         raise expected_one_of("method", sorted(METHODS), name) from None
 
 
+def parse(text: str) -> Combination:
+    """``"qgt+daq"`` -> Combination; nonsensical combinations fail with the reason."""
+    parts = [get(p.strip().lower()) for p in text.split("+")]
+    by_kind: dict[str, list[Method]] = {}
+    for m in parts:
+        by_kind.setdefault(m.kind, []).append(m)
+    for kind, ms in by_kind.items():
+        if len(ms) > 1:
+            raise TinyqError(f"--method {text!r} names {len(ms)} {kind} methods ({', '.join(m.name for m in ms)}); "
+                             f"combine at most one of each kind: weights ({', '.join(_names('weights'))}), "
+                             f"qgt, activations ({', '.join(_names('activations')) or 'none'})")
+    acts = by_kind.get("activations", [None])[0]
+    return Combination(weights=by_kind.get("weights", [METHODS["ste"]])[0], qgt="regulariser" in by_kind,
+                       activations=acts)
+
+
+def _names(kind: str) -> list[str]:
+    return sorted(n for n, m in METHODS.items() if m.kind == kind)
+
+
 def names() -> list[str]:
     return sorted(METHODS)
 
 
 def custom_objects() -> dict:
     """Classes Keras needs to reload a model that uses tinyq quantizers."""
-    return {m.quantizer.__name__: m.quantizer for m in METHODS.values()}
+    return {m.quantizer.__name__: m.quantizer for m in METHODS.values() if m.quantizer is not None}

@@ -1,0 +1,98 @@
+"""The paper methods: forward values by hand, gradients against the papers' formulas, combinations."""
+import math
+
+import numpy as np
+import pytest
+
+from tinyq._tf import keras, tf
+from tinyq.errors import TinyqError
+from tinyq.quantizers import grid, method_callbacks, registry
+from tinyq.quantizers.base import grid_distance
+from tinyq.spec import QuantSpec
+
+L = keras.layers
+
+
+# --- names and combinations -------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, weights, qgt", [("ste", "ste", False), ("qgt", "ste", True),
+                                                ("qgt+ste", "ste", True), ("STE+QGT", "ste", True)])
+def test_parse_combinations(text, weights, qgt):
+    c = registry.parse(text)
+    assert (c.weights.name, c.qgt) == (weights, qgt)
+
+
+@pytest.mark.parametrize("text, message", [("qgt+qgt", "2 regulariser methods"), ("nope", "expected one of"),
+                                           ("ste+nope", "got 'nope'")])
+def test_nonsensical_combinations_fail_clearly(text, message):
+    with pytest.raises(TinyqError, match=message):
+        QuantSpec(method=text)
+
+
+def test_every_method_is_listed_with_its_paper():
+    for name, m in registry.METHODS.items():
+        assert m.kind in ("weights", "regulariser", "activations") and m.paper and m.quantizes, name
+
+
+# --- QGT --------------------------------------------------------------------------------------
+
+def test_grid_distance_golden():
+    # scale 0.1. 4-bit levels k*0.1 (|k| <= 7); 2-bit levels +-0.05, +-0.15 (top 1.5 steps)
+    s = tf.constant([0.1])
+    w = tf.constant([[0.0], [0.05], [0.1], [0.025], [0.8]])
+    r4 = grid_distance(w, s, grid(4)).numpy().ravel()
+    expect4 = [0.0, 1 / math.pi ** 2, 0.0, math.sin(math.pi / 4) ** 2 / math.pi ** 2, (8 - 7) ** 2]
+    np.testing.assert_allclose(r4, expect4, atol=1e-6)
+    w2 = tf.constant([[0.05], [0.0], [0.15], [0.25]])
+    r2 = grid_distance(w2, s, grid(2)).numpy().ravel()
+    np.testing.assert_allclose(r2, [0.0, 1 / math.pi ** 2, 0.0, (2.5 - 1.5) ** 2], atol=1e-6)
+
+
+def test_grid_distance_gradient_points_to_the_nearest_level():
+    # d/dw sin^2(pi (w/s - o)) / pi^2 = sin(2 pi (w/s - o)) / (pi s); no gradient into s
+    s = tf.Variable([0.1])
+    w = tf.Variable([[0.03], [0.07], [0.12]])
+    with tf.GradientTape(persistent=True) as tape:
+        r = tf.reduce_sum(grid_distance(w, s, grid(4)))
+    g = tape.gradient(r, w).numpy().ravel()
+    u = np.array([0.3, 0.7, 1.2])
+    np.testing.assert_allclose(g, np.sin(2 * np.pi * u) / (np.pi * 0.1), rtol=1e-4)
+    assert g[0] > 0 and g[1] < 0 and g[2] > 0  # toward 0, 0.1 and 0.1: down the distance
+    assert tape.gradient(r, s) is None
+
+
+def _dense_qat(method: str, bits: int):
+    from tinyq.plan import default_plan
+    from tinyq.qat import quantize_model
+
+    keras.utils.set_random_seed(0)
+    i = L.Input((6,))
+    model = keras.Model(i, L.Softmax()(L.Dense(3, name="d2")(L.ReLU()(L.Dense(8, name="d1")(i)))))
+    return quantize_model(model, default_plan(model, bits, method, keep_8bit=()))
+
+
+def test_qgt_adds_its_ramped_loss_and_pulls_weights_to_the_grid():
+    qat = _dense_qat("qgt", 2)
+    x = np.random.default_rng(0).standard_normal((64, 6)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 3, 64)
+    qat(x[:2])
+    assert float(tf.add_n(qat.losses)) == 0.0  # the ramp starts at 0
+    from tinyq.qat import diagnostics
+
+    before = {k: v["grid_distance"] for k, v in diagnostics(qat).items()}
+    qat.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    callbacks = method_callbacks(qat, epochs=30, steps=4)
+    assert [type(c).__name__ for c in callbacks] == ["QGTRamp"]
+    qat.fit(x, y, epochs=30, batch_size=16, verbose=0, callbacks=callbacks)
+    ramps = [v for v in qat.variables if "qgt_ramp" in v.name]
+    assert len(ramps) == 2 and all(float(v) == 1.0 for v in ramps)
+    qat(x[:2])
+    assert len(qat.losses) == 2 and float(tf.add_n(qat.losses)) > 0.0
+    after = {k: v["grid_distance"] for k, v in diagnostics(qat).items()}
+    assert all(after[k] < before[k] for k in before), (before, after)
+
+
+def test_without_qgt_no_loss_and_no_callback():
+    qat = _dense_qat("ste", 4)
+    qat(np.zeros((1, 6), np.float32))
+    assert qat.losses == [] and method_callbacks(qat, 1, 1) == []
