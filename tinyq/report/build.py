@@ -14,6 +14,7 @@ from tinyq.convert import flatbuffer
 from tinyq.convert.breakdown import inspect_model
 from tinyq.convert.converter import layer_of
 from tinyq.errors import TinyqError
+from tinyq.qat import diagnostics, load_model
 from tinyq.runfolder import Run
 from tinyq.train import read_history
 
@@ -34,7 +35,7 @@ def _layers(run: Run, info: dict) -> list[dict]:
     return rows
 
 
-def _histograms(run: Run) -> list[dict]:
+def _histograms(qat) -> list[dict]:
     """Per quantized layer: latent float weights in units of their channel's scale, and the grid.
 
     On that axis every channel's levels are the same numbers (``code + offset``), so one
@@ -42,13 +43,11 @@ def _histograms(run: Run) -> list[dict]:
     (pruned or decayed away; most of ``vww_96.h5``'s deep pointwise weights) are counted,
     not drawn: they would hide the live ones.
     """
-    if not run.model.exists():
-        return []
-    from tinyq.qat import load_model, quantized_layers
+    from tinyq.qat import quantized_layers
     from tinyq.quantizers.base import channels_last
 
     out = []  # a list, in model order: report.json sorts object keys
-    for layer, weight, quantizer, qvars in quantized_layers(load_model(run.model)):
+    for layer, weight, quantizer, qvars in quantized_layers(qat):
         axis = -1 if quantizer.channel_axis is None else quantizer.channel_axis
         w = channels_last(weight, axis).numpy()
         scale = np.abs(qvars["scale"].numpy()) + 1e-12
@@ -70,7 +69,6 @@ def _float_tflite_bytes(run: Run) -> int:
     """Bytes of the float original as a float32 TFLite file: the honest size of 'no quantization'."""
     from tinyq._stderr import captured_fd2
     from tinyq._tf import tf
-    from tinyq.qat import load_model
 
     converter = tf.lite.TFLiteConverter.from_keras_model(load_model(run.float_model))
     with captured_fd2():
@@ -118,6 +116,7 @@ def build_report(run_path: str | Path, data: str | Path | None = None, reference
     layers = _layers(run, info)
     float_bytes = _float_tflite_bytes(run) if run.float_model.exists() else None
     labels = list(contract.labels)
+    qat = load_model(run.model) if run.model.exists() else None
 
     accuracy: list[dict] = []
     held_out = f"{metrics.get('data', '?')} (held-out test split)"
@@ -142,14 +141,15 @@ def build_report(run_path: str | Path, data: str | Path | None = None, reference
                  "packed_weight_bytes": info["packed_weight_bytes"],
                  "file_over_packed_weights": info["file_over_packed_weights"]},
         "metrics": metrics, "history": read_history(run.history_path), "layers": layers,
-        "histograms": _histograms(run), "accuracy_vs_size": accuracy, "confusion": confusion,
+        "histograms": _histograms(qat) if qat is not None else [],
+        "diagnostics": diagnostics(qat) if qat is not None else {},
+        "accuracy_vs_size": accuracy, "confusion": confusion,
     }
 
 
 def _measure(run: Run, data, references, limit, contract, tflite: bytes, float_bytes, accuracy, log) -> dict:
     """Measure this run (TFLM), its float original (Keras) and each reference file (TFLM) on ``data``."""
     from tinyq.check import confusion, load_eval_data, tflm_predictions
-    from tinyq.qat import load_model
     from tinyq.train import evaluate_keras
 
     images = load_eval_data(data, contract, limit, log)

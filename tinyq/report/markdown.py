@@ -55,16 +55,24 @@ def render(report: dict) -> str:
             "| part | bytes |", "|---|---|"]
     out += [f"| {k} | {v:,} |" for k, v in f["breakdown"].items()]
     out += ["", "## Layers", "", "Clipped: non-zero weights beyond the grid's range; zero: weights exactly 0 "
-            "(dead: output channels with only zeros).", "",
+            "(dead: output channels with only zeros); grid_distance: QGT's regulariser, the mean squared distance "
+            "of the latent weights to their grid in steps (0.051 when spread evenly between levels): layers "
+            "that stay high resist quantization.", "",
             "| layer | bits | storage | scales | params | bytes | clipped | zero | dead channels |",
             "|---|---|---|---|---|---|---|---|---|"]
     hists = {h["layer"]: h for h in report["histograms"]}
+    diag = report["diagnostics"]
+    keys = sorted({k for d in diag.values() for k in d})
+    if keys:
+        out[-2] = out[-2] + "".join(f" {k} |" for k in keys)
+        out[-1] = out[-1] + "---|" * len(keys)
     for r in report["layers"]:
         h = hists.get(r["layer"])
+        extra = "".join(f" {diag[r['layer']][k]:.4g} |" if k in diag.get(r["layer"], {}) else " |" for k in keys)
         out.append(f"| {r['layer']} | {r['bits']} | {r['storage']} | "
                    f"{'per channel (' + str(r['channels']) + ')' if r['per_channel'] else 'per tensor'} | "
                    f"{r['params']:,} | {r['bytes']:,} | {_pct(h['clipped_fraction']) if h else 'n/a'} | "
-                   f"{_pct(h['zero_fraction']) if h else 'n/a'} | {h['dead_channels'] if h else 'n/a'} |")
+                   f"{_pct(h['zero_fraction']) if h else 'n/a'} | {h['dead_channels'] if h else 'n/a'} |" + extra)
     out += ["", "![bits and bytes](plots/bits.png)"]
     if "weights" in report["plots"]:
         out += ["", "## Weights on their grids", "", "Latent float weights divided by their channel's scale, so "
