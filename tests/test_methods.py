@@ -96,3 +96,102 @@ def test_without_qgt_no_loss_and_no_callback():
     qat = _dense_qat("ste", 4)
     qat(np.zeros((1, 6), np.float32))
     assert qat.losses == [] and method_callbacks(qat, 1, 1) == []
+
+
+# --- PACT / CG-PACT ---------------------------------------------------------------------------
+
+from tinyq.quantizers.pact import deployable_pact, pact_quantize  # noqa: E402
+
+X = np.array([-1.0, 0.1, 0.3, 0.5, 0.9, 2.0], np.float32)
+
+
+def test_pact_forward_golden():
+    # alpha 1, 2 bits: levels 0, 1/3, 2/3, 1; round half to even puts 1.5 steps on 2
+    y = pact_quantize(tf.constant(X), tf.constant(1.0), 2).numpy()
+    np.testing.assert_allclose(y, [0, 0, 1 / 3, 2 / 3, 1, 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("clip_gradient", [False, True])
+def test_pact_alpha_gradient_against_the_papers(clip_gradient):
+    alpha = tf.Variable(1.0)
+    x = tf.Variable(X)
+    with tf.GradientTape(persistent=True) as tape:
+        y = tf.reduce_sum(pact_quantize(x, alpha, 2, clip_gradient))
+    u = np.clip(X, 0, None)
+    inside = (X >= 0) & (X < 1)
+    expect = float((X >= 1).sum())  # PACT: 1 per clipped input
+    if clip_gradient:  # CG-PACT adds Q(x/alpha) - x/alpha below the clip
+        expect += float(((np.round(u * 3) / 3 - u) * inside).sum())
+    assert float(tape.gradient(y, alpha)) == pytest.approx(expect, abs=1e-5)
+    np.testing.assert_allclose(tape.gradient(y, x).numpy(), inside.astype(np.float32))
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("clip_gradient", [False, True])
+def test_deployable_pact_matches_the_math(bits, clip_gradient):
+    x = tf.Variable(tf.random.stateless_uniform((500,), seed=(bits, 1), minval=-0.5, maxval=2.5))
+    alpha = tf.Variable(1.7)
+    with tf.GradientTape(persistent=True) as tape:
+        a = pact_quantize(x, alpha, bits, clip_gradient)
+        b = deployable_pact(x, alpha, bits, clip_gradient)
+        la, lb = tf.reduce_sum(a * tf.range(500.0)), tf.reduce_sum(b * tf.range(500.0))
+    np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-5)
+    assert len(np.unique(np.round(b.numpy() / (1.7 / (2 ** bits - 1)), 3))) <= 2 ** bits
+    np.testing.assert_allclose(tape.gradient(lb, x).numpy(), tape.gradient(la, x).numpy(), atol=1e-4)
+    assert float(tape.gradient(lb, alpha)) == pytest.approx(float(tape.gradient(la, alpha)), rel=1e-3)
+
+
+def test_act_bits_need_an_activation_method():
+    with pytest.raises(TinyqError, match=r"--act-bits 4 needs an activation quantizer.*ste\+cgpact"):
+        QuantSpec(method="ste", act_bits=4)
+    with pytest.raises(TinyqError, match="2 activations methods|activations methods"):
+        QuantSpec(method="pact+cgpact", act_bits=4)
+    assert registry.parse("qgt+cgpact").activations.name == "cgpact"
+
+
+@pytest.mark.parametrize("act_bits", [2, 4])
+def test_pact_deploys_as_b_bit_levels_in_int8(act_bits):
+    """The int8 activations TFLM computes hold at most 2^b levels; Keras and TFLM agree."""
+    import sys
+    from pathlib import Path
+
+    from tflite_micro import runtime
+
+    from tinyq.check import quantize_input
+    from tinyq.contract import InputContract
+    from tinyq.convert import flatbuffer
+    from tinyq.convert.converter import convert
+    from tinyq.plan import default_plan
+    from tinyq.qat import diagnostics, quantize_model
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_qat import data, small_model
+
+    model = small_model()
+    plan = default_plan(model, 4, "cgpact", keep_8bit=(), act_bits=act_bits)
+    x, y = data(64)
+    qat = quantize_model(model, plan, calibration=x)
+    qat.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    qat.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    alphas = {k: v["pact_alpha"] for k, v in diagnostics(qat).items() if "pact_alpha" in v}
+    assert len(alphas) == 3 and all(a > 0 for a in alphas.values())
+    contract = InputContract(resolution=24)
+    pixels = (x * 255).astype(np.uint8)
+    tflite = convert(qat, pixels, contract)
+    fb = flatbuffer.parse(tflite)
+    mins = [op for op in fb.ops if op.name == "MINIMUM"]
+    assert len(mins) == 3
+    micro = runtime.Interpreter.from_bytes(tflite, arena_size=1 << 20,
+                                           intrepreter_config=runtime.InterpreterConfig.kPreserveAllTensors)
+    tin = fb.tensors[fb.inputs[0]]
+    q = quantize_input(pixels, contract, float(tin.scales[0]), int(tin.zero_points[0]))
+    keras_pred = qat.predict(x, verbose=0).argmax(1)
+    tflm_pred = []
+    for xi in q:
+        micro.set_input(xi[None], 0)
+        micro.invoke()
+        tflm_pred.append(np.array(micro.get_output(0))[0].argmax())
+        for op in mins:
+            values = np.array(micro.GetTensor(op.outputs[0], 0)["tensor_data"]).astype(int)
+            assert values.min() >= -128 and values.max() <= -128 + 2 ** act_bits - 1
+    assert np.mean(np.array(tflm_pred) == keras_pred) >= 0.95

@@ -38,6 +38,27 @@ def main() -> None:
     """tinyq: train and ship 2/4/8-bit person detectors to microcontrollers (TFLite / TFLM)."""
 
 
+def quant_options(command):
+    """``--bits``, ``--method``, ``--act-bits``, ``--keep-8bit``: how train and quantize quantize."""
+    from tinyq.quantizers import registry
+
+    kinds = {k: ", ".join(n for n in registry.names() if registry.get(n).kind == k)
+             for k in ("weights", "regulariser", "activations")}
+    for option in reversed([
+        click.option("--bits", type=int, default=8, show_default=True, help="Weight bits, 2 to 8."),
+        click.option("--method", default="ste", show_default=True,
+                     help=f"Method, or methods joined by + (tinyq methods): weights ({kinds['weights']}), "
+                          f"regulariser ({kinds['regulariser']}), activations ({kinds['activations']}); "
+                          "e.g. qgt+cgpact."),
+        click.option("--act-bits", type=int, default=8, show_default=True,
+                     help="Activation bits, 2 to 8 (below 8 with an activation method); stored as int8."),
+        click.option("--keep-8bit", default="first,last,depthwise", show_default=True,
+                     help="Layers kept at 8 bits: any of first,last,depthwise, or none."),
+    ]):
+        command = option(command)
+    return command
+
+
 def _default_out(recipe: str, bits: int) -> Path:
     base = Path("runs") / f"{recipe}-w{bits}"
     out, i = base, 2
@@ -48,10 +69,7 @@ def _default_out(recipe: str, bits: int) -> Path:
 
 @main.command()
 @click.argument("recipe")
-@click.option("--bits", type=int, default=8, show_default=True, help="Weight bits, 2 to 8 (activations are int8).")
-@click.option("--method", default="ste", show_default=True, help="Weight quantizer (see tinyq methods).")
-@click.option("--keep-8bit", default="first,last,depthwise", show_default=True,
-              help="Layers kept at 8 bits: any of first,last,depthwise, or none.")
+@quant_options
 @click.option("--data", type=click.Path(), default=None,
               help="Image folder: person/ and non_person/ (optionally under train/ val/ test/). "
                    "Default: a synthetic set made on the fly.")
@@ -69,7 +87,7 @@ def _default_out(recipe: str, bits: int) -> Path:
               help="Start QAT from this float model (.h5, or a run folder's float.h5); skips the float phase.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/RECIPE-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
-def train(recipe, bits, method, keep_8bit, data, channels, epochs, qat_epochs, batch, lr, qat_lr, seed,
+def train(recipe, bits, method, act_bits, keep_8bit, data, channels, epochs, qat_epochs, batch, lr, qat_lr, seed,
           synthetic_images, limit, init, out, resume):
     """Train RECIPE (see tinyq models) with QAT; writes a run folder with model.tflite."""
     from tinyq import recipes
@@ -78,7 +96,8 @@ def train(recipe, bits, method, keep_8bit, data, channels, epochs, qat_epochs, b
     from tinyq.train import train as run_training
 
     recipes.get(recipe)
-    config = TrainConfig(recipe=recipe, bits=bits, method=method, keep_8bit=parse_keep(keep_8bit), data=data,
+    config = TrainConfig(recipe=recipe, bits=bits, method=method, act_bits=act_bits, keep_8bit=parse_keep(keep_8bit),
+                         data=data,
                          channels=channels, epochs=epochs, qat_epochs=qat_epochs, batch=batch, lr=lr,
                          qat_lr=qat_lr, seed=seed, synthetic_images=synthetic_images, limit=limit, init=init)
     if out is None:
@@ -107,10 +126,7 @@ def _summary(run, synthetic: bool) -> None:
 @click.argument("model", type=click.Path())
 @click.option("--data", type=click.Path(), required=True,
               help="Images: person/ + non_person/ (optionally under train/ val/ test/); with --unlabeled any folder.")
-@click.option("--bits", type=int, default=8, show_default=True, help="Weight bits, 2 to 8 (activations are int8).")
-@click.option("--method", default="ste", show_default=True, help="Weight quantizer (see tinyq methods).")
-@click.option("--keep-8bit", default="first,last,depthwise", show_default=True,
-              help="Layers kept at 8 bits: any of first,last,depthwise, or none.")
+@quant_options
 @click.option("--unlabeled", is_flag=True, help="Ignore labels: the float model alone supervises.")
 @click.option("--distill", type=float, default=0.5, show_default=True,
               help="Weight of the float model's outputs in the loss (the rest: labels); 1 with --unlabeled.")
@@ -131,7 +147,7 @@ def _summary(run, synthetic: bool) -> None:
                    "at 8 bits, tinyq below.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/MODEL-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
-def quantize(model, data, bits, method, keep_8bit, unlabeled, distill, epochs, batch, lr, seed, limit, value_range,
+def quantize(model, data, bits, method, act_bits, keep_8bit, unlabeled, distill, epochs, batch, lr, seed, limit, value_range,
              labels, allow_float, ptq, out, resume):
     """Quantize a float Keras classifier (.h5, .keras, SavedModel) with QAT and distillation."""
     from tinyq.plan import parse_keep
@@ -143,7 +159,8 @@ def quantize(model, data, bits, method, keep_8bit, unlabeled, distill, epochs, b
         lo, hi = (float(v) for v in value_range.split(","))
     except ValueError:
         raise TinyqError(f"--value-range takes two numbers, lo,hi (e.g. 0,1 or -1,1); got {value_range!r}") from None
-    job = QuantizeJob(model=model, data=data, bits=bits, method=method, keep_8bit=parse_keep(keep_8bit),
+    job = QuantizeJob(model=model, data=data, bits=bits, method=method, act_bits=act_bits,
+                      keep_8bit=parse_keep(keep_8bit),
                       unlabeled=unlabeled, distill=distill, epochs=epochs, batch=batch, lr=lr, seed=seed, limit=limit,
                       value_range=(lo, hi), labels=tuple(labels.split(",")) if labels else None,
                       allow_float=allow_float, ptq=ptq_kind(bits, ptq) if ptq else None)

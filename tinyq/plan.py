@@ -18,8 +18,12 @@ def parse_keep(text: str) -> tuple[str, ...]:
     return parts
 
 
-def default_plan(model, bits: int, method: str = "ste", keep_8bit=KEEP_CHOICES) -> dict[str, QuantSpec]:
+def default_plan(model, bits: int, method: str = "ste", keep_8bit=KEEP_CHOICES, act_bits: int = 8
+                 ) -> dict[str, QuantSpec]:
     """``bits`` for every weight layer but those ``keep_8bit`` names (first, last, depthwise).
+
+    ``act_bits`` applies to the activations after the layers that take ``bits`` (kept layers
+    keep 8-bit activations too).
 
     Why keep them: the first conv sees raw pixels and the last layer sets the logits, and a
     3x3 depthwise filter has 9 weights per channel, too few to survive 2 bits; together they
@@ -34,5 +38,13 @@ def default_plan(model, bits: int, method: str = "ste", keep_8bit=KEEP_CHOICES) 
     for i, layer in enumerate(weight_layers):
         keep = (("first" in keep_8bit and i == 0) or ("last" in keep_8bit and i == len(weight_layers) - 1)
                 or ("depthwise" in keep_8bit and isinstance(layer, L.DepthwiseConv2D)))
-        plan[layer.name] = QuantSpec(method=method, weight_bits=8 if keep else bits)
+        plan[layer.name] = QuantSpec(method=method, weight_bits=8 if keep else bits, act_bits=8 if keep else act_bits)
     return plan
+
+
+def describe_plan(bits: int, act_bits: int, method: str, keep_8bit) -> str:
+    """One line for logs: ``"weights 2-bit, activations 4-bit (ste weights + cgpact activations); ..."``."""
+    from tinyq.quantizers import registry
+
+    return (f"weights {bits}-bit, activations {act_bits}-bit in int8 ({registry.describe(method)}); "
+            f"{', '.join(keep_8bit) or 'no layers'} kept 8-bit")

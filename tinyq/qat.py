@@ -15,6 +15,7 @@ from tinyq._tf import keras, tfmot
 from tinyq.errors import TinyqError
 from tinyq.fold import WEIGHT_LAYERS, fold_batchnorm
 from tinyq.quantizers import mse_scale, registry
+from tinyq.quantizers.pact import mse_alpha
 from tinyq.spec import QuantSpec
 
 tfq = tfmot.quantization.keras
@@ -82,11 +83,15 @@ class TinyqQuantizeConfig(tfq.QuantizeConfig):
 
 
 class OutputQuantizeConfig(tfq.QuantizeConfig):
-    """A layer tinyq leaves float (``--allow-float``): only its output is fake-quantized to int8.
+    """Only the layer's output is quantized: by ``quantizer`` (PACT after a ReLU), else 8-bit moving average.
 
-    Explicit, because TFMOT's own fallback (``OutputOnlyConfig``) cannot be loaded back from a
-    saved model. The converter then calibrates the layer's weights, if any, post-training.
+    Used for ReLUs under an activation method, and for layers tinyq leaves float
+    (``--allow-float``; explicit, because TFMOT's own fallback, ``OutputOnlyConfig``, cannot be
+    loaded back from a saved model; the converter calibrates such a layer's weights).
     """
+
+    def __init__(self, quantizer=None):
+        self.quantizer = quantizer
 
     def get_weights_and_quantizers(self, layer):
         return []
@@ -101,11 +106,19 @@ class OutputQuantizeConfig(tfq.QuantizeConfig):
         pass
 
     def get_output_quantizers(self, layer):
+        if self.quantizer is not None:
+            return [self.quantizer]
         return [tfq.quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False,
                                                       narrow_range=False)]
 
     def get_config(self):
-        return {}
+        return {"quantizer": None if self.quantizer is None else keras.utils.serialize_keras_object(self.quantizer)}
+
+    @classmethod
+    def from_config(cls, config):
+        q = config.get("quantizer")
+        return cls(None if q is None else keras.utils.deserialize_keras_object(
+            q, custom_objects=registry.custom_objects()))
 
 
 def _layout_transform():
@@ -147,16 +160,22 @@ def custom_objects() -> dict:
             **registry.custom_objects()}
 
 
+def _is_relu(layer) -> bool:
+    if isinstance(layer, L.ReLU):
+        return True
+    return isinstance(layer, L.Activation) and getattr(layer.activation, "__name__", "") in _RELU_NAMES
+
+
 def _followed_by_relu(layer) -> bool:
     outbound = layer._outbound_nodes
-    if len(outbound) != 1:
-        return False
-    nxt = outbound[0].outbound_layer
-    if isinstance(nxt, L.ReLU):
-        return True
-    if isinstance(nxt, L.Activation):
-        return getattr(nxt.activation, "__name__", "") in _RELU_NAMES
-    return False
+    return len(outbound) == 1 and _is_relu(outbound[0].outbound_layer)
+
+
+def _weight_layer_before(layer):
+    """The weight layer whose output ``layer`` (a ReLU) takes, or None."""
+    inbound = layer._inbound_nodes[0].inbound_layers if layer._inbound_nodes else []
+    inbound = inbound if isinstance(inbound, list) else [inbound]
+    return inbound[0] if len(inbound) == 1 and isinstance(inbound[0], WEIGHT_LAYERS) else None
 
 
 def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = None,
@@ -178,6 +197,12 @@ def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = No
     def annotate(layer):
         if layer.name in keep_float:
             return tfq.quantize_annotate_layer(layer, quantize_config=OutputQuantizeConfig())
+        source = _weight_layer_before(layer) if _is_relu(layer) else None
+        if source is not None:
+            spec = plan.get(source.name, default)
+            act = registry.parse(spec.method).activation_quantizer(spec.act_bits)
+            if act is not None:  # PACT / CG-PACT after this weight layer
+                return tfq.quantize_annotate_layer(layer, quantize_config=OutputQuantizeConfig(act))
         if isinstance(layer, WEIGHT_LAYERS):
             spec = plan.get(layer.name, default)
             quantizer = registry.parse(spec.method).weight_quantizer(spec.weight_bits, channel_axis(layer))
@@ -207,9 +232,15 @@ def quantized_layers(qat: keras.Model):
 
 
 def diagnostics(qat: keras.Model) -> dict[str, dict[str, float]]:
-    """Per quantized layer, what its quantizer reports (QGT's grid distance, learned values)."""
-    return {layer.layer.name: quantizer.diagnostics(weight, qvars)
-            for layer, weight, quantizer, qvars in quantized_layers(qat)}
+    """Per quantized layer, what its quantizers report (QGT's grid distance, PACT's clip, ...)."""
+    out = {layer.layer.name: quantizer.diagnostics(weight, qvars)
+           for layer, weight, quantizer, qvars in quantized_layers(qat)}
+    for layer in qat.layers:
+        qvars = getattr(layer, "_output_quantizer_vars", None) or {}
+        if "alpha" in qvars:
+            out[layer.layer.name] = {"pact_alpha": float(abs(qvars["alpha"].numpy())),
+                                     "act_bits": layer._output_quantizers[0].bits}
+    return out
 
 
 def calibrate_scales(qat: keras.Model) -> None:
@@ -231,22 +262,30 @@ def calibrate_activations(qat: keras.Model, folded: keras.Model, x: np.ndarray, 
         if type(layer).__name__ == "QuantizeLayer":  # the input: TFMOT starts it at [0, 0]
             layer.quantizer_vars["min_var"].assign(min(0.0, float(np.min(x))))
             layer.quantizer_vars["max_var"].assign(max(0.0, float(np.max(x))))
-    targets = {layer.layer.name: layer._output_quantizer_vars for layer in qat.layers
-               if getattr(layer, "_output_quantizer_vars", None) and hasattr(layer, "layer")}
-    names = [layer.name for layer in folded.layers if layer.name in targets]
+    wrappers = {layer.layer.name: layer for layer in qat.layers
+                if getattr(layer, "_output_quantizer_vars", None) and hasattr(layer, "layer")}
+    names = [layer.name for layer in folded.layers if layer.name in wrappers]
     if not names:
         return
     probe = keras.Model(folded.inputs, [folded.get_layer(n).output for n in names])
     lo = {n: 0.0 for n in names}
     hi = {n: 0.0 for n in names}
+    sample: dict[str, list[np.ndarray]] = {n: [] for n in names}  # for PACT's clip search
+    rng = np.random.default_rng(0)
     for i in range(0, len(x), batch):
         outs = probe(x[i:i + batch], training=False)
         for n, out in zip(names, outs if len(names) > 1 else [outs]):
-            lo[n] = min(lo[n], float(np.min(out)))
-            hi[n] = max(hi[n], float(np.max(out)))
+            out = np.asarray(out).ravel()
+            lo[n] = min(lo[n], float(out.min()))
+            hi[n] = max(hi[n], float(out.max()))
+            sample[n].append(rng.choice(out, size=min(out.size, 20000), replace=False))
     for n in names:
-        targets[n]["min_var"].assign(lo[n])
-        targets[n]["max_var"].assign(hi[n])
+        qvars = wrappers[n]._output_quantizer_vars
+        if "alpha" in qvars:  # PACT: the clip with the least b-bit error, not the max
+            qvars["alpha"].assign(mse_alpha(np.concatenate(sample[n]), wrappers[n]._output_quantizers[0].bits))
+        else:
+            qvars["min_var"].assign(lo[n])
+            qvars["max_var"].assign(hi[n])
 
 
 def load_model(path) -> keras.Model:

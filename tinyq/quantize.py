@@ -18,7 +18,7 @@ from tinyq.contract import InputContract
 from tinyq.data import ImageSet, layout, load_splits
 from tinyq.data.folder import SPLITS, load_images, split
 from tinyq.errors import TinyqError, expected_one_of
-from tinyq.plan import KEEP_CHOICES, default_plan
+from tinyq.plan import KEEP_CHOICES, default_plan, describe_plan
 from tinyq.qat import load_model
 from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
 from tinyq.spec import QuantSpec
@@ -43,6 +43,7 @@ class QuantizeJob:
     data: str
     bits: int = 8
     method: str = "ste"
+    act_bits: int = 8
     keep_8bit: tuple[str, ...] = KEEP_CHOICES
     unlabeled: bool = False
     distill: float = 0.5
@@ -57,7 +58,7 @@ class QuantizeJob:
     ptq: str | None = None  # None: QAT; "converter": the TFLite converter's int8 PTQ; "tinyq": rounding only
 
     def __post_init__(self) -> None:
-        QuantSpec(method=self.method, weight_bits=self.bits)
+        QuantSpec(method=self.method, weight_bits=self.bits, act_bits=self.act_bits)
         if self.ptq not in (None, *PTQ_CHOICES):
             raise expected_one_of("--ptq", PTQ_CHOICES, self.ptq)
         if self.ptq == "converter" and self.bits != 8:
@@ -159,7 +160,7 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     tf.config.experimental.enable_op_determinism()
     with atomic_path(run.float_model) as tmp:
         teacher.save(tmp)
-    plan = default_plan(teacher, job.bits, job.method, job.keep_8bit)
+    plan = default_plan(teacher, job.bits, job.method, job.keep_8bit, job.act_bits)
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
     write_json(run.config_path, record)
     if job.ptq == "converter":
@@ -175,6 +176,5 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=job.epochs, lr=job.lr, batch=job.batch,
                     seed=job.seed, teacher=teacher if distill > 0 else None, distill=distill,
                     unlabeled=job.unlabeled, keep_float=keep_float,
-                    what=f"weights {job.bits}-bit ({job.method}) with {', '.join(job.keep_8bit) or 'no layers'} "
-                         "kept 8-bit, activations int8")
+                    what=describe_plan(job.bits, job.act_bits, job.method, job.keep_8bit))
     return finish(run, qat, splits, contract, job.data, log, float_model=teacher)

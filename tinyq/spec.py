@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from tinyq.errors import TinyqError
 
 WEIGHT_BITS = range(2, 9)
-ACT_BITS = (8,)
+ACT_BITS = range(2, 9)
 
 
 @dataclass(frozen=True)
@@ -21,13 +21,17 @@ class QuantSpec:
     def __post_init__(self) -> None:
         from tinyq.quantizers import registry  # late: the registry imports TensorFlow
 
-        registry.parse(self.method)  # raises the "expected one of" error, or why a combination is wrong
+        combination = registry.parse(self.method)  # "expected one of", or why a combination is wrong
         if self.weight_bits not in WEIGHT_BITS:
             raise TinyqError(
                 f"unsupported weight bits {self.weight_bits}: tinyq quantizes weights to 2..8 bits; "
                 "pass --bits 2, 4 or 8")
         if self.act_bits not in ACT_BITS:
-            raise TinyqError(f"unsupported activation bits {self.act_bits}: expected one of {list(ACT_BITS)}")
+            raise TinyqError(f"unsupported activation bits {self.act_bits}: tinyq quantizes activations to 2..8 "
+                             "bits; pass --act-bits 2, 4 or 8")
+        if self.act_bits != 8 and combination.activations is None:
+            raise TinyqError(f"--act-bits {self.act_bits} needs an activation quantizer that learns its clip: "
+                             f"add one to --method, e.g. --method {self.method}+cgpact (or pact)")
 
     def to_dict(self) -> dict:
         return asdict(self)

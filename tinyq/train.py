@@ -17,7 +17,7 @@ from tinyq.contract import InputContract
 from tinyq.data import ImageSet, load_splits, synthetic_splits
 from tinyq.data.pipeline import dataset
 from tinyq.errors import TinyqError
-from tinyq.plan import KEEP_CHOICES, default_plan
+from tinyq.plan import KEEP_CHOICES, default_plan, describe_plan
 from tinyq.qat import diagnostics, load_model, quantize_model
 from tinyq.quantizers import method_callbacks
 from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
@@ -35,6 +35,7 @@ class TrainConfig:
     recipe: str = "person-detect"
     bits: int = 8
     method: str = "ste"
+    act_bits: int = 8
     keep_8bit: tuple[str, ...] = KEEP_CHOICES
     data: str | None = None
     channels: int = 3
@@ -49,7 +50,7 @@ class TrainConfig:
     init: str | None = None  # a float model (.h5) to start QAT from, instead of the float phase
 
     def __post_init__(self) -> None:
-        QuantSpec(method=self.method, weight_bits=self.bits)  # validates bits and method
+        QuantSpec(method=self.method, weight_bits=self.bits, act_bits=self.act_bits)  # validates bits and method
         if self.epochs < 0 or self.qat_epochs < 0 or (self.epochs == 0 and self.qat_epochs == 0):
             raise TinyqError("--epochs and --qat-epochs must be >= 0 and not both 0")
         if self.batch < 1:
@@ -191,13 +192,12 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
         with atomic_path(run.float_model) as tmp:
             float_model.save(tmp)
 
-    plan = default_plan(float_model, config.bits, config.method, config.keep_8bit)
+    plan = default_plan(float_model, config.bits, config.method, config.keep_8bit, config.act_bits)
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
     write_json(run.config_path, record)
     qat = qat_phase(float_model, plan, splits, contract, run, log, epochs=config.qat_epochs, lr=config.qat_lr,
                     batch=config.batch, seed=config.seed,
-                    what=f"weights {config.bits}-bit ({config.method}) with "
-                         f"{', '.join(config.keep_8bit) or 'no layers'} kept 8-bit, activations int8")
+                    what=describe_plan(config.bits, config.act_bits, config.method, config.keep_8bit))
     return finish(run, qat, splits, contract, config.data or "synthetic", log, float_model=float_model)
 
 

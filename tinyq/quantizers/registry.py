@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from tinyq.errors import TinyqError, expected_one_of
 from tinyq.quantizers.base import WeightQuantizer
+from tinyq.quantizers.pact import PACTQuantizer
 from tinyq.quantizers.uniform import UniformSTE
 
 
@@ -32,6 +33,10 @@ METHODS: dict[str, Method] = {
         Method("qgt", "regulariser", "Quantization Guided Training (Ghamari et al. 2021, arXiv 2103.06231)",
                "weights: pulls each weight to its grid level (a loss term, ramped); combines with any "
                "weight method"),
+        Method("pact", "activations", "PACT (Choi et al. 2018, arXiv 1805.06085)",
+               "activations: ReLU outputs clipped to a learned alpha per layer, --act-bits levels", PACTQuantizer),
+        Method("cgpact", "activations", "CG-PACT (Jin, Yang, Liao 2019, arXiv 1912.10207)",
+               "activations: as pact, with the clip gradient the estimator drops", PACTQuantizer),
     ]
 }
 
@@ -48,6 +53,12 @@ class Combination:
         from tinyq.quantizers.qgt import QGT_LAMBDA
 
         return self.weights.quantizer(bits=bits, channel_axis=channel_axis, qgt=QGT_LAMBDA if self.qgt else 0.0)
+
+    def activation_quantizer(self, bits: int):
+        """The output quantizer of the activation method, or None (TFMOT's 8-bit moving average)."""
+        if self.activations is None:
+            return None
+        return self.activations.quantizer(bits=bits, clip_gradient=self.activations.name == "cgpact")
 
 
 def get(name: str) -> Method:
@@ -85,3 +96,10 @@ def names() -> list[str]:
 def custom_objects() -> dict:
     """Classes Keras needs to reload a model that uses tinyq quantizers."""
     return {m.quantizer.__name__: m.quantizer for m in METHODS.values() if m.quantizer is not None}
+
+
+def describe(text: str) -> str:
+    """How ``--method`` quantizes, for logs: ``"ste weights + qgt regulariser + cgpact activations"``."""
+    c = parse(text)
+    return " + ".join([f"{c.weights.name} weights", *(["qgt regulariser"] if c.qgt else []),
+                       *([f"{c.activations.name} activations"] if c.activations else [])])
