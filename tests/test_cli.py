@@ -19,7 +19,8 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[-1], lines[-1]
 
 
-@pytest.mark.parametrize("command", ["train", "quantize", "convert", "export", "check", "inspect", "models", "methods"])
+@pytest.mark.parametrize("command", ["train", "quantize", "convert", "export", "check", "inspect", "report", "models",
+                                     "methods"])
 def test_help(command):
     r = invoke(command, "--help")
     assert r.exit_code == 0 and "Usage:" in r.output
@@ -27,7 +28,11 @@ def test_help(command):
 
 def test_models_and_methods():
     assert "person-detect" in invoke("models").output
-    assert invoke("methods").output.startswith("ste")
+    from tinyq.quantizers import registry
+
+    lines = invoke("methods").output.splitlines()
+    assert [line.split()[0] for line in lines] == registry.names()
+    assert all(registry.get(line.split()[0]).kind == line.split()[1] for line in lines)
 
 
 def test_unknown_recipe():

@@ -195,3 +195,81 @@ def test_pact_deploys_as_b_bit_levels_in_int8(act_bits):
             values = np.array(micro.GetTensor(op.outputs[0], 0)["tensor_data"]).astype(int)
             assert values.min() >= -128 and values.max() <= -128 + 2 ** act_bits - 1
     assert np.mean(np.array(tflm_pred) == keras_pred) >= 0.95
+
+
+# --- DAQ --------------------------------------------------------------------------------------
+
+from tinyq.quantizers.daq import BETA_MAX, TOL, dasr, daq_quantize, temperature  # noqa: E402
+
+
+def _dasr_numpy(u, beta, lo, hi):
+    c = np.clip(np.round(u), lo, hi)
+    levels = c[:, None] + np.array([-1.0, 0.0, 1.0])
+    logits = np.where((levels >= lo) & (levels <= hi), -beta[:, None] * (u[:, None] - levels) ** 2, -1e9)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    return (p * levels).sum(1), p, levels
+
+
+def test_daq_temperature_controller():
+    g = grid(4)
+    u = tf.constant([0.0, 0.25, -2.4, 0.499, 9.0])
+    beta = temperature(u, g).numpy()
+    np.testing.assert_allclose(beta[:3], [math.log(1 / TOL) / g_ for g_ in (1.0, 0.5, 0.2)], rtol=1e-5)
+    assert beta[3] == BETA_MAX  # at a decision boundary soft cannot match hard: capped
+    # u = 9 lies beyond the top code 7: distance 2 > 0.5, the gap floors and beta caps
+    assert beta[4] == BETA_MAX
+
+
+def test_dasr_forward_golden_and_within_tolerance():
+    g = grid(4)
+    u = np.array([0.0, 0.3, -1.2, 6.9, 7.0, -7.0], np.float32)
+    beta = temperature(tf.constant(u), g)
+    soft = dasr(tf.constant(u), beta, g).numpy()
+    expect, _, _ = _dasr_numpy(u, beta.numpy(), g.lo, g.hi)
+    np.testing.assert_allclose(soft, expect, atol=1e-5)
+    assert soft[0] == pytest.approx(0.0, abs=1e-6)  # symmetric neighbours cancel
+    assert soft[4] < 7.0 and soft[5] > -7.0  # the top code has one neighbour only: pulled inward
+    np.testing.assert_allclose(soft, np.clip(np.round(u), g.lo, g.hi), atol=TOL * 1.2)
+
+
+def test_dasr_gradient_is_the_soft_argmax_derivative():
+    # d u_soft / d u = sum_j l_j p_j (a_j - sum_k p_k a_k), a_j = -2 beta (u - l_j), beta constant
+    g = grid(2)
+    u = tf.Variable([0.1, -0.35, 0.8, -1.9])
+    with tf.GradientTape() as tape:
+        beta = temperature(u, g)
+        y = tf.reduce_sum(dasr(u, beta, g))
+    got = tape.gradient(y, u).numpy()
+    un, bn = u.numpy(), beta.numpy()
+    _, p, levels = _dasr_numpy(un, bn, g.lo, g.hi)
+    a = -2 * bn[:, None] * (un[:, None] - levels)
+    expect = (levels * p * (a - (p * a).sum(1, keepdims=True))).sum(1)
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-6)
+    assert np.all(np.abs(got) > 1e-3)  # no vanishing gradient, unlike hard rounding
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_daq_trains_on_the_hard_grid_with_soft_gradients(bits):
+    from tinyq.quantizers.daq import DAQ
+
+    q = DAQ(bits=bits)
+    from test_quantizers import _Holder  # the stand-in layer for Quantizer.build
+
+    qvars = q.build(tf.TensorShape((3, 3, 4, 5)), "kernel", _Holder())
+    w = tf.random.stateless_normal((3, 3, 4, 5), seed=(3, bits)) * 0.2
+    from tinyq.quantizers import mse_scale
+
+    qvars["scale"].assign(mse_scale(w.numpy(), bits))
+    wv = tf.Variable(w)
+    with tf.GradientTape(persistent=True) as tape:
+        trained = q(wv, True, qvars)
+        soft = daq_quantize(wv, qvars["scale"], q.grid)
+        weighting = tf.random.stateless_normal(w.shape, seed=(9, bits))
+        lt, ls = tf.reduce_sum(trained * weighting), tf.reduce_sum(soft * weighting)
+    np.testing.assert_allclose(trained.numpy(), q(w, False, qvars).numpy(), atol=1e-6)  # the deployed values
+    # equal except at the clip level, where the container fake-quant passes no gradient (as for ste)
+    top = np.abs(trained.numpy()) >= q.grid.top_level * qvars["scale"].numpy() * (1 - 1e-6)
+    np.testing.assert_allclose(tape.gradient(lt, wv).numpy()[~top], tape.gradient(ls, wv).numpy()[~top], atol=1e-5)
+    steps = (soft.numpy() - trained.numpy()) / (qvars["scale"].numpy() / 1.0)
+    assert np.mean(np.abs(steps) <= TOL * 1.01) > 0.95  # soft within TOL steps but near boundaries

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from tinyq.errors import TinyqError, expected_one_of
 from tinyq.quantizers.base import WeightQuantizer
+from tinyq.quantizers.daq import DAQ
 from tinyq.quantizers.pact import PACTQuantizer
 from tinyq.quantizers.uniform import UniformSTE
 
@@ -30,6 +31,9 @@ METHODS: dict[str, Method] = {
     for m in [
         Method("ste", "weights", "straight-through estimator (Bengio et al. 2013) with LSQ scales "
                "(Esser et al. 2020)", "weights: per-channel uniform grid, learned scale", UniformSTE),
+        Method("daq", "weights", "Distance-Aware Quantizer (Kim et al. 2021, arXiv 2108.06983)",
+               "weights: distance-aware soft rounding over the nearest levels, temperature set per weight",
+               DAQ),
         Method("qgt", "regulariser", "Quantization Guided Training (Ghamari et al. 2021, arXiv 2103.06231)",
                "weights: pulls each weight to its grid level (a loss term, ramped); combines with any "
                "weight method"),
