@@ -273,3 +273,45 @@ def test_daq_trains_on_the_hard_grid_with_soft_gradients(bits):
     np.testing.assert_allclose(tape.gradient(lt, wv).numpy()[~top], tape.gradient(ls, wv).numpy()[~top], atol=1e-5)
     steps = (soft.numpy() - trained.numpy()) / (qvars["scale"].numpy() / 1.0)
     assert np.mean(np.abs(steps) <= TOL * 1.01) > 0.95  # soft within TOL steps but near boundaries
+
+
+# --- SAT --------------------------------------------------------------------------------------
+
+def test_sat_codes_golden():
+    from tinyq.quantizers.sat import sat_codes
+
+    # one channel; tanh clamp divides by max|tanh| = tanh(1); 4-bit levels -7..7
+    w = tf.constant([[1.0], [-0.5], [0.1], [0.0]])
+    t = np.tanh([1.0, -0.5, 0.1, 0.0]) / np.tanh(1.0)
+    np.testing.assert_allclose(sat_codes(w, grid(4)).numpy().ravel(), np.round(t * 7))
+    # 2 bits: mid-rise levels, the largest weight on the top level
+    np.testing.assert_allclose(sat_codes(w, grid(2)).numpy().ravel(),
+                               np.clip(np.round(t * 1.5 - 0.5), -2, 1) + 0.5)
+
+
+def test_sat_gradient_is_the_clamp_derivative_straight_through_rounding():
+    from tinyq.quantizers.sat import sat_codes
+
+    w = tf.Variable([[0.3], [-0.2], [0.9]])
+    with tf.GradientTape() as tape:
+        y = tf.reduce_sum(sat_codes(w, grid(8)) * tf.constant([[1.0], [2.0], [3.0]]))
+    # y = sum_i a_i * 127 * tanh(w_i) / tanh(w_max) (rounding straight through), w_max = 0.9
+    a, wn, top = np.array([1.0, 2.0, 3.0]), np.array([0.3, -0.2, 0.9]), np.tanh(0.9)
+    sech2 = 1 - np.tanh(wn) ** 2
+    expect = 127 * a * sech2 / top
+    expect[2] -= 127 * sech2[2] * (a * np.tanh(wn)).sum() / top ** 2
+    np.testing.assert_allclose(tape.gradient(y, w).numpy().ravel(), expect, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_sat_scale_starts_where_the_layer_is_reproduced(bits):
+    from tinyq.quantizers.sat import SAT, sat_codes
+
+    w = np.random.default_rng(bits).standard_normal((3, 3, 4, 6)).astype(np.float32) * 0.1
+    q = SAT(bits=bits)
+    s = q.init_scale(w)
+    levels = sat_codes(tf.constant(w), q.grid).numpy().reshape(-1, 6)
+    wc = w.reshape(-1, 6)
+    err = ((wc - levels * s) ** 2).sum(0)
+    for factor in (0.9, 1.1):  # least squares: any other scale reproduces the channel worse
+        assert np.all(err <= ((wc - levels * s * factor) ** 2).sum(0))

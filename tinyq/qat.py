@@ -14,7 +14,7 @@ import numpy as np
 from tinyq._tf import keras, tfmot
 from tinyq.errors import TinyqError
 from tinyq.fold import WEIGHT_LAYERS, fold_batchnorm
-from tinyq.quantizers import mse_scale, registry
+from tinyq.quantizers import registry
 from tinyq.quantizers.pact import mse_alpha
 from tinyq.spec import QuantSpec
 
@@ -244,9 +244,9 @@ def diagnostics(qat: keras.Model) -> dict[str, dict[str, float]]:
 
 
 def calibrate_scales(qat: keras.Model) -> None:
-    """Set each per-channel scale to the MSE-best one for the current float kernel."""
+    """Set each per-channel scale to its quantizer's start for the current float kernel (ste: MSE-best)."""
     for _, weight, quantizer, qvars in quantized_layers(qat):
-        qvars["scale"].assign(mse_scale(weight.numpy(), quantizer.bits, quantizer.channel_axis))
+        qvars["scale"].assign(quantizer.init_scale(weight.numpy()))
 
 
 def calibrate_activations(qat: keras.Model, folded: keras.Model, x: np.ndarray, batch: int = 64) -> None:

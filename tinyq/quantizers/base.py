@@ -128,6 +128,10 @@ class WeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
             self._owner = weakref.ref(layer)  # the regulariser is added to this layer's losses in __call__
         return {"scale": scale, **extra, **self.build_extra(tensor_shape, name, layer)}
 
+    def init_scale(self, w: np.ndarray) -> np.ndarray:
+        """The per-channel scale to start from for float kernel ``w``: the MSE-best (:func:`mse_scale`)."""
+        return mse_scale(w, self.bits, self.channel_axis)
+
     def build_extra(self, tensor_shape, name, layer) -> dict:
         return {}
 

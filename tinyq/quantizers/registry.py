@@ -14,6 +14,7 @@ from tinyq.errors import TinyqError, expected_one_of
 from tinyq.quantizers.base import WeightQuantizer
 from tinyq.quantizers.daq import DAQ
 from tinyq.quantizers.pact import PACTQuantizer
+from tinyq.quantizers.sat import SAT
 from tinyq.quantizers.uniform import UniformSTE
 
 
@@ -34,6 +35,8 @@ METHODS: dict[str, Method] = {
         Method("daq", "weights", "Distance-Aware Quantizer (Kim et al. 2021, arXiv 2108.06983)",
                "weights: distance-aware soft rounding over the nearest levels, temperature set per weight",
                DAQ),
+        Method("sat", "weights", "SAT (Jin, Yang, Liao 2019, arXiv 1912.10207)",
+               "weights: DoReFa tanh clamp per channel, uniform rounding, scale-adjusted (learned, BN-folded)", SAT),
         Method("qgt", "regulariser", "Quantization Guided Training (Ghamari et al. 2021, arXiv 2103.06231)",
                "weights: pulls each weight to its grid level (a loss term, ramped); combines with any "
                "weight method"),
