@@ -315,3 +315,75 @@ def test_sat_scale_starts_where_the_layer_is_reproduced(bits):
     err = ((wc - levels * s) ** 2).sum(0)
     for factor in (0.9, 1.1):  # least squares: any other scale reproduces the channel worse
         assert np.all(err <= ((wc - levels * s * factor) ** 2).sum(0))
+
+
+# --- CPQ and DropBits -------------------------------------------------------------------------
+
+from tinyq.quantizers.cpq import TAU, WINDOW, coarse, cpq_quantize, level_probabilities  # noqa: E402
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def test_cpq_probabilities_golden():
+    g = grid(4)
+    codes, p = level_probabilities(tf.constant([0.0, 0.3, 7.0]), g)
+    codes, p = codes.numpy(), p.numpy()
+    np.testing.assert_allclose(codes[0], [-2, -1, 0, 1, 2])
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(p[0], p[0][::-1], rtol=1e-5)  # centred on a level: symmetric
+    mass = _sigmoid((codes[1] + 0.5 - 0.3) / TAU) - _sigmoid((codes[1] - 0.5 - 0.3) / TAU)
+    np.testing.assert_allclose(p[1], mass / mass.sum(), rtol=1e-5)
+    # at the top code the upper tail belongs to it; codes beyond the grid get nothing
+    assert p[2][2] > 0.5 and p[2][3] == pytest.approx(0, abs=1e-9) and p[2][4] == pytest.approx(0, abs=1e-9)
+
+
+def test_cpq_multiclass_straight_through_gradient():
+    # backward: d/du of the expected level sum_l p_l(u) * l; forward: a sampled level
+    g = grid(4)
+    w = tf.Variable([[0.13], [-0.26], [0.045]])
+    s = tf.constant([0.1])
+    with tf.GradientTape() as tape:
+        y = tf.reduce_sum(cpq_quantize(w, s, g, seed=tf.constant([1, 2])))
+    got = tape.gradient(y, w).numpy().ravel()
+    eps = 1e-3
+    expect = []
+    for u in (1.3, -2.6, 0.45):  # not on a decision boundary, where the window moves
+        e = [float(tf.reduce_sum(level_probabilities(tf.constant([v]), g)[1] *
+                                 level_probabilities(tf.constant([v]), g)[0])) for v in (u - eps, u + eps)]
+        expect.append((e[1] - e[0]) / (2 * eps))  # d expected / du; times s, divided by s: d/dw
+    np.testing.assert_allclose(got, expect, rtol=2e-2)
+
+
+def test_cpq_samples_levels_and_clusters():
+    g = grid(2)
+    u = tf.fill([20000], 0.2)  # between levels -0.5 (code -1... ) and 0.5: nearest code 0
+    out = cpq_quantize(u[:, None] * 0.1 + 0.05, tf.constant([0.1]), g, seed=tf.constant([3, 4])).numpy()
+    levels = np.round(out / 0.1, 4)
+    assert set(np.unique(levels)) <= {-1.5, -0.5, 0.5, 1.5}
+    codes, p = level_probabilities(tf.constant([0.2]), g)
+    freq = {lv: np.mean(levels == lv) for lv in (-0.5, 0.5, 1.5)}
+    for code, prob in zip(codes.numpy()[0], p.numpy()[0]):
+        if prob > 0.01:
+            assert freq[code + 0.5] == pytest.approx(prob, abs=0.02)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_dropbits_grid_is_a_coarser_subset(bits):
+    g = grid(bits)
+    codes = tf.constant(np.arange(g.lo, g.hi + 1, dtype=np.float32))
+    c = coarse(codes, g).numpy()
+    assert set(c + g.offset) <= set(g.levels)
+    assert len(set(c)) <= max(2, (len(g.levels) + 1) // 2)
+
+
+def test_cpq_test_time_is_hard_rounding():
+    from tinyq.quantizers.cpq import CPQ
+    from tinyq.quantizers.uniform import uniform_quantize
+
+    q = CPQ(bits=4)
+    w = tf.random.stateless_normal((8, 3), seed=(5, 5))
+    s = tf.constant([0.3, 0.2, 0.5])
+    np.testing.assert_allclose(q.quantize(w, s, {}, False).numpy(), uniform_quantize(w, s, q.grid).numpy())
+    assert WINDOW == 5

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from tinyq.errors import TinyqError, expected_one_of
 from tinyq.quantizers.base import WeightQuantizer
+from tinyq.quantizers.cpq import CPQ
 from tinyq.quantizers.daq import DAQ
 from tinyq.quantizers.pact import PACTQuantizer
 from tinyq.quantizers.sat import SAT
@@ -37,6 +38,8 @@ METHODS: dict[str, Method] = {
                DAQ),
         Method("sat", "weights", "SAT (Jin, Yang, Liao 2019, arXiv 1912.10207)",
                "weights: DoReFa tanh clamp per channel, uniform rounding, scale-adjusted (learned, BN-folded)", SAT),
+        Method("cpq", "weights", "Cluster-Promoting Quantization with DropBits (Lee et al. 2021, arXiv 2109.02100)",
+               "weights: levels sampled from a distance-based categorical, multi-class STE, DropBits", CPQ),
         Method("qgt", "regulariser", "Quantization Guided Training (Ghamari et al. 2021, arXiv 2103.06231)",
                "weights: pulls each weight to its grid level (a loss term, ramped); combines with any "
                "weight method"),
