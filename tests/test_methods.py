@@ -387,3 +387,11 @@ def test_cpq_test_time_is_hard_rounding():
     s = tf.constant([0.3, 0.2, 0.5])
     np.testing.assert_allclose(q.quantize(w, s, {}, False).numpy(), uniform_quantize(w, s, q.grid).numpy())
     assert WINDOW == 5
+
+
+@pytest.mark.parametrize("name", [n for n in registry.names() if registry.get(n).kind == "activations"])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_activation_quantizer_config_round_trip(name, bits):
+    q = registry.parse(name).activation_quantizer(bits)
+    again = type(q).from_config(q.get_config())
+    assert again == q and again.clip_gradient == (name == "cgpact") and again.bits == bits

@@ -73,6 +73,11 @@ def render(report: dict) -> str:
                    f"{'per channel (' + str(r['channels']) + ')' if r['per_channel'] else 'per tensor'} | "
                    f"{r['params']:,} | {r['bytes']:,} | {_pct(h['clipped_fraction']) if h else 'n/a'} | "
                    f"{_pct(h['zero_fraction']) if h else 'n/a'} | {h['dead_channels'] if h else 'n/a'} |" + extra)
+    act = {name: d for name, d in diag.items() if "pact_alpha" in d}
+    if act:
+        out += ["", "Activation clips (PACT / CG-PACT): the learned alpha of each ReLU and its bits.", "",
+                "| activation layer | alpha | bits |", "|---|---|---|"]
+        out += [f"| {name} | {d['pact_alpha']:.4g} | {d['act_bits']} |" for name, d in act.items()]
     out += ["", "![bits and bytes](plots/bits.png)"]
     if "weights" in report["plots"]:
         out += ["", "## Weights on their grids", "", "Latent float weights divided by their channel's scale, so "
