@@ -62,7 +62,8 @@ def render(report: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     hists = {h["layer"]: h for h in report["histograms"]}
     diag = report["diagnostics"]
-    keys = sorted({k for d in diag.values() for k in d})
+    weight_layers = {r["layer"] for r in report["layers"]}
+    keys = sorted({k for name, d in diag.items() if name in weight_layers for k in d})
     if keys:
         out[-2] = out[-2] + "".join(f" {k} |" for k in keys)
         out[-1] = out[-1] + "---|" * len(keys)
