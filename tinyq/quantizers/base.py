@@ -89,7 +89,21 @@ def _in_layer_call() -> bool:
     return base_layer_utils.call_context().in_call
 
 
-class WeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
+class ConfigDefined:
+    """A quantizer is its constructor arguments: rebuilt from ``get_config``, equal when they are."""
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self == other
+
+
+class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantizer):
     """Base for tinyq's weight quantizers: stores ``bits`` and ``channel_axis``, owns ``scale``.
 
     ``channel_axis=None`` quantizes per tensor: Dense kernels, whose per-axis fake-quant the
@@ -166,13 +180,3 @@ class WeightQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
     def get_config(self) -> dict:
         return {"bits": self.bits, "channel_axis": self.channel_axis, "qgt": self.qgt}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __ne__(self, other):
-        return not self == other

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinyq._tf import tf, tfmot
+from tinyq.quantizers.base import ConfigDefined
 
 
 def pact_quantize(x: tf.Tensor, alpha: tf.Tensor, bits: int, clip_gradient: bool = False) -> tf.Tensor:
@@ -72,7 +73,7 @@ def mse_alpha(values: np.ndarray, bits: int, steps: int = 40) -> float:
     return best
 
 
-class PACTQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
+class PACTQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantizer):
     """A TFMOT output quantizer: one learned ``alpha`` per layer, ``bits``-bit levels in int8 storage."""
 
     def __init__(self, bits: int = 4, clip_gradient: bool = False) -> None:
@@ -89,13 +90,3 @@ class PACTQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
     def get_config(self) -> dict:
         return {"bits": self.bits, "clip_gradient": self.clip_gradient}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __ne__(self, other):
-        return not self == other
