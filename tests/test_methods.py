@@ -82,20 +82,42 @@ def test_qgt_adds_its_ramped_loss_and_pulls_weights_to_the_grid():
     before = {k: v["grid_distance"] for k, v in diagnostics(qat).items()}
     qat.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
     callbacks = method_callbacks(qat, epochs=30, steps=4)
-    assert [type(c).__name__ for c in callbacks] == ["QGTRamp"]
+    assert [type(c).__name__ for c in callbacks] == ["WarmupRamp", "QGTRamp"]
     qat.fit(x, y, epochs=30, batch_size=16, verbose=0, callbacks=callbacks)
     ramps = [v for v in qat.variables if "qgt_ramp" in v.name]
     assert len(ramps) == 2 and all(float(v) == 1.0 for v in ramps)
+    assert all(float(v) == 1.0 for v in qat.variables if "quant_ramp" in v.name)
     qat(x[:2])
     assert len(qat.losses) == 2 and float(tf.add_n(qat.losses)) > 0.0
     after = {k: v["grid_distance"] for k, v in diagnostics(qat).items()}
     assert all(after[k] < before[k] for k in before), (before, after)
 
 
-def test_without_qgt_no_loss_and_no_callback():
+def test_without_qgt_no_loss_and_only_the_warmup():
     qat = _dense_qat("ste", 4)
     qat(np.zeros((1, 6), np.float32))
-    assert qat.losses == [] and method_callbacks(qat, 1, 1) == []
+    assert qat.losses == [] and [type(c).__name__ for c in method_callbacks(qat, 1, 1)] == ["WarmupRamp"]
+
+
+def test_warmup_blends_float_into_quantized_weights_in_training_only():
+    from tinyq.qat import quantized_layers
+    from tinyq.quantizers.qgt import WARMUP
+
+    qat = _dense_qat("ste", 2)
+    x = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
+    layer, weight, quantizer, qvars = next(quantized_layers(qat))
+    hard = quantizer(weight, False, qvars).numpy()
+    for r in (0.0, 0.4, 1.0):
+        qvars["quant_ramp"].assign(r)
+        np.testing.assert_allclose(quantizer(weight, True, qvars).numpy(), weight.numpy() + r * (hard - weight.numpy()),
+                                   atol=1e-6)
+        np.testing.assert_allclose(quantizer(weight, False, qvars).numpy(), hard)  # inference: always quantized
+    ramp = method_callbacks(qat, epochs=10, steps=10)[0]
+    ramp.set_model(qat)
+    ramp.on_epoch_begin(1)
+    ramp.on_train_batch_begin(5)
+    assert float(qvars["quant_ramp"]) == pytest.approx(min(1.0, 0.15 / WARMUP))
+    assert qat(x, training=False).shape == (8, 3)
 
 
 # --- PACT / CG-PACT ---------------------------------------------------------------------------

@@ -7,8 +7,8 @@ __all__ = ["registry", "WeightQuantizer", "mse_scale", "Grid", "grid", "method_c
 
 
 def method_callbacks(model, epochs: int, steps: int) -> list:
-    """Callbacks the model's methods need while training (QGT's ramp), found by their variables."""
-    from tinyq.quantizers.qgt import QGTRamp
+    """Callbacks the model's quantizers need while training (warm-up, QGT's ramp), found by their variables."""
+    from tinyq.quantizers.qgt import QGTRamp, WarmupRamp
 
-    names = {v.name.rsplit("/", 1)[-1] for v in model.variables}
-    return [QGTRamp(epochs, steps)] if any("qgt_ramp" in n for n in names) else []
+    names = {v.name.split(":")[0] for v in model.variables}
+    return [cls(epochs, steps) for cls in (WarmupRamp, QGTRamp) if any(n.endswith(cls.suffix) for n in names)]

@@ -135,7 +135,10 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         scale = layer.add_weight(
             name=f"{name}_scale", shape=(channels,), initializer=tf.keras.initializers.Ones(),
             trainable=True)
-        extra = {}
+        # warm-up: training blends float and quantized weights, w + r (Q(w) - w); r = 1 unless a
+        # tinyq.quantizers.ramps.Ramp raises it from 0 over the first part of QAT
+        extra = {"quant_ramp": layer.add_weight(name=f"{name}_quant_ramp", shape=(),
+                                                initializer=tf.keras.initializers.Ones(), trainable=False)}
         if self.qgt:
             extra["qgt_ramp"] = layer.add_weight(name=f"{name}_qgt_ramp", shape=(),
                                                  initializer=tf.keras.initializers.Zeros(), trainable=False)
@@ -159,8 +162,10 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         scale = tf.abs(weights["scale"]) + 1e-12
         if self.qgt and _in_layer_call() and getattr(self, "_owner", None) is not None and self._owner() is not None:
             self._owner().add_loss(self.qgt * weights["qgt_ramp"] * self.regulariser(w, scale))
-        w_q = to_container(self.quantize(w, scale, weights, training), scale, self.grid,
-                           per_channel=self.channel_axis is not None)
+        w_q = self.quantize(w, scale, weights, training)
+        if training and "quant_ramp" in weights:  # no container op: training only, never converted
+            return channels_last(w + weights["quant_ramp"] * (w_q - w), axis)
+        w_q = to_container(w_q, scale, self.grid, per_channel=self.channel_axis is not None)
         return channels_last(w_q, axis)
 
     def regulariser(self, w: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:

@@ -15,21 +15,24 @@ from tinyq._tf import keras
 
 QGT_LAMBDA = 1.0
 RAMP = 0.5
+WARMUP = 0.3
 
 
-class QGTRamp(keras.callbacks.Callback):
-    """Sets every ``qgt_ramp`` variable to ``min(1, progress / RAMP)`` before each batch.
+class Ramp(keras.callbacks.Callback):
+    """Sets every variable named ``*<suffix>`` to ``min(1, progress / fraction)`` before each batch.
 
     Progress comes from the epoch and batch index, so a resumed run continues the ramp.
     """
 
-    def __init__(self, epochs: int, steps: int, ramp: float = RAMP) -> None:
+    suffix = ""
+
+    def __init__(self, epochs: int, steps: int, fraction: float) -> None:
         super().__init__()
-        self.epochs, self.steps, self.ramp = epochs, steps, ramp
+        self.epochs, self.steps, self.ramp = epochs, steps, fraction
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
-        self.ramps = [v for v in self.model.variables if "qgt_ramp" in v.name]
+        self.ramps = [v for v in self.model.variables if v.name.split(":")[0].endswith(self.suffix)]
 
     def on_train_batch_begin(self, batch, logs=None):
         progress = (self.epoch * self.steps + batch) / max(1, self.epochs * self.steps)
@@ -40,3 +43,26 @@ class QGTRamp(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         for v in getattr(self, "ramps", []):
             v.assign(1.0)
+
+
+class QGTRamp(Ramp):
+    """QGT's lambda(t): 0 -> 1 over the first ``RAMP`` of training."""
+
+    suffix = "qgt_ramp"
+
+    def __init__(self, epochs: int, steps: int) -> None:
+        super().__init__(epochs, steps, RAMP)
+
+
+class WarmupRamp(Ramp):
+    """Quantization warm-up: weights move from float to quantized over the first ``WARMUP`` of QAT.
+
+    Why: at 2 bits the quantized copy of a trained network can start with a constant output
+    (``vww_96.h5``: every image 'non_person'), and training from there escapes only sometimes
+    (3 epochs of 3,000 images: never). Blending keeps the network working while it adapts.
+    """
+
+    suffix = "quant_ramp"
+
+    def __init__(self, epochs: int, steps: int) -> None:
+        super().__init__(epochs, steps, WARMUP)
