@@ -114,11 +114,6 @@ def tflm_predictions(data: bytes, images: ImageSet, contract: InputContract) -> 
     return _tflm(data, x).argmax(1)
 
 
-def tflm_accuracy(data: bytes, images: ImageSet, contract: InputContract) -> float:
-    """Top-1 accuracy of the flatbuffer ``data`` in TFLM on ``images``."""
-    return float((tflm_predictions(data, images, contract) == images.y).mean())
-
-
 def confusion(truth: np.ndarray, pred: np.ndarray, classes: int) -> list[list[int]]:
     """``matrix[true][predicted]`` counts."""
     m = np.zeros((classes, classes), np.int64)
