@@ -54,6 +54,9 @@ def quant_options(command):
                      help="Activation bits, 2 to 8 (below 8 with an activation method); stored as int8."),
         click.option("--keep-8bit", default="first,last,depthwise", show_default=True,
                      help="Layers kept at 8 bits: any of first,last,depthwise, or none."),
+        click.option("--learn-bits", is_flag=True,
+                     help="Learn each layer's width (2, 4 or 8, at most --bits) in a search epoch before QAT "
+                          "(CPQ / DropBits: --method cpq)."),
     ]):
         command = option(command)
     return command
@@ -87,7 +90,7 @@ def _default_out(recipe: str, bits: int) -> Path:
               help="Start QAT from this float model (.h5, or a run folder's float.h5); skips the float phase.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/RECIPE-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
-def train(recipe, bits, method, act_bits, keep_8bit, data, channels, epochs, qat_epochs, batch, lr, qat_lr, seed,
+def train(recipe, bits, method, act_bits, keep_8bit, learn_bits, data, channels, epochs, qat_epochs, batch, lr, qat_lr, seed,
           synthetic_images, limit, init, out, resume):
     """Train RECIPE (see tinyq models) with QAT; writes a run folder with model.tflite."""
     from tinyq import recipes
@@ -99,7 +102,8 @@ def train(recipe, bits, method, act_bits, keep_8bit, data, channels, epochs, qat
     config = TrainConfig(recipe=recipe, bits=bits, method=method, act_bits=act_bits, keep_8bit=parse_keep(keep_8bit),
                          data=data,
                          channels=channels, epochs=epochs, qat_epochs=qat_epochs, batch=batch, lr=lr,
-                         qat_lr=qat_lr, seed=seed, synthetic_images=synthetic_images, limit=limit, init=init)
+                         qat_lr=qat_lr, seed=seed, synthetic_images=synthetic_images, limit=limit, init=init,
+                         learn_bits=learn_bits)
     if out is None:
         if resume:
             raise TinyqError("--resume needs --out RUN, the run folder to continue")
@@ -147,7 +151,7 @@ def _summary(run, synthetic: bool) -> None:
                    "at 8 bits, tinyq below.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/MODEL-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
-def quantize(model, data, bits, method, act_bits, keep_8bit, unlabeled, distill, epochs, batch, lr, seed, limit, value_range,
+def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, unlabeled, distill, epochs, batch, lr, seed, limit, value_range,
              labels, allow_float, ptq, out, resume):
     """Quantize a float Keras classifier (.h5, .keras, SavedModel) with QAT and distillation."""
     from tinyq.plan import parse_keep
@@ -163,7 +167,7 @@ def quantize(model, data, bits, method, act_bits, keep_8bit, unlabeled, distill,
                       keep_8bit=parse_keep(keep_8bit),
                       unlabeled=unlabeled, distill=distill, epochs=epochs, batch=batch, lr=lr, seed=seed, limit=limit,
                       value_range=(lo, hi), labels=tuple(labels.split(",")) if labels else None,
-                      allow_float=allow_float, ptq=ptq_kind(bits, ptq) if ptq else None)
+                      allow_float=allow_float, ptq=ptq_kind(bits, ptq) if ptq else None, learn_bits=learn_bits)
     if out is None:
         if resume:
             raise TinyqError("--resume needs --out RUN, the run folder to continue")

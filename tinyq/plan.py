@@ -42,9 +42,10 @@ def default_plan(model, bits: int, method: str = "ste", keep_8bit=KEEP_CHOICES, 
     return plan
 
 
-def describe_plan(bits: int, act_bits: int, method: str, keep_8bit) -> str:
+def describe_plan(bits: int, act_bits: int, method: str, keep_8bit, learn_bits: bool = False) -> str:
     """One line for logs: ``"weights 2-bit, activations 4-bit (ste weights + cgpact activations); ..."``."""
     from tinyq.quantizers import registry
 
-    return (f"weights {bits}-bit, activations {act_bits}-bit in int8 ({registry.describe(method)}); "
+    weights = f"weights at the learned widths (up to {bits}-bit)" if learn_bits else f"weights {bits}-bit"
+    return (f"{weights}, activations {act_bits}-bit in int8 ({registry.describe(method)}); "
             f"{', '.join(keep_8bit) or 'no layers'} kept 8-bit")

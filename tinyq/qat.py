@@ -180,9 +180,11 @@ def _weight_layer_before(layer):
 
 def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = None,
                    default: QuantSpec | None = None, calibration: np.ndarray | None = None,
-                   keep_float: Collection[str] = ()) -> keras.Model:
+                   keep_float: Collection[str] = (), learn_options: Mapping | None = None) -> keras.Model:
     """QAT model: BN folded, weight layers quantized per ``plan`` (others by ``default``).
 
+    ``learn_options`` go to the quantizers of layers whose spec has ``learn_bits`` (CPQ's
+    ``gate_gain``; see :mod:`tinyq.learnbits`).
     ``calibration`` (model-ready float inputs) sets activation ranges before training.
     Layers named in ``keep_float`` (names after :func:`tinyq.fold.fold_batchnorm`) keep float
     weights and computation; only their output is quantized (:class:`OutputQuantizeConfig`).
@@ -193,6 +195,10 @@ def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = No
     unknown = set(plan) - {layer.name for layer in folded.layers}
     if unknown:
         raise TinyqError(f"plan names layers the model does not have: {sorted(unknown)}")
+
+    # CPQ's learned widths price each layer's bits by its share of the learning layers' weights
+    learning = {layer.name: int(np.prod(getattr(layer, kernel_attr(layer)).shape)) for layer in folded.layers
+                if isinstance(layer, WEIGHT_LAYERS) and plan.get(layer.name, default).learn_bits}
 
     def annotate(layer):
         if layer.name in keep_float:
@@ -205,7 +211,9 @@ def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = No
                 return tfq.quantize_annotate_layer(layer, quantize_config=OutputQuantizeConfig(act))
         if isinstance(layer, WEIGHT_LAYERS):
             spec = plan.get(layer.name, default)
-            quantizer = registry.parse(spec.method).weight_quantizer(spec.weight_bits, channel_axis(layer))
+            options = ({"learn_bits": True, "size_weight": learning[layer.name] / sum(learning.values()),
+                        **(learn_options or {})} if spec.learn_bits else {})
+            quantizer = registry.parse(spec.method).weight_quantizer(spec.weight_bits, channel_axis(layer), **options)
             config = TinyqQuantizeConfig(quantizer, kernel_attr(layer),
                                          quantize_output=not _followed_by_relu(layer))
             return tfq.quantize_annotate_layer(layer, quantize_config=config)
@@ -246,7 +254,7 @@ def diagnostics(qat: keras.Model) -> dict[str, dict[str, float]]:
 def calibrate_scales(qat: keras.Model) -> None:
     """Set each per-channel scale to its quantizer's start for the current float kernel (ste: MSE-best)."""
     for _, weight, quantizer, qvars in quantized_layers(qat):
-        qvars["scale"].assign(quantizer.init_scale(weight.numpy()))
+        quantizer.calibrate(weight.numpy(), qvars)
 
 
 def calibrate_activations(qat: keras.Model, folded: keras.Model, x: np.ndarray, batch: int = 64) -> None:

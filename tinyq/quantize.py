@@ -18,11 +18,11 @@ from tinyq.contract import InputContract
 from tinyq.data import ImageSet, layout, load_splits
 from tinyq.data.folder import SPLITS, load_images, split
 from tinyq.errors import TinyqError, expected_one_of
+from tinyq.learnbits import learn_plan
 from tinyq.plan import KEEP_CHOICES, default_plan, describe_plan
 from tinyq.qat import load_model
 from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
-from tinyq.spec import QuantSpec
-from tinyq.train import Log, evaluate_keras, finish, log_stderr, prepare_run, qat_phase
+from tinyq.train import Log, evaluate_keras, finish, log_stderr, prepare_run, qat_phase, validate_quant
 
 L = keras.layers
 SUPPORTED = (L.InputLayer, L.Conv2D, L.DepthwiseConv2D, L.Dense, L.BatchNormalization, L.ReLU, L.Activation,
@@ -56,9 +56,12 @@ class QuantizeJob:
     labels: tuple[str, ...] | None = None
     allow_float: bool = False
     ptq: str | None = None  # None: QAT; "converter": the TFLite converter's int8 PTQ; "tinyq": rounding only
+    learn_bits: bool = False  # search per-layer widths up to --bits before QAT (tinyq.learnbits)
 
     def __post_init__(self) -> None:
-        QuantSpec(method=self.method, weight_bits=self.bits, act_bits=self.act_bits)
+        validate_quant(self.method, self.bits, self.act_bits, self.learn_bits)
+        if self.learn_bits and self.ptq:
+            raise TinyqError("--learn-bits trains (it learns widths by gradient); it cannot go with --ptq")
         if self.ptq not in (None, *PTQ_CHOICES):
             raise expected_one_of("--ptq", PTQ_CHOICES, self.ptq)
         if self.ptq == "converter" and self.bits != 8:
@@ -161,6 +164,11 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     with atomic_path(run.float_model) as tmp:
         teacher.save(tmp)
     plan = default_plan(teacher, job.bits, job.method, job.keep_8bit, job.act_bits)
+    distill = 1.0 if job.unlabeled else job.distill
+    if job.learn_bits:
+        plan = learn_plan(teacher, plan, splits, contract, run, log, lr=job.lr, batch=job.batch, seed=job.seed,
+                          teacher=teacher if distill > 0 else None, distill=distill, unlabeled=job.unlabeled,
+                          keep_float=keep_float)
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
     write_json(run.config_path, record)
     if job.ptq == "converter":
@@ -172,9 +180,8 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
         qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=0, lr=job.lr, batch=job.batch,
                         seed=job.seed, what="", keep_float=keep_float)
         return finish(run, qat, splits, contract, job.data, log, float_model=teacher)
-    distill = 1.0 if job.unlabeled else job.distill
     qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=job.epochs, lr=job.lr, batch=job.batch,
                     seed=job.seed, teacher=teacher if distill > 0 else None, distill=distill,
                     unlabeled=job.unlabeled, keep_float=keep_float,
-                    what=describe_plan(job.bits, job.act_bits, job.method, job.keep_8bit))
+                    what=describe_plan(job.bits, job.act_bits, job.method, job.keep_8bit, job.learn_bits))
     return finish(run, qat, splits, contract, job.data, log, float_model=teacher)

@@ -17,6 +17,7 @@ class QuantSpec:
     weight_bits: int = 8
     act_bits: int = 8
     per_channel: bool = True
+    learn_bits: bool = False  # learn the width, up to weight_bits (CPQ / DropBits); see tinyq.learnbits
 
     def __post_init__(self) -> None:
         from tinyq.quantizers import registry  # late: the registry imports TensorFlow
@@ -29,6 +30,11 @@ class QuantSpec:
         if self.act_bits not in ACT_BITS:
             raise TinyqError(f"unsupported activation bits {self.act_bits}: tinyq quantizes activations to 2..8 "
                              "bits; pass --act-bits 2, 4 or 8")
+        if self.learn_bits and not getattr(combination.weights.quantizer, "learns_bits", False):
+            learners = [n for n, m in registry.METHODS.items() if getattr(m.quantizer, "learns_bits", False)
+                        and m.kind == "weights"]
+            raise TinyqError(f"--learn-bits needs a weight method that learns bit widths ({', '.join(learners)}); "
+                             f"got --method {self.method}: pass e.g. --method {learners[0]}")
         if self.act_bits != 8 and combination.activations is None:
             raise TinyqError(f"--act-bits {self.act_bits} needs an activation quantizer that learns its clip: "
                              f"add one to --method, e.g. --method {self.method}+cgpact (or pact)")

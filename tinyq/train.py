@@ -17,6 +17,7 @@ from tinyq.contract import InputContract
 from tinyq.data import ImageSet, load_splits, synthetic_splits
 from tinyq.data.pipeline import dataset
 from tinyq.errors import TinyqError
+from tinyq.learnbits import learn_plan
 from tinyq.plan import KEEP_CHOICES, default_plan, describe_plan
 from tinyq.qat import diagnostics, load_model, quantize_model
 from tinyq.quantizers import method_callbacks
@@ -48,13 +49,22 @@ class TrainConfig:
     synthetic_images: int = 3000
     limit: int | None = None  # images per split folder (seeded sample), for quick runs
     init: str | None = None  # a float model (.h5) to start QAT from, instead of the float phase
+    learn_bits: bool = False  # search per-layer widths up to --bits before QAT (tinyq.learnbits)
 
     def __post_init__(self) -> None:
-        QuantSpec(method=self.method, weight_bits=self.bits, act_bits=self.act_bits)  # validates bits and method
+        validate_quant(self.method, self.bits, self.act_bits, self.learn_bits)
         if self.epochs < 0 or self.qat_epochs < 0 or (self.epochs == 0 and self.qat_epochs == 0):
             raise TinyqError("--epochs and --qat-epochs must be >= 0 and not both 0")
         if self.batch < 1:
             raise TinyqError(f"--batch must be at least 1; got {self.batch}")
+
+
+def validate_quant(method: str, bits: int, act_bits: int, learn_bits: bool) -> None:
+    """Fail early, before any data is read, on options no layer could take."""
+    QuantSpec(method=method, weight_bits=bits, act_bits=act_bits, learn_bits=learn_bits)
+    if learn_bits and bits <= 2:
+        raise TinyqError("--learn-bits with --bits 2 has nothing to learn: --bits is the most a layer may keep; "
+                         "pass --bits 4 or 8")
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -103,7 +113,7 @@ def load_data(config: TrainConfig, contract: InputContract, log: Log) -> dict[st
     return splits
 
 
-def _fit(model, splits, contract, epochs: int, lr: float, phase: str, run: Run, log: Log, *, batch: int,
+def fit_phase(model, splits, contract, epochs: int, lr: float, phase: str, run: Run, log: Log, *, batch: int,
          seed: int, teacher=None, distill: float = 0.0, unlabeled: bool = False) -> None:
     """Fit ``model`` (or distil ``teacher`` into it) with a per-epoch history and backup in ``run``."""
     steps = max(1, -(-len(splits["train"]) // batch))
@@ -187,27 +197,35 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
         write_json(run.config_path, record)
         if config.epochs:
             log(f"float training: {config.epochs} epochs, {len(splits['train'])} images")
-            _fit(float_model, splits, contract, config.epochs, config.lr, "float", run, log,
+            fit_phase(float_model, splits, contract, config.epochs, config.lr, "float", run, log,
                  batch=config.batch, seed=config.seed)
         with atomic_path(run.float_model) as tmp:
             float_model.save(tmp)
 
     plan = default_plan(float_model, config.bits, config.method, config.keep_8bit, config.act_bits)
+    if config.learn_bits:
+        plan = learn_plan(float_model, plan, splits, contract, run, log, lr=config.qat_lr, batch=config.batch,
+                          seed=config.seed)
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
     write_json(run.config_path, record)
     qat = qat_phase(float_model, plan, splits, contract, run, log, epochs=config.qat_epochs, lr=config.qat_lr,
                     batch=config.batch, seed=config.seed,
-                    what=describe_plan(config.bits, config.act_bits, config.method, config.keep_8bit))
+                    what=describe_plan(config.bits, config.act_bits, config.method, config.keep_8bit, config.learn_bits))
     return finish(run, qat, splits, contract, config.data or "synthetic", log, float_model=float_model)
+
+
+def calibration_images(splits, contract: InputContract, seed: int, n: int = 512) -> np.ndarray:
+    """A seeded sample of ``n`` training images, model-ready, to set activation ranges before QAT."""
+    x = splits["train"].x
+    return contract.to_float(x[np.random.default_rng(seed).permutation(len(x))[:n]])
 
 
 def qat_phase(float_model, plan, splits, contract, run: Run, log: Log, *, epochs: int, lr: float, batch: int,
               seed: int, what: str, teacher=None, distill: float = 0.0, unlabeled: bool = False,
               keep_float: tuple[str, ...] | list[str] = ()):
     """Quantize ``float_model`` by ``plan``, calibrate, fine-tune; saves ``RUN/model.h5``."""
-    calibration = contract.to_float(splits["train"].x[np.random.default_rng(seed).permutation(
-        len(splits["train"]))[:512]])
-    qat = quantize_model(float_model, plan, calibration=calibration, keep_float=keep_float)
+    qat = quantize_model(float_model, plan, calibration=calibration_images(splits, contract, seed),
+                         keep_float=keep_float)
     if len(splits.get("val", ())):
         val = splits["val"]
         start = {"float_val_accuracy": _accuracy(float_model, val, contract),
@@ -219,7 +237,7 @@ def qat_phase(float_model, plan, splits, contract, run: Run, log: Log, *, epochs
     if epochs:
         log(f"QAT: {epochs} epochs, {what}" + (f"; distilled from the float model (weight {distill})"
                                                if teacher is not None else ""))
-        _fit(qat, splits, contract, epochs, lr, "qat", run, log, batch=batch, seed=seed, teacher=teacher,
+        fit_phase(qat, splits, contract, epochs, lr, "qat", run, log, batch=batch, seed=seed, teacher=teacher,
              distill=distill, unlabeled=unlabeled)
     with atomic_path(run.model) as tmp:
         qat.save(tmp)

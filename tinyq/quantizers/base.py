@@ -142,15 +142,23 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         if self.qgt:
             extra["qgt_ramp"] = layer.add_weight(name=f"{name}_qgt_ramp", shape=(),
                                                  initializer=tf.keras.initializers.Zeros(), trainable=False)
-            self._owner = weakref.ref(layer)  # the regulariser is added to this layer's losses in __call__
+        self._owner = weakref.ref(layer)  # layer_losses() are added to this layer's losses in __call__
         return {"scale": scale, **extra, **self.build_extra(tensor_shape, name, layer)}
 
     def init_scale(self, w: np.ndarray) -> np.ndarray:
         """The per-channel scale to start from for float kernel ``w``: the MSE-best (:func:`mse_scale`)."""
         return mse_scale(w, self.bits, self.channel_axis)
 
+    def calibrate(self, w: np.ndarray, weights: dict) -> None:
+        """Set the scale variables to their start for float kernel ``w`` (before QAT, after BN folding)."""
+        weights["scale"].assign(self.init_scale(w))
+
     def build_extra(self, tensor_shape, name, layer) -> dict:
         return {}
+
+    def layer_losses(self, w: tf.Tensor, scale: tf.Tensor, weights: dict) -> list[tf.Tensor]:
+        """Loss terms this quantizer adds to its layer while training (QGT's regulariser when ``qgt``)."""
+        return [self.qgt * weights["qgt_ramp"] * self.regulariser(w, scale)] if self.qgt else []
 
     @abc.abstractmethod
     def quantize(self, w: tf.Tensor, scale: tf.Tensor, weights: dict, training) -> tf.Tensor:
@@ -160,8 +168,10 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         axis = -1 if self.channel_axis is None else self.channel_axis
         w = channels_last(inputs, axis)
         scale = tf.abs(weights["scale"]) + 1e-12
-        if self.qgt and _in_layer_call() and getattr(self, "_owner", None) is not None and self._owner() is not None:
-            self._owner().add_loss(self.qgt * weights["qgt_ramp"] * self.regulariser(w, scale))
+        owner = getattr(self, "_owner", lambda: None)()
+        if owner is not None and _in_layer_call():
+            for loss in self.layer_losses(w, scale, weights):
+                owner.add_loss(loss)
         w_q = self.quantize(w, scale, weights, training)
         if training and "quant_ramp" in weights:  # no container op: training only, never converted
             return channels_last(w + weights["quant_ramp"] * (w_q - w), axis)

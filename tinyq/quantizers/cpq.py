@@ -14,21 +14,46 @@ probable level, which is the nearest (hard rounding), as deployed.
 
 DropBits: in training, each step a layer uses the grid with one bit fewer with probability
 ``DROP_RATE`` (every second level of the mid-tread grid; for 2 bits the outer levels
-``+-1.5``), which the paper finds lowers the estimator's bias. Chosen here: a fixed rate per
-layer; the paper's learned per-layer rates (learned bit widths) are not implemented yet.
+``+-1.5``), which the paper finds lowers the estimator's bias, at a fixed rate per layer.
+
+Learned bit widths (``learn_bits=True``, the paper's learned drop rates): the layer holds one
+scale per width ``c_0 < c_1 < ... < c_K = bits`` of :data:`BIT_CHOICES` (the widths TFLM runs:
+2-bit LUT, packed INT4, INT8) and a gate per step up, kept with probability
+``pi_k = sigmoid(gate_gain * theta_k)``. Training samples ``z_k ~ Bernoulli(pi_k)`` and computes
+with ``Q_0 + z_0 (Q_1 - Q_0 + z_1 (Q_2 - Q_1 + ...))`` (dropping a gate drops every width above
+it); ``pi_k`` gets the straight-through gradient of ``z_k``. The layer's loss adds the price of
+its expected bits, ``LEARN_BITS_COST * (n_l / N) * E[bits_l]`` (``n_l / N``: its share of the
+learning layers' weights, ``size_weight``), so summed over layers the price is
+``LEARN_BITS_COST`` per average bit. A gate stays open where dropping it costs the task more
+than the bits it saves. The learned width: the widest ``c_k`` whose gates all have ``pi > 1/2``.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from tinyq._tf import tf
-from tinyq.quantizers.base import WeightQuantizer
-from tinyq.quantizers.grid import Grid
+from tinyq.quantizers.base import WeightQuantizer, mse_scale
+from tinyq.quantizers.grid import Grid, grid
 from tinyq.quantizers.uniform import scale_grad, uniform_quantize
 
 TAU = 0.25
 WINDOW = 5
 DROP_RATE = 0.1
+BIT_CHOICES = (2, 4, 8)
+LEARN_BITS_COST = 0.01  # loss units per average weight bit
+GATE_TRAVEL = 8.0  # how far a gate's logit can move in a search (Adam moves theta ~lr per step)
+GATE_START = 1.5  # keep logit at the start: every gate open (pi = 0.82), so layers start at --bits
+
+
+def gate_gain(lr: float, steps: int) -> float:
+    """``gain`` such that ``steps`` Adam steps of cosine-decayed ``lr`` move a logit up to GATE_TRAVEL.
+
+    Why: QAT learning rates (1e-4) would move a plain logit by about 0.01 in an epoch; the gain
+    makes the search's reach independent of the data size and learning rate.
+    """
+    steps = max(1, steps)
+    cosine = 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * np.arange(steps) / steps))  # tinyq's schedule, alpha 0.05
+    return float(GATE_TRAVEL / (lr * cosine.sum()))
 
 
 def level_probabilities(u: tf.Tensor, g: Grid, tau: float = TAU) -> tuple[tf.Tensor, tf.Tensor]:
@@ -69,16 +94,101 @@ def cpq_quantize(w: tf.Tensor, scale: tf.Tensor, g: Grid, seed: tf.Tensor | None
     return (tf.stop_gradient(sampled) + expected - tf.stop_gradient(expected) + g.offset) * s
 
 
+def bit_choices(bits: int) -> tuple[int, ...]:
+    """The widths a ``bits``-bit layer may learn: those of :data:`BIT_CHOICES` below it, and ``bits``."""
+    return tuple(c for c in BIT_CHOICES if c < bits) + (bits,)
+
+
+def expected_bits(choices: tuple[int, ...], keep: tf.Tensor) -> tf.Tensor:
+    """``E[bits] = c_0 + sum_k (c_{k+1} - c_k) * prod_{i<=k} pi_i`` for the nested gates."""
+    total, reach = tf.constant(float(choices[0])), tf.constant(1.0)
+    for k in range(len(choices) - 1):
+        reach = reach * keep[k]
+        total = total + (choices[k + 1] - choices[k]) * reach
+    return total
+
+
+def nest(levels: list[tf.Tensor], z: tf.Tensor) -> tf.Tensor:
+    """``Q_0 + z_0 (Q_1 - Q_0 + z_1 (Q_2 - Q_1 + ...))``: gate ``k`` opens the widths above ``c_k``."""
+    out = levels[-1]
+    for k in reversed(range(len(levels) - 1)):
+        out = levels[k] + z[k] * (out - levels[k])
+    return out
+
+
 class CPQ(WeightQuantizer):
-    """CPQ's sampled levels with the multi-class straight-through estimator, and DropBits."""
+    """CPQ's sampled levels with the multi-class straight-through estimator, DropBits, learned widths."""
 
     name = "cpq"
+    learns_bits = True
+
+    def __init__(self, bits: int = 8, channel_axis: int | None = -1, qgt: float = 0.0, learn_bits: bool = False,
+                 size_weight: float = 0.0, gate_gain: float = 100.0, **kwargs) -> None:
+        super().__init__(bits, channel_axis, qgt)
+        self.learn_bits = bool(learn_bits) and len(bit_choices(self.bits)) > 1
+        self.size_weight = float(size_weight)
+        self.gate_gain = float(gate_gain)
+
+    @property
+    def choices(self) -> tuple[int, ...]:
+        return bit_choices(self.bits) if self.learn_bits else (self.bits,)
+
+    def build_extra(self, tensor_shape, name, layer) -> dict:
+        if not self.learn_bits:
+            return {}
+        channels = 1 if self.channel_axis is None else int(tensor_shape[self.channel_axis])
+        extra = {f"scale_w{c}": layer.add_weight(name=f"{name}_scale_w{c}", shape=(channels,),
+                                                 initializer=tf.keras.initializers.Ones(), trainable=True)
+                 for c in self.choices[:-1]}
+        extra["keep"] = layer.add_weight(name=f"{name}_keep", shape=(len(self.choices) - 1,), trainable=True,
+                                         initializer=tf.keras.initializers.Constant(GATE_START / self.gate_gain))
+        return extra
+
+    def calibrate(self, w, weights) -> None:
+        super().calibrate(w, weights)
+        for c in self.choices[:-1]:
+            weights[f"scale_w{c}"].assign(mse_scale(w, c, self.channel_axis))
+
+    def keep_probabilities(self, weights: dict) -> tf.Tensor:
+        return tf.sigmoid(self.gate_gain * weights["keep"])
+
+    def learned_bits(self, weights: dict) -> int:
+        """The widest width whose gates are all open (``pi > 1/2``); ``bits`` when not learning."""
+        if not self.learn_bits:
+            return self.bits
+        open_ = self.keep_probabilities(weights).numpy() > 0.5
+        return self.choices[int(np.cumprod(open_).sum())]
 
     def quantize(self, w, scale, weights, training):
+        if not self.learn_bits:
+            return self._quantize(w, scale, self.grid, training)
+        scales = [tf.abs(weights[f"scale_w{c}"]) + 1e-12 for c in self.choices[:-1]] + [scale]
+        levels = [self._quantize(w, s, grid(c), training) for c, s in zip(self.choices, scales)]
+        keep = self.keep_probabilities(weights)
+        if training:
+            hard = tf.cast(tf.random.uniform(tf.shape(keep)) < keep, keep.dtype)
+            z = hard + keep - tf.stop_gradient(keep)  # straight-through: d out / d pi = d out / d z
+        else:
+            z = tf.cast(keep > 0.5, keep.dtype)
+        return nest(levels, z)
+
+    @staticmethod
+    def _quantize(w, scale, g: Grid, training):
         if not training:
-            return uniform_quantize(w, scale, self.grid)
+            return uniform_quantize(w, scale, g)
         drop = tf.random.uniform([]) < DROP_RATE
-        return cpq_quantize(w, scale, self.grid, drop=drop)
+        return cpq_quantize(w, scale, g, drop=drop)
+
+    def layer_losses(self, w, scale, weights) -> list:
+        losses = super().layer_losses(w, scale, weights)
+        if self.learn_bits:
+            losses.append(LEARN_BITS_COST * self.size_weight *
+                          expected_bits(self.choices, self.keep_probabilities(weights)))
+        return losses
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "learn_bits": self.learn_bits, "size_weight": self.size_weight,
+                "gate_gain": self.gate_gain}
 
     def diagnostics(self, w, weights) -> dict[str, float]:
         """Adds ``cpq_confidence``: the mean probability of each weight's nearest level (1 = clustered)."""
@@ -87,5 +197,9 @@ class CPQ(WeightQuantizer):
         axis = -1 if self.channel_axis is None else self.channel_axis
         scale = tf.abs(weights["scale"]) + 1e-12
         _, p = level_probabilities(channels_last(w, axis) / scale - self.grid.offset, self.grid)
-        return {**super().diagnostics(w, weights),
-                "cpq_confidence": float(np.mean(p.numpy()[..., WINDOW // 2]))}
+        out = {**super().diagnostics(w, weights), "cpq_confidence": float(np.mean(p.numpy()[..., WINDOW // 2]))}
+        if self.learn_bits:
+            keep = self.keep_probabilities(weights).numpy()
+            out.update({"learned_bits": self.learned_bits(weights),
+                        **{f"keep_{c}bit": float(pi) for c, pi in zip(self.choices[1:], keep)}})
+        return out

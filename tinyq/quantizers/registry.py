@@ -59,10 +59,12 @@ class Combination:
     qgt: bool = False
     activations: Method | None = None
 
-    def weight_quantizer(self, bits: int, channel_axis: int | None) -> WeightQuantizer:
+    def weight_quantizer(self, bits: int, channel_axis: int | None, **options) -> WeightQuantizer:
+        """The weight quantizer; ``options`` go to methods that take them (CPQ's ``learn_bits``)."""
         from tinyq.quantizers.qgt import QGT_LAMBDA
 
-        return self.weights.quantizer(bits=bits, channel_axis=channel_axis, qgt=QGT_LAMBDA if self.qgt else 0.0)
+        return self.weights.quantizer(bits=bits, channel_axis=channel_axis, qgt=QGT_LAMBDA if self.qgt else 0.0,
+                                      **options)
 
     def activation_quantizer(self, bits: int):
         """The output quantizer of the activation method, or None (TFMOT's 8-bit moving average)."""
