@@ -8,6 +8,8 @@ batch, measured in this process, alternating between the two to share the machin
 
     python benchmarks/bench_methods.py --model ../shared/models/vww_96.h5 --data ../shared/data/people96 \\
         --vww ../shared/data/vww-dev --bits 2,4 --epochs 3 --limit 3000 --out bench-methods
+
+``--methods`` takes ``cpq/learn`` for CPQ with ``--learn-bits`` (a learned width per layer up to ``--bits``).
 """
 from __future__ import annotations
 
@@ -26,15 +28,17 @@ METHODS = ("ste", "qgt", "daq", "qgt+daq", "sat", "cpq", "ste+cgpact")
 
 
 def accuracy_row(args, method: str, bits: int) -> dict:
-    out = Path(args.out) / f"w{bits}-{method.replace('+', '-')}"
+    """One row; a method written ``cpq/learn`` runs ``--method cpq --learn-bits`` (widths up to ``bits``)."""
+    method, _, learn = method.partition("/")
+    out = Path(args.out) / f"w{bits}-{method.replace('+', '-')}{'-learn' if learn else ''}"
     job = QuantizeJob(model=args.model, data=args.data, bits=bits, method=method, unlabeled=True,
-                      epochs=args.epochs, limit=args.limit, seed=args.seed)
+                      epochs=args.epochs, limit=args.limit, seed=args.seed, learn_bits=bool(learn))
     if not (out / "model.tflite").exists():
         quantize(job, out, resume=(out / "config.json").exists(), log=log_stderr)
     report = write_report(out, args.vww, log=log_stderr)
     this = next(p for p in report["accuracy_vs_size"] if p["model"] == "this run" and p["data"] == args.vww)
     flt = next(p for p in report["accuracy_vs_size"] if p["model"] == "float original" and p["data"] == args.vww)
-    return {"method": method, "bits": bits, "vww_dev_tflm": this["accuracy"], "float_vww_dev": flt["accuracy"],
+    return {"method": method + (" --learn-bits" if learn else ""), "bits": bits, "vww_dev_tflm": this["accuracy"], "float_vww_dev": flt["accuracy"],
             "agreement_held_out": report["metrics"].get("tflm_test_accuracy"), "file_bytes": this["bytes"],
             "run": str(out)}
 
@@ -76,6 +80,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-step-times", action="store_true")
     parser.add_argument("--out", default="bench-methods")
     args = parser.parse_args()
     methods = args.methods.split(",")
@@ -93,7 +98,9 @@ def main() -> None:
                   f"{r['file_bytes']:,} |" for r in rows]
         print("\n".join(lines), flush=True)
         Path(args.out, "results.md").write_text("\n".join(lines) + "\n")
-    times = step_times(args.model, methods, bits[0])
+    if args.skip_step_times:
+        return
+    times = step_times(args.model, [m for m in methods if "/" not in m], bits[0])
     Path(args.out, "step_times.json").write_text(json.dumps(times, indent=2) + "\n")
     base = times["tfmot-default-8bit"]
     lines += ["", f"| QAT step ({bits[0]}-bit weights, batch 64) | seconds | vs TFMOT default 8-bit QAT |",
