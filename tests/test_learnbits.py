@@ -131,6 +131,8 @@ def test_search_then_qat_at_the_learned_widths(float_model, folders, tmp_path, m
     assert len(learned["layers"]) == 4 and {d["bits"] for d in learned["layers"].values()} == widths
     plan = json.loads((out / "config.json").read_text())["plan"]
     assert {s["weight_bits"] for s in plan.values()} == widths and not any(s["learn_bits"] for s in plan.values())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["learned_bits"].values()) == widths and metrics["learned_mean_bits"] == min(widths)
     history = json.loads((out / "history.json").read_text())
     assert len(history["bits"]) == 1 and len(history["qat"]) == 1
     report = json.loads((out / "report.json").read_text())

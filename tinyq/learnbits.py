@@ -64,6 +64,7 @@ def learn_plan(float_model, plan: dict[str, QuantSpec], splits, contract, run: R
     total = sum(d["params"] for d in layers.values())
     mean = sum(d["bits"] * d["params"] for d in layers.values()) / max(1, total)
     log(f"learned bits: {mean:.2f} bits per weight on average over the {len(layers)} learning layers")
+    run.update_metrics(learned_bits={n: d["bits"] for n, d in layers.items()}, learned_mean_bits=mean)
     write_json(path, {"layers": layers, "mean_bits": mean, "search_epochs": SEARCH_EPOCHS})
     return learned_plan(plan, {n: d["bits"] for n, d in layers.items()})
 
