@@ -51,25 +51,40 @@ def quantize_input(pixels: np.ndarray, contract: InputContract, scale: float, ze
     return np.clip(np.round(contract.to_float(pixels) / scale + zero_point), -128, 127).astype(np.int8)
 
 
-def _litert(data: bytes, x: np.ndarray) -> np.ndarray:
+def _litert_interpreter(data: bytes):
+    """A LiteRT interpreter on reference kernels; ``(interpreter, "reference" | "builtin")``.
+
+    Reference kernels, no delegate: XNNPACK's requantisation rounds differently from TFLM's,
+    and so, rarely, does the optimized builtin FULLY_CONNECTED (off by 1 on 2 of 477 vww-dev
+    images with vww_96.h5 at 8 bits); the reference kernels match TFLM on every op. The
+    reference set lacks some int4 versions (DEPTHWISE_CONV_2D v7): then the builtin kernels.
+    """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    # Reference kernels, no delegate: XNNPACK's requantisation rounds differently from TFLM's,
-    # and so, rarely, does the optimized builtin FULLY_CONNECTED (off by 1 on 2 of 477 vww-dev
-    # images with vww_96.h5 at 8 bits); the reference kernels match TFLM on every op.
-    try:
-        it = Interpreter(model_content=data, num_threads=1,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-        it.allocate_tensors()
-    except (ValueError, RuntimeError) as e:
-        raise TinyqError(f"LiteRT cannot load the model: {str(e).strip().splitlines()[0][:200]}") from None
+    error = ""
+    for kernels, resolver in (("reference", OpResolverType.BUILTIN_REF),
+                              ("builtin", OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)):
+        try:
+            it = Interpreter(model_content=data, num_threads=1, experimental_op_resolver_type=resolver)
+            it.allocate_tensors()
+            return it, kernels
+        except (ValueError, RuntimeError) as e:
+            error = str(e).strip().splitlines()[0][:200]
+            if "find op" not in error:  # not a missing kernel: the file itself is the problem
+                break
+    raise TinyqError(f"LiteRT cannot load the model: {error}")
+
+
+def _litert(data: bytes, x: np.ndarray) -> tuple[np.ndarray, str]:
+    """LiteRT's int8 outputs for ``x`` and which kernels ran them."""
+    it, kernels = _litert_interpreter(data)
     inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
     outs = []
     for xi in x:
         it.set_tensor(inp, xi[None])
         it.invoke()
         outs.append(it.get_tensor(out)[0].copy())
-    return np.stack(outs)
+    return np.stack(outs), kernels
 
 
 def tflm_interpreter(data: bytes, arena: int | None = None):
@@ -150,8 +165,8 @@ def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, lo
     if missing:
         result["litert"] = {"skipped": "LiteRT has no DECODE operator: this 2-bit LUT file runs in TFLM only"}
     else:
-        log("check: LiteRT (reference kernels, no XNNPACK) ...")
-        outputs["litert"] = _litert(data, x)
+        log("check: LiteRT (no XNNPACK) ...")
+        outputs["litert"], litert_kernels = _litert(data, x)
     log(f"check: TFLM on {len(images)} images ...")
     outputs["tflm"] = _tflm(data, x)
     for name, out in outputs.items():
@@ -160,6 +175,8 @@ def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, lo
         if keras_pred is not None:
             entry["agreement_with_keras"] = float((pred == keras_pred).mean())
         result[name] = entry
+    if "litert" in outputs:
+        result["litert"]["kernels"] = litert_kernels
     result["tflm"]["arena_bytes"] = arena_bytes(data)
     if "litert" in outputs:
         result["litert_vs_tflm_max_abs_diff"] = int(np.abs(outputs["litert"].astype(np.int32)

@@ -57,9 +57,28 @@ def quant_options(command):
         click.option("--learn-bits", is_flag=True,
                      help="Learn each layer's width (2, 4 or 8, at most --bits) in a search epoch before QAT "
                           "(CPQ / DropBits: --method cpq)."),
+        click.option("--size-budget", default=None,
+                     help="File size budget, e.g. 64KB (K = 1024): every layer's width (2, 4, 8, at most --bits) "
+                          "by sensitivity and a knapsack, checked on the real file."),
+        click.option("--plan", "plan_file", type=click.Path(), default=None,
+                     help="Follow per-layer widths from a plan file (tinyq plan --out)."),
     ]):
         command = option(command)
     return command
+
+
+def _size(text: str | None) -> int | None:
+    from tinyq.mixed.budget import parse_size
+
+    return None if text is None else parse_size(text)
+
+
+def _range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise TinyqError(f"--value-range takes two numbers, lo,hi (e.g. 0,1 or -1,1); got {text!r}") from None
+    return lo, hi
 
 
 def _default_out(recipe: str, bits: int) -> Path:
@@ -90,7 +109,7 @@ def _default_out(recipe: str, bits: int) -> Path:
               help="Start QAT from this float model (.h5, or a run folder's float.h5); skips the float phase.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/RECIPE-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
-def train(recipe, bits, method, act_bits, keep_8bit, learn_bits, data, channels, epochs, qat_epochs, batch, lr, qat_lr, seed,
+def train(recipe, bits, method, act_bits, keep_8bit, learn_bits, size_budget, plan_file, data, channels, epochs, qat_epochs, batch, lr, qat_lr, seed,
           synthetic_images, limit, init, out, resume):
     """Train RECIPE (see tinyq models) with QAT; writes a run folder with model.tflite."""
     from tinyq import recipes
@@ -103,7 +122,7 @@ def train(recipe, bits, method, act_bits, keep_8bit, learn_bits, data, channels,
                          data=data,
                          channels=channels, epochs=epochs, qat_epochs=qat_epochs, batch=batch, lr=lr,
                          qat_lr=qat_lr, seed=seed, synthetic_images=synthetic_images, limit=limit, init=init,
-                         learn_bits=learn_bits)
+                         learn_bits=learn_bits, size_budget=_size(size_budget), plan=plan_file)
     if out is None:
         if resume:
             raise TinyqError("--resume needs --out RUN, the run folder to continue")
@@ -151,7 +170,7 @@ def _summary(run, synthetic: bool) -> None:
                    "at 8 bits, tinyq below.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/MODEL-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
-def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, unlabeled, distill, epochs, batch, lr, seed, limit, value_range,
+def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_budget, plan_file, unlabeled, distill, epochs, batch, lr, seed, limit, value_range,
              labels, allow_float, ptq, out, resume):
     """Quantize a float Keras classifier (.h5, .keras, SavedModel) with QAT and distillation."""
     from tinyq.plan import parse_keep
@@ -159,15 +178,13 @@ def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, unlabel
     from tinyq.quantize import quantize as run_quantize
     from tinyq.train import log_stderr
 
-    try:
-        lo, hi = (float(v) for v in value_range.split(","))
-    except ValueError:
-        raise TinyqError(f"--value-range takes two numbers, lo,hi (e.g. 0,1 or -1,1); got {value_range!r}") from None
+    lo, hi = _range(value_range)
     job = QuantizeJob(model=model, data=data, bits=bits, method=method, act_bits=act_bits,
                       keep_8bit=parse_keep(keep_8bit),
                       unlabeled=unlabeled, distill=distill, epochs=epochs, batch=batch, lr=lr, seed=seed, limit=limit,
                       value_range=(lo, hi), labels=tuple(labels.split(",")) if labels else None,
-                      allow_float=allow_float, ptq=ptq_kind(bits, ptq) if ptq else None, learn_bits=learn_bits)
+                      allow_float=allow_float, ptq=ptq_kind(bits, ptq) if ptq else None, learn_bits=learn_bits,
+                      size_budget=_size(size_budget), plan=plan_file)
     if out is None:
         if resume:
             raise TinyqError("--resume needs --out RUN, the run folder to continue")
@@ -273,6 +290,33 @@ def models():
 
     for name, r in recipes.all_recipes().items():
         click.echo(f"{name:<16} {r.summary}")
+
+
+@main.command()
+@click.argument("target")
+@click.option("--size-budget", required=True, help="File size budget, e.g. 64KB (K = 1024) or 200000 (bytes).")
+@click.option("--data", type=click.Path(), default=None,
+              help="Images to measure sensitivity on (labels not needed) [recipe default: synthetic].")
+@click.option("--init", type=click.Path(), default=None, help="Trained float weights for a recipe (.h5 or run folder).")
+@click.option("--bits", type=int, default=8, show_default=True, help="The most bits a layer may take.")
+@click.option("--method", default="ste", show_default=True, help="Method the plan is for (tinyq methods).")
+@click.option("--act-bits", type=int, default=8, show_default=True)
+@click.option("--estimator", type=click.Choice(["hutchinson", "fisher"]), default="hutchinson", show_default=True,
+              help="Hessian trace estimate: Hutchinson, or the Fisher approximation.")
+@click.option("--value-range", default="0,1", show_default=True, help="A model file's input range (as quantize).")
+@click.option("--limit", type=int, default=2000, show_default=True, help="Images read per split folder.")
+@click.option("--out", type=click.Path(), default="plan.json", show_default=True,
+              help="Plan file, for train/quantize --plan.")
+def plan(target, size_budget, data, init, bits, method, act_bits, estimator, value_range, limit, out):
+    """Per-layer bits for TARGET (a recipe or a model file) within --size-budget; no training."""
+    from tinyq.mixed.target import plan_target
+    from tinyq.train import log_stderr
+
+    result = plan_target(target, _size(size_budget), data=data, init=init, bits=bits, method=method,
+                         act_bits=act_bits, estimator=estimator, value_range=_range(value_range), limit=limit,
+                         out=out, log=log_stderr)
+    click.echo(result.table())
+    click.echo(f"wrote {out}: tinyq train/quantize ... --plan {out}")
 
 
 @main.command()

@@ -42,10 +42,46 @@ def default_plan(model, bits: int, method: str = "ste", keep_8bit=KEEP_CHOICES, 
     return plan
 
 
-def describe_plan(bits: int, act_bits: int, method: str, keep_8bit, learn_bits: bool = False) -> str:
-    """One line for logs: ``"weights 2-bit, activations 4-bit (ste weights + cgpact activations); ..."``."""
+def describe_plan(bits: int, act_bits: int, method: str, keep_8bit, chosen_by: str | None = None) -> str:
+    """One line for logs: ``"weights 2-bit, activations 4-bit (ste weights + cgpact activations); ..."``.
+
+    ``chosen_by``: what set per-layer widths instead of ``bits`` ("learned", "the size budget", a plan file).
+    """
     from tinyq.quantizers import registry
 
-    weights = f"weights at the learned widths (up to {bits}-bit)" if learn_bits else f"weights {bits}-bit"
-    return (f"{weights}, activations {act_bits}-bit in int8 ({registry.describe(method)}); "
+    if chosen_by:
+        return (f"weights at per-layer widths ({chosen_by}, at most {bits}-bit), activations {act_bits}-bit in int8 "
+                f"({registry.describe(method)})")
+    return (f"weights {bits}-bit, activations {act_bits}-bit in int8 ({registry.describe(method)}); "
             f"{', '.join(keep_8bit) or 'no layers'} kept 8-bit")
+
+
+def chooser(learn_bits: bool, size_budget: int | None, plan_file: str | None) -> str | None:
+    """What chose the per-layer widths, for :func:`describe_plan`."""
+    if plan_file:
+        return f"from {plan_file}"
+    if size_budget:
+        return f"knapsack within {size_budget:,} bytes"
+    return "learned" if learn_bits else None
+
+
+def plan_from_file(path, model, method: str, act_bits: int) -> dict[str, QuantSpec]:
+    """Widths from a plan file (``tinyq plan --out``, or a run's ``plan.json``) for ``model``'s weight layers."""
+    import json
+    from pathlib import Path
+
+    from tinyq.qat import WEIGHT_LAYERS
+
+    try:
+        layers = {r["name"]: int(r["bits"]) for r in json.loads(Path(path).read_text())["layers"]}
+    except FileNotFoundError:
+        raise TinyqError(f"plan file {str(path)!r} does not exist; make one with tinyq plan ... --out FILE") from None
+    except (ValueError, KeyError, TypeError):
+        raise TinyqError(f"{str(path)!r} is not a tinyq plan (JSON with layers: [{{name, bits}}]); "
+                         "make one with tinyq plan") from None
+    names = [layer.name for layer in model.layers if isinstance(layer, WEIGHT_LAYERS)]
+    if set(names) != set(layers):
+        missing, extra = sorted(set(names) - set(layers)), sorted(set(layers) - set(names))
+        raise TinyqError(f"plan {str(path)!r} does not fit this model (missing {missing or 'none'}, "
+                         f"unknown {extra or 'none'}): make the plan for this model")
+    return {n: QuantSpec(method=method, weight_bits=layers[n], act_bits=act_bits) for n in names}

@@ -18,11 +18,11 @@ from tinyq.contract import InputContract
 from tinyq.data import ImageSet, layout, load_splits
 from tinyq.data.folder import SPLITS, load_images, split
 from tinyq.errors import TinyqError, expected_one_of
-from tinyq.learnbits import learn_plan
-from tinyq.plan import KEEP_CHOICES, default_plan, describe_plan
+from tinyq.plan import KEEP_CHOICES, chooser, describe_plan
 from tinyq.qat import load_model
 from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
-from tinyq.train import Log, evaluate_keras, finish, log_stderr, prepare_run, qat_phase, validate_quant
+from tinyq.train import (Log, choose_plan, evaluate_keras, finish, log_stderr, prepare_run, qat_phase,
+                         validate_quant)
 
 L = keras.layers
 SUPPORTED = (L.InputLayer, L.Conv2D, L.DepthwiseConv2D, L.Dense, L.BatchNormalization, L.ReLU, L.Activation,
@@ -57,13 +57,17 @@ class QuantizeJob:
     allow_float: bool = False
     ptq: str | None = None  # None: QAT; "converter": the TFLite converter's int8 PTQ; "tinyq": rounding only
     learn_bits: bool = False  # search per-layer widths up to --bits before QAT (tinyq.learnbits)
+    size_budget: int | None = None  # file bytes; per-layer widths by the knapsack (tinyq.mixed.budget)
+    plan: str | None = None  # a plan file to follow (tinyq plan --out)
 
     def __post_init__(self) -> None:
-        validate_quant(self.method, self.bits, self.act_bits, self.learn_bits)
+        validate_quant(self.method, self.bits, self.act_bits, self.learn_bits, self.size_budget, self.plan)
         if self.learn_bits and self.ptq:
             raise TinyqError("--learn-bits trains (it learns widths by gradient); it cannot go with --ptq")
         if self.ptq not in (None, *PTQ_CHOICES):
             raise expected_one_of("--ptq", PTQ_CHOICES, self.ptq)
+        if self.ptq == "converter" and (self.size_budget or self.plan):
+            raise TinyqError("--ptq converter makes int8 only; per-layer widths need --ptq tinyq (or QAT)")
         if self.ptq == "converter" and self.bits != 8:
             raise TinyqError(f"--ptq converter is the TFLite converter's int8 quantization; got --bits {self.bits}: "
                              "use --ptq tinyq for 2-4 bits")
@@ -163,12 +167,12 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     tf.config.experimental.enable_op_determinism()
     with atomic_path(run.float_model) as tmp:
         teacher.save(tmp)
-    plan = default_plan(teacher, job.bits, job.method, job.keep_8bit, job.act_bits)
     distill = 1.0 if job.unlabeled else job.distill
-    if job.learn_bits:
-        plan = learn_plan(teacher, plan, splits, contract, run, log, lr=job.lr, batch=job.batch, seed=job.seed,
-                          teacher=teacher if distill > 0 else None, distill=distill, unlabeled=job.unlabeled,
-                          keep_float=keep_float)
+    plan = choose_plan(teacher, splits, contract, run, log, bits=job.bits, method=job.method, act_bits=job.act_bits,
+                       keep_8bit=job.keep_8bit, size_budget=job.size_budget, plan_file=job.plan,
+                       learn_bits=job.learn_bits, lr=job.lr, batch=job.batch, seed=job.seed,
+                       teacher=teacher if distill > 0 else None, distill=distill, unlabeled=job.unlabeled,
+                       keep_float=keep_float)
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
     write_json(run.config_path, record)
     if job.ptq == "converter":
@@ -183,5 +187,6 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=job.epochs, lr=job.lr, batch=job.batch,
                     seed=job.seed, teacher=teacher if distill > 0 else None, distill=distill,
                     unlabeled=job.unlabeled, keep_float=keep_float,
-                    what=describe_plan(job.bits, job.act_bits, job.method, job.keep_8bit, job.learn_bits))
+                    what=describe_plan(job.bits, job.act_bits, job.method, job.keep_8bit,
+                                      chooser(job.learn_bits, job.size_budget, job.plan)))
     return finish(run, qat, splits, contract, job.data, log, float_model=teacher)

@@ -18,7 +18,7 @@ from tinyq.data import ImageSet, load_splits, synthetic_splits
 from tinyq.data.pipeline import dataset
 from tinyq.errors import TinyqError
 from tinyq.learnbits import learn_plan
-from tinyq.plan import KEEP_CHOICES, default_plan, describe_plan
+from tinyq.plan import KEEP_CHOICES, chooser, default_plan, describe_plan, plan_from_file
 from tinyq.qat import diagnostics, load_model, quantize_model
 from tinyq.quantizers import method_callbacks
 from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
@@ -50,18 +50,26 @@ class TrainConfig:
     limit: int | None = None  # images per split folder (seeded sample), for quick runs
     init: str | None = None  # a float model (.h5) to start QAT from, instead of the float phase
     learn_bits: bool = False  # search per-layer widths up to --bits before QAT (tinyq.learnbits)
+    size_budget: int | None = None  # file bytes; per-layer widths by the knapsack (tinyq.mixed.budget)
+    plan: str | None = None  # a plan file to follow (tinyq plan --out)
 
     def __post_init__(self) -> None:
-        validate_quant(self.method, self.bits, self.act_bits, self.learn_bits)
+        validate_quant(self.method, self.bits, self.act_bits, self.learn_bits, self.size_budget, self.plan)
         if self.epochs < 0 or self.qat_epochs < 0 or (self.epochs == 0 and self.qat_epochs == 0):
             raise TinyqError("--epochs and --qat-epochs must be >= 0 and not both 0")
         if self.batch < 1:
             raise TinyqError(f"--batch must be at least 1; got {self.batch}")
 
 
-def validate_quant(method: str, bits: int, act_bits: int, learn_bits: bool) -> None:
+def validate_quant(method: str, bits: int, act_bits: int, learn_bits: bool, size_budget: int | None = None,
+                   plan: str | None = None) -> None:
     """Fail early, before any data is read, on options no layer could take."""
     QuantSpec(method=method, weight_bits=bits, act_bits=act_bits, learn_bits=learn_bits)
+    chosen = [o for o, on in (("--learn-bits", learn_bits), ("--size-budget", size_budget), ("--plan", plan)) if on]
+    if len(chosen) > 1:
+        raise TinyqError(f"{' and '.join(chosen)} each choose the per-layer widths: pass one of them")
+    if size_budget is not None and size_budget <= 0:
+        raise TinyqError(f"--size-budget must be a positive size such as 64KB; got {size_budget}")
     if learn_bits and bits <= 2:
         raise TinyqError("--learn-bits with --bits 2 has nothing to learn: --bits is the most a layer may keep; "
                          "pass --bits 4 or 8")
@@ -202,16 +210,47 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
         with atomic_path(run.float_model) as tmp:
             float_model.save(tmp)
 
-    plan = default_plan(float_model, config.bits, config.method, config.keep_8bit, config.act_bits)
-    if config.learn_bits:
-        plan = learn_plan(float_model, plan, splits, contract, run, log, lr=config.qat_lr, batch=config.batch,
-                          seed=config.seed)
+    plan = choose_plan(float_model, splits, contract, run, log, bits=config.bits, method=config.method,
+                       act_bits=config.act_bits, keep_8bit=config.keep_8bit, size_budget=config.size_budget,
+                       plan_file=config.plan, learn_bits=config.learn_bits, lr=config.qat_lr, batch=config.batch,
+                       seed=config.seed)
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
     write_json(run.config_path, record)
     qat = qat_phase(float_model, plan, splits, contract, run, log, epochs=config.qat_epochs, lr=config.qat_lr,
                     batch=config.batch, seed=config.seed,
-                    what=describe_plan(config.bits, config.act_bits, config.method, config.keep_8bit, config.learn_bits))
+                    what=describe_plan(config.bits, config.act_bits, config.method, config.keep_8bit,
+                                      chooser(config.learn_bits, config.size_budget, config.plan)))
     return finish(run, qat, splits, contract, config.data or "synthetic", log, float_model=float_model)
+
+
+def choose_plan(float_model, splits, contract: InputContract, run: Run, log: Log, *, bits: int, method: str,
+                act_bits: int, keep_8bit, size_budget: int | None = None, plan_file: str | None = None,
+                learn_bits: bool = False, **search) -> dict[str, QuantSpec]:
+    """The per-layer plan QAT follows: from ``plan_file``, under ``size_budget``, learned, or the default.
+
+    ``search``: how ``--learn-bits`` trains (lr, batch, seed, teacher, distill, unlabeled, keep_float).
+    """
+    if plan_file:
+        log(f"plan: following {plan_file}")
+        return plan_from_file(plan_file, float_model, method, act_bits)
+    if size_budget:
+        from tinyq.mixed.budget import budget_plan
+
+        saved = run / "plan.json"
+        if saved.exists():
+            log(f"plan: reusing {saved}")
+            return plan_from_file(saved, float_model, method, act_bits)
+        log(f"plan: every weight layer chooses 2, 4 or 8 bits (at most {bits}) within {size_budget:,} bytes; "
+            "--keep-8bit does not apply")
+        chosen = budget_plan(float_model, splits, contract, size_budget, method=method, act_bits=act_bits,
+                             max_bits=bits, seed=search.get("seed", 0), log=log)
+        log(chosen.table())
+        write_json(saved, chosen.to_dict())
+        return chosen.specs(method, act_bits)
+    plan = default_plan(float_model, bits, method, keep_8bit, act_bits)
+    if learn_bits:
+        plan = learn_plan(float_model, plan, splits, contract, run, log, **search)
+    return plan
 
 
 def calibration_images(splits, contract: InputContract, seed: int, n: int = 512) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""--size-budget and tinyq plan: the plan respects the budget on the real file, and runs in TFLM."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tinyq.cli import main
+from tinyq.errors import TinyqError
+from tinyq.mixed.budget import layer_bytes, parse_size
+
+
+@pytest.mark.parametrize("text, n", [("64KB", 65536), ("64k", 65536), ("1.5MB", 1572864), ("200000", 200000),
+                                     ("96 KiB", 98304)])
+def test_parse_size(text, n):
+    assert parse_size(text) == n
+
+
+@pytest.mark.parametrize("text", ["", "64 GB", "-5", "lots"])
+def test_bad_sizes_say_how(text):
+    with pytest.raises(TinyqError, match="--size-budget takes a size like 64KB"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_layer_bytes_are_aligned_packed_weights(bits):
+    n = 1000
+    assert layer_bytes(n, 10, bits) % 16 == 0 or bits == 2
+    assert layer_bytes(n, 10, 8) == 1008 and layer_bytes(n, 10, 4) == 512
+    assert layer_bytes(n, 10, 2) > 250  # indices plus a value table per channel and the DECODE tensor
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_quantize_within_a_size_budget(float_model, folders, tmp_path):
+    # this small model's file: 6,128 bytes all 8-bit, 5,904 all 4-bit (2-bit tables cost more than they save)
+    budget = 6000
+    out = tmp_path / "run"
+    r = _invoke("quantize", float_model, "--data", folders / "labelled", "--size-budget", budget, "--epochs", 1,
+                "--batch", 16, "--out", out)
+    assert r.exit_code == 0, r.stderr
+    assert "knapsack within 6,000 bytes" in r.stderr
+    size = (out / "model.tflite").stat().st_size
+    plan = json.loads((out / "plan.json").read_text())
+    assert size <= budget and plan["file_bytes"] == size  # the real file is the planned one
+    widths = {r["name"]: r["bits"] for r in plan["layers"]}
+    assert len(widths) == 4 and set(widths.values()) == {4, 8}  # mixed, first/last/depthwise included
+    config = json.loads((out / "config.json").read_text())
+    assert {n: s["weight_bits"] for n, s in config["plan"].items()} == widths
+    result = json.loads(_invoke("check", out, "--data", folders / "labelled", "--json").stdout)
+    assert result["tflm"]["agreement_with_keras"] >= 0.9
+    assert result["litert_vs_tflm_max_abs_diff"] == 0  # int8 and int4 layers side by side run in both
+
+    # the same plan, followed from its file by another run
+    again = tmp_path / "again"
+    r = _invoke("quantize", float_model, "--data", folders / "labelled", "--plan", out / "plan.json", "--epochs", 1,
+                "--batch", 16, "--out", again)
+    assert r.exit_code == 0, r.stderr
+    assert (again / "model.tflite").stat().st_size == size
+
+
+def test_plan_command_and_impossible_budgets(float_model, folders, tmp_path):
+    out = tmp_path / "plan.json"
+    r = _invoke("plan", float_model, "--size-budget", "7000", "--data", folders / "labelled", "--estimator", "fisher",
+                "--out", out)
+    assert r.exit_code == 0, r.stderr
+    plan = json.loads(out.read_text())
+    assert plan["file_bytes"] <= 7000 and all(r["bits"] == 8 for r in plan["layers"])  # room for everything
+    assert "dL(2)" in r.stdout and "exact knapsack" in r.stdout
+    r = _invoke("plan", float_model, "--size-budget", "1KB", "--data", folders / "labelled", "--out", out)
+    assert r.exit_code == 1 and "below the smallest file this model makes" in r.stderr
+    r = _invoke("quantize", float_model, "--data", folders / "labelled", "--size-budget", "8KB", "--learn-bits",
+                "--method", "cpq", "--out", tmp_path / "x")
+    assert r.exit_code == 1 and "pass one of them" in r.stderr and not (tmp_path / "x").exists()
+    r = _invoke("quantize", float_model, "--data", folders / "labelled", "--plan", tmp_path / "nope.json",
+                "--out", tmp_path / "y")
+    assert r.exit_code == 1 and "does not exist" in r.stderr

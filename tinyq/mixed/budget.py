@@ -1,0 +1,169 @@
+"""Per-layer bit widths under a flash budget: sensitivity, sizes, the knapsack, checked on the real file.
+
+Every weight layer (first, last and depthwise included) chooses 2, 4 or 8 bits (at most
+``--bits``). A choice's bytes come from the storage format (INT8; packed INT4; 2-bit LUT
+indices plus a 4-value table per channel and a DECODE tensor), each buffer padded to 16
+bytes; the rest of the file (graph, activation parameters, biases, names) is measured on a
+real conversion. The knapsack is solved exactly (:func:`tinyq.mixed.knapsack.solve_exact`)
+for the loss increases of :mod:`tinyq.mixed.sensitivity`; then the planned model is
+converted and its real size checked. If the estimate was short, the budget left for the
+weights is tightened by the difference and the knapsack solved again, so a returned plan's
+file is within the budget.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tinyq.errors import TinyqError
+from tinyq.fold import WEIGHT_LAYERS
+from tinyq.mixed.knapsack import Choice, solve_exact, solve_greedy, total
+from tinyq.spec import QuantSpec
+
+CHOICES = (2, 4, 8)
+ALIGN = 16  # TFLite aligns buffers to 16 bytes
+# per 2-bit layer beyond indices and value tables: the DECODE op's output tensor with its own
+# per-channel scales and zero points (12 bytes per channel) and compression metadata; a start
+# for the estimate only, the real file decides
+LUT_BYTES_PER_CHANNEL = 20
+LUT_BYTES_PER_LAYER = 200
+ATTEMPTS = 4
+
+
+def parse_size(text: str) -> int:
+    """``"64KB"`` -> 65536 bytes (K = 1024, as flash sizes are quoted), ``"200000"`` -> 200000."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(k|kb|kib|m|mb|mib|b)?\s*", text.lower())
+    if not m:
+        raise TinyqError(f"--size-budget takes a size like 64KB, 1.5MB or 200000 (bytes); got {text!r}")
+    unit = {None: 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20}
+    return int(float(m.group(1)) * unit[m.group(2)])
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def layer_bytes(params: int, channels: int, bits: int) -> int:
+    """Estimated bytes of one weight tensor at ``bits`` in tinyq's file (see the module docstring)."""
+    if bits == 2:
+        return (_align(-(-params // 4)) + _align(4 * channels + 16) + LUT_BYTES_PER_CHANNEL * channels
+                + LUT_BYTES_PER_LAYER)
+    if bits <= 4:
+        return _align(-(-params // 2))
+    return _align(params)
+
+
+@dataclass
+class BudgetPlan:
+    """The chosen widths and what they were chosen from (written to ``RUN/plan.json``)."""
+
+    budget: int
+    layers: list[dict]  # name, params, channels, curvature, loss_increase {bits: dL}, bytes {bits: est.}, bits
+    file_bytes: int = 0  # measured on the converted planned model
+    other_bytes: int = 0  # the file minus the estimated weight bytes
+    greedy_loss: float = 0.0
+    exact_loss: float = 0.0
+    attempts: list[dict] = field(default_factory=list)
+
+    def specs(self, method: str, act_bits: int) -> dict[str, QuantSpec]:
+        return {r["name"]: QuantSpec(method=method, weight_bits=r["bits"], act_bits=act_bits) for r in self.layers}
+
+    def to_dict(self) -> dict:
+        return {"budget": self.budget, "file_bytes": self.file_bytes, "other_bytes": self.other_bytes,
+                "exact_loss": self.exact_loss, "greedy_loss": self.greedy_loss, "attempts": self.attempts,
+                "layers": self.layers}
+
+    def table(self) -> str:
+        lines = [f"{'layer':<26}{'bits':>5}{'params':>9}{'bytes':>9}{'curvature':>12}  "
+                 + "  ".join(f"dL({b})".rjust(9) for b in CHOICES)]
+        for r in self.layers:
+            lines.append(f"{r['name'][:25]:<26}{r['bits']:>5}{r['params']:>9,}{r['bytes'][r['bits']]:>9,}"
+                         f"{r['curvature']:>12.3g}  "
+                         + "  ".join(f"{r['loss_increase'].get(b, float('nan')):>9.3g}" for b in CHOICES))
+        lines.append(f"file: {self.file_bytes:,} bytes measured (budget {self.budget:,}); expected loss increase "
+                     f"{self.exact_loss:.4g} (exact knapsack; greedy: {self.greedy_loss:.4g})")
+        return "\n".join(lines)
+
+
+def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[dict[str, int]], int], *,
+                    max_bits: int = 8, estimator: str = "hutchinson", log=lambda m: None) -> BudgetPlan:
+    """Widths per weight layer of ``float_model`` within ``budget`` file bytes.
+
+    ``x``: model-ready images for the sensitivity; ``measure({layer: bits})``: the real file
+    bytes of the model quantized with those widths.
+    """
+    from tinyq.fold import fold_batchnorm
+    from tinyq.mixed.sensitivity import loss_increase
+    from tinyq.qat import channel_axis, kernel_attr
+
+    bits = tuple(b for b in CHOICES if b <= max_bits)
+    if not bits:
+        raise TinyqError(f"--size-budget chooses among {CHOICES} bits; --bits {max_bits} leaves none")
+    log(f"plan: sensitivity ({estimator}) on {len(x)} images")
+    table = loss_increase(float_model, x, bits, estimator)
+    folded = {layer.name: layer for layer in fold_batchnorm(float_model).layers if isinstance(layer, WEIGHT_LAYERS)}
+    rows = []
+    for name, t in table.items():
+        layer = folded[name]
+        axis = channel_axis(layer)
+        kernel = getattr(layer, kernel_attr(layer))
+        channels = 1 if axis is None else int(kernel.shape[axis])
+        rows.append({"name": name, "params": t["params"], "channels": channels, "curvature": t["curvature"],
+                     "loss_increase": t["loss_increase"],
+                     "bytes": {b: layer_bytes(t["params"], channels, b) for b in bits}})
+    choices = [[Choice(b, r["bytes"][b], r["loss_increase"][b]) for b in bits] for r in rows]
+    widest = {r["name"]: bits[-1] for r in rows}
+    measured = measure(widest)
+    other = measured - sum(r["bytes"][bits[-1]] for r in rows)
+    log(f"plan: all layers {bits[-1]}-bit: {measured:,} bytes, of which {other:,} are not weights")
+    slack = 0
+    attempts = []
+    for _ in range(ATTEMPTS):
+        room = budget - other - slack
+        picks = solve_exact(choices, room)
+        if picks is None:
+            smallest = other + sum(min(r["bytes"].values()) for r in rows)
+            raise TinyqError(f"--size-budget {budget:,} bytes is below the smallest file this model makes "
+                             f"(about {smallest:,} bytes, every layer at its smallest width): raise the budget")
+        widths = {r["name"]: choices[i][p].bits for i, (r, p) in enumerate(zip(rows, picks))}
+        size = measure(widths) if widths != widest else measured
+        attempts.append({"weight_room": room, "file_bytes": size})
+        log(f"plan: {room:,} bytes for weights -> file {size:,} bytes")
+        if size <= budget:
+            for r in rows:
+                r["bits"] = widths[r["name"]]
+            greedy = solve_greedy(choices, room)
+            return BudgetPlan(budget=budget, layers=rows, file_bytes=size, other_bytes=other, attempts=attempts,
+                              exact_loss=total(choices, picks)[1],
+                              greedy_loss=total(choices, greedy)[1] if greedy is not None else float("nan"))
+        slack += size - budget + ALIGN
+    raise TinyqError(f"could not fit {budget:,} bytes in {ATTEMPTS} attempts (last file {size:,} bytes): "
+                     "raise --size-budget a little")
+
+
+def file_bytes(float_model, widths: dict[str, int], method: str, act_bits: int, pixels: np.ndarray,
+               contract) -> int:
+    """Bytes of the converted file of ``float_model`` quantized (no training) at ``widths``."""
+    from tinyq.convert.converter import convert
+    from tinyq.qat import quantize_model
+
+    specs = {n: QuantSpec(method=method, weight_bits=b, act_bits=act_bits) for n, b in widths.items()}
+    # calibrated as training's model is: with TFMOT's uncalibrated [0, 0] input range the converter
+    # folds parts of the graph away and the file comes out smaller than the trained one
+    qat = quantize_model(float_model, specs, calibration=contract.to_float(pixels))
+    return len(convert(qat, pixels, contract))
+
+
+def budget_plan(float_model, splits, contract, budget: int, *, method: str, act_bits: int, max_bits: int,
+                estimator: str = "hutchinson", seed: int = 0, log=lambda m: None) -> BudgetPlan:
+    """:func:`plan_for_budget` on the training images of ``splits`` (256 for the sensitivity)."""
+    from tinyq.train import calibration_images
+
+    x = calibration_images(splits, contract, seed, n=256)
+    pixels = splits["train"].x[:64]
+    return plan_for_budget(float_model, x, budget,
+                           lambda widths: file_bytes(float_model, widths, method, act_bits, pixels, contract),
+                           max_bits=max_bits, estimator=estimator, log=log)
