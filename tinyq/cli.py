@@ -198,12 +198,16 @@ def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_bu
 @click.option("--bits", type=int, default=None, help="Weight storage: 2 (LUT), 4 (INT4) or 8 (INT8); "
               "default: as trained. Only widening is lossless, so at least the trained bits.")
 @click.option("--out", type=click.Path(), default=None, help="Output .tflite [default: RUN/model.tflite].")
-def convert(run, bits, out):
-    """Convert a run's QAT model to a full-integer .tflite."""
+@click.option("--no-compact", is_flag=True,
+              help="Keep the converter's file as it is (names, all quantization parameters, metadata).")
+@click.option("--keep-uncompacted", is_flag=True, help="Also write X.uncompacted.tflite beside the output, for debugging.")
+def convert(run, bits, out, no_compact, keep_uncompacted):
+    """Convert a run's QAT model to a full-integer .tflite (compacted; see tinyq inspect)."""
     from tinyq.convert import convert_run
     from tinyq.train import log_stderr
 
-    click.echo(str(convert_run(run, storage_bits=bits, out=out, log=log_stderr)))
+    click.echo(str(convert_run(run, storage_bits=bits, out=out, log=log_stderr, compact=not no_compact,
+                               keep_uncompacted=keep_uncompacted)))
 
 
 @main.command()

@@ -20,8 +20,9 @@ def save_representative(run: Run, pixels: np.ndarray, n: int = 200, seed: int = 
 
 
 def convert_run(run: Run | str | Path, storage_bits: int | None = None, out: str | Path | None = None,
-                representative: np.ndarray | None = None, log: Callable[[str], None] = lambda m: None) -> Path:
-    """Convert the run's QAT model to ``out`` (default ``RUN/model.tflite``)."""
+                representative: np.ndarray | None = None, log: Callable[[str], None] = lambda m: None,
+                compact: bool = True, keep_uncompacted: bool = False) -> Path:
+    """Convert the run's QAT model to ``out`` (default ``RUN/model.tflite``), compacted unless ``compact=False``."""
     from tinyq.convert.converter import convert
     from tinyq.qat import load_model
 
@@ -47,6 +48,36 @@ def convert_run(run: Run | str | Path, storage_bits: int | None = None, out: str
     data = convert(load_model(source), representative, contract, storage_bits, log,
                    allow_float=bool(config["train"].get("allow_float")))
     target = Path(out) if out is not None else run.tflite
+    if compact:
+        data = compact_file(data, representative, contract, target, keep_uncompacted, log)
     write_bytes(target, data)
     log(f"wrote {target} ({len(data):,} bytes)")
     return target
+
+
+def names_path(tflite: Path) -> Path:
+    """Where the tensor-name map of a compacted ``X.tflite`` lives: ``X.names.json`` beside it."""
+    return tflite.with_name(tflite.stem + ".names.json")
+
+
+def compact_file(data: bytes, representative: np.ndarray, contract: InputContract, target: Path,
+                 keep_uncompacted: bool = False, log: Callable[[str], None] = lambda m: None) -> bytes:
+    """:func:`tinyq.convert.compact.compact` verified on up to 32 representative images.
+
+    Writes the tensor-name map beside ``target`` (``inspect`` and ``report`` read it) and, with
+    ``keep_uncompacted``, the file before compaction as ``X.uncompacted.tflite``.
+    """
+    from tinyq.check import quantize_input
+    from tinyq.convert import flatbuffer
+    from tinyq.convert.compact import compact, tensor_names
+    from tinyq.runfolder import write_json
+
+    fb = flatbuffer.parse(data)
+    tin = fb.tensors[fb.inputs[0]]
+    x = quantize_input(representative[:32], contract, float(tin.scales[0]), int(tin.zero_points[0]))
+    if keep_uncompacted:
+        write_bytes(target.with_name(target.stem + ".uncompacted.tflite"), data)
+    write_json(names_path(target), {"tensor_names": tensor_names(data)})
+    compacted, record = compact(data, x, log)
+    write_json(target.with_name(target.stem + ".compaction.json"), record)
+    return compacted

@@ -127,7 +127,7 @@ def verify(qat, fb: flatbuffer.Flatbuffer) -> dict[int, tuple[str, int]]:
 
 def convert(qat, representative: np.ndarray, contract: InputContract, storage_bits: int | None = None,
             log: Callable[[str], None] = lambda m: None, allow_float: bool = False) -> bytes:
-    """Convert, verify the integers against training, LUT-compress 2-bit tensors."""
+    """Convert, verify the integers against training, LUT-compress 2-bit tensors (not compacted)."""
     if storage_bits is not None and storage_bits not in STORAGE_BITS:
         raise TinyqError(f"unsupported storage bits {storage_bits}: expected one of {', '.join(map(str, STORAGE_BITS))}")
     t0 = time.time()

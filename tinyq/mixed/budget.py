@@ -147,6 +147,9 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
 def file_bytes(float_model, widths: dict[str, int], method: str, act_bits: int, pixels: np.ndarray,
                contract) -> int:
     """Bytes of the converted file of ``float_model`` quantized (no training) at ``widths``."""
+    from tinyq.check import quantize_input
+    from tinyq.convert import flatbuffer
+    from tinyq.convert.compact import compact
     from tinyq.convert.converter import convert
     from tinyq.qat import quantize_model
 
@@ -154,7 +157,11 @@ def file_bytes(float_model, widths: dict[str, int], method: str, act_bits: int, 
     # calibrated as training's model is: with TFMOT's uncalibrated [0, 0] input range the converter
     # folds parts of the graph away and the file comes out smaller than the trained one
     qat = quantize_model(float_model, specs, calibration=contract.to_float(pixels))
-    return len(convert(qat, pixels, contract))
+    data = convert(qat, pixels, contract)
+    fb = flatbuffer.parse(data)
+    tin = fb.tensors[fb.inputs[0]]
+    x = quantize_input(pixels[:8], contract, float(tin.scales[0]), int(tin.zero_points[0]))
+    return len(compact(data, x)[0])  # as the run will write it
 
 
 def budget_plan(float_model, splits, contract, budget: int, *, method: str, act_bits: int, max_bits: int,
