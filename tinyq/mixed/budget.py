@@ -25,11 +25,11 @@ from tinyq.spec import QuantSpec
 
 CHOICES = (2, 4, 8)
 ALIGN = 16  # TFLite aligns buffers to 16 bytes
-# per 2-bit layer beyond indices and value tables: the DECODE op's output tensor with its own
-# per-channel scales and zero points (12 bytes per channel) and compression metadata; a start
-# for the estimate only, the real file decides
-LUT_BYTES_PER_CHANNEL = 20
-LUT_BYTES_PER_LAYER = 200
+# per 2-bit layer beyond indices and value tables, in the compacted file: the DECODE op's output
+# tensor with its per-channel scales (4 bytes per channel), the op and compression metadata; a
+# start for the estimate only, the real file decides
+LUT_BYTES_PER_CHANNEL = 4
+LUT_BYTES_PER_LAYER = 160
 ATTEMPTS = 4
 
 
@@ -116,20 +116,26 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
                      "bytes": {b: layer_bytes(t["params"], channels, b) for b in bits}})
     choices = [[Choice(b, r["bytes"][b], r["loss_increase"][b]) for b in bits] for r in rows]
     widest = {r["name"]: bits[-1] for r in rows}
+    cheapest = {r["name"]: min(bits, key=lambda b: (r["bytes"][b], -b)) for r in rows}
     measured = measure(widest)
-    other = measured - sum(r["bytes"][bits[-1]] for r in rows)
-    log(f"plan: all layers {bits[-1]}-bit: {measured:,} bytes, of which {other:,} are not weights")
+    smallest = measure(cheapest)
+    log(f"plan: every layer at its widest: {measured:,} bytes; at its smallest: {smallest:,} bytes")
+    if smallest > budget:
+        raise TinyqError(f"--size-budget {budget:,} bytes is below the smallest file this model makes "
+                         f"({smallest:,} bytes, every layer at its smallest width): raise the budget")
+    # the rest of the file (graph, biases, activation parameters): from whichever end is leaner,
+    # since compaction drops more from files only TFLM runs (2-bit LUT) than from int8 ones
+    other = min(measured - sum(r["bytes"][widest[r["name"]]] for r in rows),
+                smallest - sum(r["bytes"][cheapest[r["name"]]] for r in rows))
     slack = 0
     attempts = []
     for _ in range(ATTEMPTS):
         room = budget - other - slack
         picks = solve_exact(choices, room)
-        if picks is None:
-            smallest = other + sum(min(r["bytes"].values()) for r in rows)
-            raise TinyqError(f"--size-budget {budget:,} bytes is below the smallest file this model makes "
-                             f"(about {smallest:,} bytes, every layer at its smallest width): raise the budget")
+        if picks is None:  # the estimate says nothing fits, the measurement says the smallest does
+            picks = [bits.index(cheapest[r["name"]]) for r in rows]
         widths = {r["name"]: choices[i][p].bits for i, (r, p) in enumerate(zip(rows, picks))}
-        size = measure(widths) if widths != widest else measured
+        size = measured if widths == widest else smallest if widths == cheapest else measure(widths)
         attempts.append({"weight_room": room, "file_bytes": size})
         log(f"plan: {room:,} bytes for weights -> file {size:,} bytes")
         if size <= budget:
