@@ -76,3 +76,19 @@ def test_plan_command_and_impossible_budgets(float_model, folders, tmp_path):
     r = _invoke("quantize", float_model, "--data", folders / "labelled", "--plan", tmp_path / "nope.json",
                 "--out", tmp_path / "y")
     assert r.exit_code == 1 and "does not exist" in r.stderr
+
+
+def test_int8_int4_and_lut2_in_one_file_run_in_tflm(float_model, folders, tmp_path):
+    plan = tmp_path / "plan.json"
+    widths = {"conv2d": 8, "depthwise_conv2d": 4, "conv2d_1": 2, "dense": 8}
+    plan.write_text(json.dumps({"layers": [{"name": n, "bits": b} for n, b in widths.items()]}))
+    out = tmp_path / "run"
+    r = _invoke("quantize", float_model, "--data", folders / "labelled", "--plan", plan, "--epochs", 1,
+                "--batch", 16, "--out", out)
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(_invoke("inspect", out, "--json").stdout)
+    types = {t["name"].split("/")[1]: t["type"] for t in info["tensors"] if t["kind"] == "weights"}
+    assert types == {"quant_conv2d": "INT8", "quant_depthwise_conv2d": "INT4", "quant_conv2d_1": "LUT2",
+                     "quant_dense": "INT8"}
+    result = json.loads(_invoke("check", out, "--data", folders / "labelled", "--json").stdout)
+    assert result["tflm"]["agreement_with_keras"] >= 0.9 and "skipped" in result["litert"]  # DECODE: TFLM only
