@@ -69,7 +69,7 @@ def test_plan_command_and_impossible_budgets(float_model, folders, tmp_path):
     assert plan["file_bytes"] <= 7000 and all(r["bits"] == 8 for r in plan["layers"])  # room for everything
     assert "dL(2)" in r.stdout and "exact knapsack" in r.stdout
     r = _invoke("plan", float_model, "--size-budget", "1KB", "--data", folders / "labelled", "--out", out)
-    assert r.exit_code == 1 and "below the smallest file this model makes" in r.stderr
+    assert r.exit_code == 1 and "no plan fits (the smallest file measured" in r.stderr
     r = _invoke("quantize", float_model, "--data", folders / "labelled", "--size-budget", "8KB", "--learn-bits",
                 "--method", "cpq", "--out", tmp_path / "x")
     assert r.exit_code == 1 and "pass one of them" in r.stderr and not (tmp_path / "x").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ class Group(click.Group):
     """Turns TinyqError and click's usage errors into one line on stderr and exit code 2/1."""
 
     def invoke(self, ctx):
+        signal.signal(signal.SIGTERM, _terminate)  # a job scheduler's stop ends like Ctrl-C
         try:
             return super().invoke(ctx)
         except TinyqError as e:
@@ -27,9 +29,18 @@ class Group(click.Group):
             cmd = f"tinyq {e.ctx.info_name}" if e.ctx is not None and e.ctx.info_name != "tinyq" else "tinyq"
             _err(f"error: {e.format_message()} (see {cmd} --help)")
             ctx.exit(2)
-        except KeyboardInterrupt:
-            _err("interrupted; outputs written so far are complete (resume training with --resume)")
-            ctx.exit(130)
+        except KeyboardInterrupt as e:
+            _err("interrupted; outputs written so far are complete, the last finished epoch is saved "
+                 "(continue with the same command and --resume)")
+            ctx.exit(143 if isinstance(e, Terminated) else 130)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Python is, so training unwinds as for Ctrl-C (temp files removed)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,8 +1,8 @@
 """``--learn-bits``: a search epoch in which CPQ / DropBits learns each layer's width, then QAT at it.
 
 The layers the plan gives ``--bits`` learn a width among those TFLM runs up to ``--bits``
-(:func:`tinyq.quantizers.cpq.bit_choices`: 2, 4, 8); kept layers (first, last, depthwise by
-default) stay 8-bit. The search trains a copy of the model with gated widths for
+(:func:`tinyq.quantizers.cpq.bit_choices`: 2, 4, 8); below 8 bits the kept layers (first,
+last, depthwise by default) stay 8-bit, at ``--bits 8`` every layer learns. The search trains a copy of the model with gated widths for
 :data:`SEARCH_EPOCHS` (same data, loss and learning rate as QAT), reads each layer's learned
 width, and returns the plan QAT then follows from the float model: a width is a per-layer
 plan entry like any other, so conversion and export need nothing special. The result is kept

@@ -55,11 +55,6 @@ def convert_run(run: Run | str | Path, storage_bits: int | None = None, out: str
     return target
 
 
-def names_path(tflite: Path) -> Path:
-    """Where the tensor-name map of a compacted ``X.tflite`` lives: ``X.names.json`` beside it."""
-    return tflite.with_name(tflite.stem + ".names.json")
-
-
 def compact_file(data: bytes, representative: np.ndarray, contract: InputContract, target: Path,
                  keep_uncompacted: bool = False, log: Callable[[str], None] = lambda m: None) -> bytes:
     """:func:`tinyq.convert.compact.compact` verified on up to 32 representative images.
@@ -77,7 +72,7 @@ def compact_file(data: bytes, representative: np.ndarray, contract: InputContrac
     x = quantize_input(representative[:32], contract, float(tin.scales[0]), int(tin.zero_points[0]))
     if keep_uncompacted:
         write_bytes(target.with_name(target.stem + ".uncompacted.tflite"), data)
-    write_json(names_path(target), {"tensor_names": tensor_names(data)})
+    write_json(flatbuffer.names_path(target), {"tensor_names": tensor_names(data)})
     compacted, record = compact(data, x, log)
     write_json(target.with_name(target.stem + ".compaction.json"), record)
     return compacted

@@ -23,7 +23,6 @@ def inspect_model(path: str | Path) -> dict:
     """
     path = flatbuffer.resolve(path)
     data, fb = flatbuffer.read(path)
-    names = _name_map(path, len(fb.tensors))
     producers = {t: op for op in fb.ops for t in op.outputs}
     weight_ids, table_ids = set(), set()
     weight_bits: dict[int, int] = {}
@@ -52,32 +51,19 @@ def inspect_model(path: str | Path) -> dict:
         if kind == "weights":
             params += count
             packed_bits += count * bits
-        rows.append({"index": t.index, "name": t.name or names[t.index], "type": t.type if t.index not in weight_bits else f"LUT{bits}",
+        rows.append({"index": t.index, "name": t.name, "type": t.type if t.index not in weight_bits else f"LUT{bits}",
                      "bits": bits, "shape": list(t.shape), "bytes": t.nbytes, "kind": kind, "params": count,
                      "channels": int(t.scales.size)})
         if kind in totals:
             totals[kind] += t.nbytes
         totals["quantization"] += 4 * t.scales.size + 8 * t.zero_points.size
-        totals["names"] += len(t.name.encode())
+        totals["names"] += 0 if fb.names_from_map else len(t.name.encode())
     totals["rest"] = len(data) - sum(totals.values())
     packed = packed_bits / 8
     return {"file": str(path), "file_bytes": len(data), "ops": [op.name for op in fb.ops],
             "tensors": rows, "breakdown": totals, "weight_params": params,
             "packed_weight_bytes": int(np.ceil(packed)),
             "file_over_packed_weights": round(len(data) / packed, 3) if packed else None}
-
-
-def _name_map(path: Path, count: int) -> list[str]:
-    """Tensor names from the map compaction leaves beside the file (``X.names.json``), else blanks."""
-    import json
-
-    from tinyq.convert import names_path
-
-    try:
-        names = json.loads(names_path(path).read_text())["tensor_names"]
-    except (OSError, ValueError, KeyError):
-        return [""] * count
-    return names if len(names) == count else [""] * count
 
 
 def _lut_bits(ancillary: flatbuffer.Tensor) -> int:

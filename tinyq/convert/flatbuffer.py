@@ -58,6 +58,7 @@ class Flatbuffer:
     ops: list[Op]
     inputs: list[int]
     outputs: list[int]
+    names_from_map: bool = False  # tensor names restored from X.names.json (compaction removed them)
 
     @property
     def op_names(self) -> list[str]:
@@ -140,7 +141,30 @@ def read(path: str | Path) -> tuple[bytes, Flatbuffer]:
     if not path.is_file():
         raise TinyqError(f"{str(path)!r} does not exist; give the path of a .tflite file")
     data = path.read_bytes()
-    return data, parse(data, repr(str(path)))
+    fb = parse(data, repr(str(path)))
+    _restore_names(fb, path)
+    return data, fb
+
+
+def names_path(tflite: Path) -> Path:
+    """Where the tensor-name map of a compacted ``X.tflite`` lives: ``X.names.json`` beside it."""
+    return tflite.with_name(tflite.stem + ".names.json")
+
+
+def _restore_names(fb: Flatbuffer, path: Path) -> None:
+    """Give a compacted file's tensors their names back from the map beside it, if it matches."""
+    import json
+
+    if any(t.name for t in fb.tensors):
+        return
+    try:
+        names = json.loads(names_path(path).read_text())["tensor_names"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if isinstance(names, list) and len(names) == len(fb.tensors):
+        for t, name in zip(fb.tensors, names):
+            t.name = str(name)
+        fb.names_from_map = True
 
 
 def int_values(t: Tensor) -> np.ndarray:

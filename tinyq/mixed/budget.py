@@ -120,9 +120,6 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
     measured = measure(widest)
     smallest = measure(cheapest)
     log(f"plan: every layer at its widest: {measured:,} bytes; at its smallest: {smallest:,} bytes")
-    if smallest > budget:
-        raise TinyqError(f"--size-budget {budget:,} bytes is below the smallest file this model makes "
-                         f"({smallest:,} bytes, every layer at its smallest width): raise the budget")
     # the rest of the file (graph, biases, activation parameters): from whichever end is leaner,
     # since compaction drops more from files only TFLM runs (2-bit LUT) than from int8 ones
     other = min(measured - sum(r["bytes"][widest[r["name"]]] for r in rows),
@@ -132,8 +129,8 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
     for _ in range(ATTEMPTS):
         room = budget - other - slack
         picks = solve_exact(choices, room)
-        if picks is None:  # the estimate says nothing fits, the measurement says the smallest does
-            picks = [bits.index(cheapest[r["name"]]) for r in rows]
+        if picks is None:
+            break
         widths = {r["name"]: choices[i][p].bits for i, (r, p) in enumerate(zip(rows, picks))}
         size = measured if widths == widest else smallest if widths == cheapest else measure(widths)
         attempts.append({"weight_room": room, "file_bytes": size})
@@ -146,8 +143,9 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
                               exact_loss=total(choices, picks)[1],
                               greedy_loss=total(choices, greedy)[1] if greedy is not None else float("nan"))
         slack += size - budget + ALIGN
-    raise TinyqError(f"could not fit {budget:,} bytes in {ATTEMPTS} attempts (last file {size:,} bytes): "
-                     "raise --size-budget a little")
+    least = min([measured, smallest] + [a["file_bytes"] for a in attempts])
+    raise TinyqError(f"--size-budget {budget:,} bytes: no plan fits (the smallest file measured: {least:,} bytes, "
+                     f"every layer at its smallest: about {smallest:,}): raise the budget")
 
 
 def file_bytes(float_model, widths: dict[str, int], method: str, act_bits: int, pixels: np.ndarray,

@@ -1,0 +1,92 @@
+"""Truncated, mutated and foreign files given to inspect, export and check: one-line errors, no crash, no hang.
+
+Property-based: hypothesis draws the damage (a cut, byte flips, a splice of random bytes) to a
+real tinyq file. The commands run in a child process, because TFLM and LiteRT are C++ and
+a crash there would take the test process with it; the test fails if the child dies.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+CHILD = r'''
+import json, sys
+from pathlib import Path
+from click.testing import CliRunner
+from tinyq.cli import main
+
+data_dir, files = sys.argv[1], sys.argv[2:]
+out = []
+for f in files:
+    row = {}
+    for cmd in (["inspect", f], ["export", f, "--out", f + ".fw"], ["check", f, "--data", data_dir]):
+        r = CliRunner().invoke(main, cmd)
+        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        row[cmd[0]] = {"code": r.exit_code, "last": lines[-1] if lines else "",
+                       "exception": None if r.exception is None or isinstance(r.exception, SystemExit)
+                       else repr(r.exception), "fw_exists": Path(f + ".fw").exists()}
+    out.append(row)
+print(json.dumps(out))
+'''
+
+damage = st.one_of(
+    st.tuples(st.just("cut"), st.floats(0.0, 0.999)),
+    st.tuples(st.just("flip"), st.lists(st.tuples(st.floats(0.0, 0.999), st.integers(1, 255)), min_size=1,
+                                        max_size=16)),
+    st.tuples(st.just("splice"), st.floats(0.0, 0.999), st.binary(min_size=1, max_size=64)),
+    st.tuples(st.just("foreign"), st.binary(max_size=256)),
+)
+
+
+def _apply(good: bytes, d) -> bytes:
+    kind = d[0]
+    if kind == "cut":
+        return good[: int(d[1] * len(good))]
+    if kind == "flip":
+        b = bytearray(good)
+        for where, mask in d[1]:
+            b[int(where * len(b))] ^= mask
+        return bytes(b)
+    if kind == "splice":
+        at = int(d[1] * len(good))
+        return good[:at] + d[2] + good[at + len(d[2]):]
+    return d[1]
+
+
+@pytest.fixture(scope="module")
+def good_file(float_model, folders, tmp_path_factory):
+    from click.testing import CliRunner
+
+    from tinyq.cli import main
+
+    out = tmp_path_factory.mktemp("fuzz") / "run"
+    r = CliRunner().invoke(main, ["quantize", str(float_model), "--data", str(folders / "labelled"), "--bits", "4",
+                                  "--ptq", "tinyq", "--out", str(out)])
+    assert r.exit_code == 0, r.stderr
+    return (out / "model.tflite").read_bytes()
+
+
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(damage, min_size=12, max_size=12))
+def test_damaged_files_fail_cleanly(good_file, folders, tmp_path_factory, damages):
+    folder = tmp_path_factory.mktemp("damaged")
+    files = []
+    for i, d in enumerate(damages):
+        path = folder / f"m{i}.tflite"
+        path.write_bytes(_apply(good_file, d))
+        files.append(str(path))
+    child = subprocess.run([sys.executable, "-c", CHILD, str(folders / "labelled"), *files],
+                           capture_output=True, text=True, timeout=900)
+    assert child.returncode == 0, f"a runtime crashed on a damaged file (exit {child.returncode}): {child.stderr[-800:]}"
+    rows = json.loads(child.stdout.strip().splitlines()[-1])
+    for d, row in zip(damages, rows):
+        for cmd, r in row.items():
+            assert r["exception"] is None, (d[0], cmd, r)
+            assert r["code"] in (0, 1), (d[0], cmd, r)
+            if r["code"] == 1:
+                assert r["last"].startswith("error: ") and "Traceback" not in r["last"], (d[0], cmd, r)
+                if cmd == "export":
+                    assert not r["fw_exists"], (d[0], "export left a partial folder")
