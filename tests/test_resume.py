@@ -13,7 +13,10 @@ def test_resume_after_kill(tmp_path, sig, code):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "tinyq.cli", "train", "person-detect", "--bits", "4", "--epochs", "3",
            "--qat-epochs", "1", "--synthetic-images", "200", "--batch", "32", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    # a shell's background job (CI under nohup, `cmd &`) starts with SIGINT ignored, and Python keeps
+    # it ignored; a terminal's Ctrl-C reaches a process whose SIGINT is the default
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     killed = False
     for line in proc.stderr:
         if "[float] epoch 2/3" in line:
