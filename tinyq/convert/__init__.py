@@ -62,17 +62,26 @@ def compact_file(data: bytes, representative: np.ndarray, contract: InputContrac
     Writes the tensor-name map beside ``target`` (``inspect`` and ``report`` read it) and, with
     ``keep_uncompacted``, the file before compaction as ``X.uncompacted.tflite``.
     """
-    from tinyq.check import quantize_input
     from tinyq.convert import flatbuffer
-    from tinyq.convert.compact import compact, tensor_names
+    from tinyq.convert.compact import tensor_names
     from tinyq.runfolder import write_json
 
-    fb = flatbuffer.parse(data)
-    tin = fb.tensors[fb.inputs[0]]
-    x = quantize_input(representative[:32], contract, float(tin.scales[0]), int(tin.zero_points[0]))
     if keep_uncompacted:
         write_bytes(target.with_name(target.stem + ".uncompacted.tflite"), data)
     write_json(flatbuffer.names_path(target), {"tensor_names": tensor_names(data)})
-    compacted, record = compact(data, x, log)
+    compacted, record = compact_verified(data, representative, contract, log=log)
     write_json(target.with_name(target.stem + ".compaction.json"), record)
     return compacted
+
+
+def compact_verified(data: bytes, pixels: np.ndarray, contract: InputContract, n: int = 32,
+                     log: Callable[[str], None] = lambda m: None) -> tuple[bytes, dict]:
+    """:func:`tinyq.convert.compact.compact`, verified on the first ``n`` of ``pixels`` (uint8 images)."""
+    from tinyq.check import quantize_input
+    from tinyq.convert import flatbuffer
+    from tinyq.convert.compact import compact
+
+    fb = flatbuffer.parse(data)
+    tin = fb.tensors[fb.inputs[0]]
+    x = quantize_input(pixels[:n], contract, float(tin.scales[0]), int(tin.zero_points[0]))
+    return compact(data, x, log)

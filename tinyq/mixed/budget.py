@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tinyq.errors import TinyqError
-from tinyq.fold import WEIGHT_LAYERS
 from tinyq.mixed.knapsack import Choice, solve_exact, solve_greedy, total
 from tinyq.spec import QuantSpec
 
@@ -95,25 +94,16 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
     ``x``: model-ready images for the sensitivity; ``measure({layer: bits})``: the real file
     bytes of the model quantized with those widths.
     """
-    from tinyq.fold import fold_batchnorm
     from tinyq.mixed.sensitivity import loss_increase
-    from tinyq.qat import channel_axis, kernel_attr
 
     bits = tuple(b for b in CHOICES if b <= max_bits)
     if not bits:
         raise TinyqError(f"--size-budget chooses among {CHOICES} bits; --bits {max_bits} leaves none")
     log(f"plan: sensitivity ({estimator}) on {len(x)} images")
     table = loss_increase(float_model, x, bits, estimator)
-    folded = {layer.name: layer for layer in fold_batchnorm(float_model).layers if isinstance(layer, WEIGHT_LAYERS)}
-    rows = []
-    for name, t in table.items():
-        layer = folded[name]
-        axis = channel_axis(layer)
-        kernel = getattr(layer, kernel_attr(layer))
-        channels = 1 if axis is None else int(kernel.shape[axis])
-        rows.append({"name": name, "params": t["params"], "channels": channels, "curvature": t["curvature"],
-                     "loss_increase": t["loss_increase"],
-                     "bytes": {b: layer_bytes(t["params"], channels, b) for b in bits}})
+    rows = [{"name": name, "params": t["params"], "channels": t["channels"], "curvature": t["curvature"],
+             "loss_increase": t["loss_increase"],
+             "bytes": {b: layer_bytes(t["params"], t["channels"], b) for b in bits}} for name, t in table.items()]
     choices = [[Choice(b, r["bytes"][b], r["loss_increase"][b]) for b in bits] for r in rows]
     widest = {r["name"]: bits[-1] for r in rows}
     cheapest = {r["name"]: min(bits, key=lambda b: (r["bytes"][b], -b)) for r in rows}
@@ -151,9 +141,7 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
 def file_bytes(float_model, widths: dict[str, int], method: str, act_bits: int, pixels: np.ndarray,
                contract) -> int:
     """Bytes of the converted file of ``float_model`` quantized (no training) at ``widths``."""
-    from tinyq.check import quantize_input
-    from tinyq.convert import flatbuffer
-    from tinyq.convert.compact import compact
+    from tinyq.convert import compact_verified
     from tinyq.convert.converter import convert
     from tinyq.qat import quantize_model
 
@@ -161,11 +149,7 @@ def file_bytes(float_model, widths: dict[str, int], method: str, act_bits: int, 
     # calibrated as training's model is: with TFMOT's uncalibrated [0, 0] input range the converter
     # folds parts of the graph away and the file comes out smaller than the trained one
     qat = quantize_model(float_model, specs, calibration=contract.to_float(pixels))
-    data = convert(qat, pixels, contract)
-    fb = flatbuffer.parse(data)
-    tin = fb.tensors[fb.inputs[0]]
-    x = quantize_input(pixels[:8], contract, float(tin.scales[0]), int(tin.zero_points[0]))
-    return len(compact(data, x)[0])  # as the run will write it
+    return len(compact_verified(convert(qat, pixels, contract), pixels, contract, n=8)[0])  # as the run writes it
 
 
 def budget_plan(float_model, splits, contract, budget: int, *, method: str, act_bits: int, max_bits: int,

@@ -82,15 +82,17 @@ def rounding_error(w: np.ndarray, bits: int, channel_axis: int | None) -> float:
 
 def loss_increase(model: keras.Model, x: np.ndarray, bits: Sequence[int] = (2, 4, 8),
                   estimator: str = "hutchinson", **kwargs) -> dict[str, dict]:
-    """Per weight layer of ``model`` (float, BN folded here): curvature, weights, and ``dL(b)`` per bit width."""
+    """Per weight layer of ``model`` (float, BN folded here): curvature, weights, channels, ``dL(b)`` per bit width."""
     folded = fold_batchnorm(model)
     trace = curvature(folded, x, estimator, **kwargs)
     out = {}
     for layer in folded.layers:
         if isinstance(layer, WEIGHT_LAYERS):
             w = _kernel(layer).numpy()
+            axis = channel_axis(layer)
             out[layer.name] = {
                 "curvature": trace[layer.name], "params": int(w.size),
+                "channels": 1 if axis is None else int(w.shape[axis]),
                 "loss_increase": {b: 0.5 * max(trace[layer.name], 0.0) * rounding_error(w, b, channel_axis(layer))
                                   for b in bits}}
     return out
