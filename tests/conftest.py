@@ -23,6 +23,24 @@ def shared_path(*parts: str) -> Path:
 
 
 @pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """person-detect trained at 2, 4 and 8 bits (300 synthetic images, 1 + 1 epochs): {bits: RUN}."""
+    from click.testing import CliRunner
+
+    from tinyq.cli import main
+
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for bits in BITS:
+        args = ("train", "person-detect", "--bits", bits, "--epochs", 1, "--qat-epochs", 1,
+                "--synthetic-images", 300, "--batch", 32, "--out", root / f"w{bits}")
+        r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output + r.stderr
+        out[bits] = root / f"w{bits}"
+    return out
+
+
+@pytest.fixture(scope="session")
 def people96() -> Path:
     return shared_path("data", "people96")
 

@@ -77,7 +77,7 @@ def test_usage_error_is_one_line():
 
 @pytest.fixture
 def truncated(tmp_path):
-    from tinyq.export.c_source import templates_dir  # noqa: F401  (installed layout check)
+    from tinyq.export.sources import templates_dir  # noqa: F401  (installed layout check)
     from tflite_micro.python.tflite_micro import runtime
 
     import pathlib
@@ -105,7 +105,7 @@ def test_not_a_run_folder(tmp_path):
 @pytest.mark.parametrize("name, ident", [("person-detect", "person_detect"), ("pd w4 (v2)", "pd_w4_v2"),
                                          ("4bit", "m_4bit"), ("---", "model")])
 def test_c_identifier(name, ident):
-    from tinyq.export.c_source import c_identifier
+    from tinyq.export.bundle import c_identifier
 
     assert c_identifier(name) == ident
 
@@ -113,6 +113,6 @@ def test_c_identifier(name, ident):
 @pytest.mark.parametrize("op, method", [("DEPTHWISE_CONV_2D", "DepthwiseConv2D"), ("FULLY_CONNECTED", "FullyConnected"),
                                         ("AVERAGE_POOL_2D", "AveragePool2D"), ("TFLM_DECODE", "Decode")])
 def test_resolver_names(op, method):
-    from tinyq.export.c_source import resolver_name
+    from tinyq.export.bundle import resolver_name
 
     assert resolver_name(op) == method

@@ -35,7 +35,7 @@ def ptq_run(request, float_model, folders, tmp_path_factory):
 
 
 def test_compacted_file_runs_identically_and_is_smaller(ptq_run, folders):
-    from tinyq.check import _tflm, quantize_input
+    from tinyq.check import quantize_input, tflm_outputs
     from tinyq.data import load_splits
 
     bits, run = ptq_run
@@ -58,7 +58,7 @@ def test_compacted_file_runs_identically_and_is_smaller(ptq_run, folders):
     from tinyq.contract import InputContract
 
     x = quantize_input(images.x, InputContract(resolution=32), float(tin.scales[0]), int(tin.zero_points[0]))
-    np.testing.assert_array_equal(_tflm(small, x), _tflm(big, x))  # images compaction was not verified on
+    np.testing.assert_array_equal(tflm_outputs(small, x), tflm_outputs(big, x))  # images compaction was not verified on
     assert all(start % 16 == 0 for start, n in _buffer_offsets(small) if n >= 16)
     assert all(t.name == "" for t in flatbuffer.parse(small).tensors)
     # inspect names the layers from the map beside the file

@@ -75,7 +75,7 @@ def _litert_interpreter(data: bytes):
     raise TinyqError(f"LiteRT cannot load the model: {error}")
 
 
-def _litert(data: bytes, x: np.ndarray) -> tuple[np.ndarray, str]:
+def litert_outputs(data: bytes, x: np.ndarray) -> tuple[np.ndarray, str]:
     """LiteRT's int8 outputs for ``x`` and which kernels ran them."""
     it, kernels = _litert_interpreter(data)
     inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
@@ -111,7 +111,8 @@ def arena_bytes(data: bytes) -> int:
     return int(m.group(1))
 
 
-def _tflm(data: bytes, x: np.ndarray) -> np.ndarray:
+def tflm_outputs(data: bytes, x: np.ndarray) -> np.ndarray:
+    """TFLM's int8 outputs for the int8 inputs ``x`` (N, H, W, C)."""
     it = tflm_interpreter(data)
     outs = []
     for xi in x:
@@ -126,7 +127,7 @@ def tflm_predictions(data: bytes, images: ImageSet, contract: InputContract) -> 
     fb = flatbuffer.parse(data)
     tin = fb.tensors[fb.inputs[0]]
     x = quantize_input(images.x, contract, float(tin.scales[0]), int(tin.zero_points[0]))
-    return _tflm(data, x).argmax(1)
+    return tflm_outputs(data, x).argmax(1)
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, classes: int) -> list[list[int]]:
@@ -166,9 +167,9 @@ def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, lo
         result["litert"] = {"skipped": "LiteRT has no DECODE operator: this 2-bit LUT file runs in TFLM only"}
     else:
         log("check: LiteRT (no XNNPACK) ...")
-        outputs["litert"], litert_kernels = _litert(data, x)
+        outputs["litert"], litert_kernels = litert_outputs(data, x)
     log(f"check: TFLM on {len(images)} images ...")
-    outputs["tflm"] = _tflm(data, x)
+    outputs["tflm"] = tflm_outputs(data, x)
     for name, out in outputs.items():
         pred = out.argmax(1)
         entry = {"accuracy": float((pred == images.y).mean()), "n": len(images)}

@@ -223,17 +223,28 @@ def convert(run, bits, out, no_compact, keep_uncompacted):
 
 @main.command()
 @click.argument("source", type=click.Path())
-@click.option("--target", default="c", show_default=True, help="Export target: c.")
+@click.option("--target", default="c", show_default=True,
+              help="c (sources), arduino (a library with an example sketch), cmake (a project with a TFLM "
+                   "example) or zephyr (a module with a sample).")
 @click.option("--out", type=click.Path(), required=True, help="Output folder.")
 @click.option("--lang", type=click.Choice(["cc", "c"]), default="cc", show_default=True,
-              help="model_data.cc (C++) or model_data.c (C11).")
+              help="--target c: C++17 (.cc) or C11 (.c) sources.")
 @click.option("--name", default=None, help="C name of the model [default: the recipe].")
-def export(source, target, out, lang, name):
-    """Write C sources for firmware from a run folder or .tflite: model_data + model_settings.h."""
+@click.option("--sample", type=click.Path(), default=None,
+              help="An image to embed with the scores TFLM gives for it on the host [default: a synthetic person].")
+@click.option("--json", "as_json", is_flag=True, help="Print files, arena and flash bytes as JSON.")
+def export(source, target, out, lang, name, sample, as_json):
+    """Firmware sources or a project for a run folder or .tflite; reports arena and flash bytes."""
     from tinyq.export import export as do_export
     from tinyq.train import log_stderr
 
-    for path in do_export(source, out, target=target, lang=lang, name=name, log=log_stderr):
+    result = do_export(source, out, target=target, lang=lang, name=name, sample=sample, log=log_stderr)
+    if as_json:
+        click.echo(json.dumps({"files": [str(p) for p in result.files], "arena_bytes": result.arena,
+                               "arena_bytes_measured": result.arena_measured, "flash_bytes": result.flash,
+                               "flash_unmeasured": result.flash_unmeasured or None}, indent=2))
+        return
+    for path in result.files:
         click.echo(str(path))
 
 

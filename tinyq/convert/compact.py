@@ -130,11 +130,11 @@ def apply(data: bytes, step: str) -> bytes:
 
 
 def _outputs(data: bytes, x: np.ndarray, litert: bool) -> dict[str, np.ndarray]:
-    from tinyq.check import _litert, _tflm
+    from tinyq.check import litert_outputs, tflm_outputs
 
-    out = {"tflm": _tflm(data, x)}
+    out = {"tflm": tflm_outputs(data, x)}
     if litert:
-        out["litert"] = _litert(data, x)[0]
+        out["litert"] = litert_outputs(data, x)[0]
     return out
 
 

@@ -1,4 +1,5 @@
-"""Export: C sources and headers for firmware, from templates in ``firmware_export/``."""
-from tinyq.export.c_source import TARGETS, export
+"""Export: firmware sources and projects (c, arduino, cmake, zephyr) from templates in ``firmware_export/``."""
+from tinyq.export.exporter import ExportResult, export
+from tinyq.export.targets import TARGETS
 
-__all__ = ["TARGETS", "export"]
+__all__ = ["TARGETS", "ExportResult", "export"]

@@ -1,0 +1,50 @@
+"""``tinyq export SOURCE --target T --out DIR``: prepare once, lay out per target, write atomically."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tinyq.export.bundle import prepare
+from tinyq.export.flash import flash_bytes
+from tinyq.export.sources import model_sources, values
+from tinyq.export.targets import Options, files_for, validate
+from tinyq.runfolder import write_text
+
+
+@dataclass
+class ExportResult:
+    """What was written, and what the firmware will need: arena and flash bytes."""
+
+    files: list[Path]
+    arena: int
+    arena_measured: int
+    flash: dict[str, int] = field(default_factory=dict)  # source file -> bytes on a Cortex-M4
+    flash_unmeasured: str = ""  # why flash is not measured, when it is not
+
+    def summary(self) -> str:
+        arena = f"arena {self.arena:,} bytes (measured {self.arena_measured:,})"
+        if not self.flash:
+            return f"{arena}; flash not measured: {self.flash_unmeasured}"
+        f = self.flash
+        return (f"{arena}; flash on cortex-m4 -Os (arm-none-eabi-size): model {f['model_data.c']:,} bytes, "
+                f"preprocessing {f['model_io.c']:,}, sample {f['sample_input.c']:,} (drop sample_input.* "
+                "once the board matches the host)")
+
+
+def export(source: str | Path, out: str | Path, target: str = "c", lang: str = "cc", name: str | None = None,
+           sample: str | Path | None = None, log: Callable[[str], None] = lambda m: None) -> ExportResult:
+    """Write ``target``'s files for ``source`` (a run folder or a .tflite file) into ``out``."""
+    opts = Options(Path(out), lang)
+    validate(target, opts)
+    bundle = prepare(source, name=name, sample=sample, log=log)
+    v = values(bundle)
+    files = files_for(target, v, opts)
+    measured = flash_bytes(model_sources(v, "c"))
+    result = ExportResult([], bundle.arena, bundle.arena_measured,
+                          **({"flash": measured} if isinstance(measured, dict) else {"flash_unmeasured": measured}))
+    for rel, text in files.items():
+        write_text(opts.out / rel, text)
+        result.files.append(opts.out / rel)
+    log(f"export: {len(files)} files in {opts.out}; {result.summary()}")
+    return result
