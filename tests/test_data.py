@@ -96,3 +96,64 @@ def test_synthetic_is_seeded_balanced_and_varied():
     means = [a.x[a.y == k].mean() for k in (0, 1)]
     assert abs(means[0] - means[1]) < 20
     assert synthetic(4, size=48, channels=1).x.shape == (4, 48, 48, 1)
+
+
+def _good(tmp, name, mode, fmt, **save):
+    arr = np.random.default_rng(len(name)).integers(0, 255, {"L": (30, 20), "RGB": (30, 20, 3),
+                                                             "RGBA": (30, 20, 4)}[mode], dtype=np.uint8)
+    path = tmp / name
+    Image.fromarray(arr, mode).save(path, fmt, **save)
+    return path
+
+
+def _sixteen_bit(tmp, name):
+    path = tmp / name
+    Image.fromarray((np.arange(600, dtype=np.uint16).reshape(30, 20) * 100)).save(path)
+    return path
+
+
+def _huge(tmp, name):
+    """A PNG that says 10000 x 10000 (100 Mpx) but is a few hundred KB on disk."""
+    path = tmp / name
+    Image.new("L", (10000, 10000)).save(path, optimize=False)
+    return path
+
+
+def _written(tmp, name, content: bytes):
+    (tmp / name).write_bytes(content)
+    return tmp / name
+
+
+def _cut(tmp, name):
+    good = _good(tmp, "whole.jpg", "RGB", "JPEG").read_bytes()
+    (tmp / "whole.jpg").unlink()
+    (tmp / name).write_bytes(good[: len(good) // 3])
+    return tmp / name
+
+
+# (file maker, loaded?) -- readable formats are decoded, broken ones are skipped and counted
+IMAGE_CASES = {
+    "png": (lambda t, n: _good(t, n + ".png", "RGB", "PNG"), True),
+    "jpeg": (lambda t, n: _good(t, n + ".jpg", "RGB", "JPEG"), True),
+    "bmp": (lambda t, n: _good(t, n + ".bmp", "RGB", "BMP"), True),
+    "grayscale": (lambda t, n: _good(t, n + ".png", "L", "PNG"), True),
+    "rgba": (lambda t, n: _good(t, n + ".png", "RGBA", "PNG"), True),
+    "16-bit": (lambda t, n: _sixteen_bit(t, n + ".png"), True),
+    "zero-byte": (lambda t, n: _written(t, n + ".jpg", b""), False),
+    "truncated": (lambda t, n: _cut(t, n + ".jpg"), False),
+    "huge": (lambda t, n: _huge(t, n + ".png"), False),
+    "not-an-image": (lambda t, n: _written(t, n + ".jpg", b"hello"), False),
+}
+
+
+@pytest.mark.parametrize("case", list(IMAGE_CASES))
+@pytest.mark.parametrize("channels", [3, 1])
+def test_bad_image_matrix(tmp_path, case, channels):
+    """Each kind of file beside good ones: decoded at the model's size, or skipped and counted."""
+    root = make_vww(tmp_path / "d", n=2, splits=False)
+    make, loads = IMAGE_CASES[case]
+    path = make(root / "person", "odd")
+    data = load_folder(root, 24, channels)
+    assert data.x.shape == (4 + loads, 24, 24, channels)
+    assert data.skipped == ([] if loads else [str(path)])
+    assert data.counts()["person"] == 2 + loads

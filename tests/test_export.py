@@ -184,3 +184,43 @@ def test_bad_export_options(runs, tmp_path, args, message):
     assert r.exit_code != 0 and message in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 2  # progress line at most, then the one-line error
     assert not (tmp_path / "fw").exists()
+
+
+def test_output_under_a_file_is_a_one_line_error(runs, tmp_path):
+    (tmp_path / "file").write_text("x")
+    r = invoke("export", runs[8], "--target", "cmake", "--out", tmp_path / "file" / "fw")
+    assert r.exit_code == 1 and "cannot write" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_full_disk_leaves_no_file_behind(runs, tmp_path):
+    """A file-size limit makes the big model_data.cc fail to write (EFBIG, like a full disk):
+    one-line error, and none of the export's files, finished or temporary, is left."""
+    import resource
+    import signal
+    import sys
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    out = tmp_path / "fw"
+    proc = subprocess.run([sys.executable, "-c", "from tinyq.cli import main; main()", "export", str(runs[8]),
+                           "--target", "arduino", "--out", str(out)],
+                          capture_output=True, text=True, preexec_fn=limit)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot write") and "Traceback" not in proc.stderr
+    assert not [p for p in out.rglob("*") if p.is_file()] if out.exists() else True
+
+
+def test_run_from_another_format_version(runs, tmp_path):
+    run = tmp_path / "old"
+    shutil.copytree(runs[8], run)
+    config = json.loads((run / "config.json").read_text())
+    config["format_version"] = 99
+    (run / "config.json").write_text(json.dumps(config))
+    for args in (("export", run, "--out", tmp_path / "fw"), ("convert", run), ("report", run)):
+        r = invoke(*args)
+        assert r.exit_code == 1 and "format version 99" in r.stderr and "train it again" in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "fw").exists()

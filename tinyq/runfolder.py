@@ -44,6 +44,22 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def write_files(files: dict[Path, bytes]) -> None:
+    """Write several files all or none: every one goes to a temporary file first, then all are renamed.
+
+    A full disk or a missing permission fails before any of the files is replaced.
+    """
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        for path, data in files.items():
+            tmp = stack.enter_context(atomic_path(path))
+            try:
+                tmp.write_bytes(data)
+            except OSError as e:
+                raise TinyqError(f"cannot write {str(path)!r}: {e.strerror}; free space or choose another --out") from None
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -9,7 +9,7 @@ from tinyq.export.bundle import prepare
 from tinyq.export.flash import flash_bytes
 from tinyq.export.sources import model_sources, values
 from tinyq.export.targets import Options, files_for, validate
-from tinyq.runfolder import write_text
+from tinyq.runfolder import write_files
 
 
 @dataclass
@@ -43,8 +43,7 @@ def export(source: str | Path, out: str | Path, target: str = "c", lang: str = "
     measured = flash_bytes(model_sources(v, "c"))
     result = ExportResult([], bundle.arena, bundle.arena_measured,
                           **({"flash": measured} if isinstance(measured, dict) else {"flash_unmeasured": measured}))
-    for rel, text in files.items():
-        write_text(opts.out / rel, text)
-        result.files.append(opts.out / rel)
+    write_files({opts.out / rel: text.encode() for rel, text in files.items()})
+    result.files = [opts.out / rel for rel in files]
     log(f"export: {len(files)} files in {opts.out}; {result.summary()}")
     return result
