@@ -61,7 +61,8 @@ def layout(root: str | Path) -> dict[str, Path]:
                      "use the Visual Wake Words layout: DIR/person/*.jpg and DIR/non_person/*.jpg")
 
 
-def _load_image(path: Path, size: int, channels: int) -> np.ndarray | None:
+def load_image(path: Path, size: int, channels: int) -> np.ndarray | None:
+    """One image decoded to ``(size, size, channels)`` uint8, or None when it cannot be read."""
     try:
         with Image.open(path) as im:
             if im.width * im.height > _MAX_PIXELS:
@@ -99,7 +100,7 @@ def load_folder(root: str | Path, size: int, channels: int = 3, limit: int | Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow's warnings on odd files: counted below instead
         for path, label in files:
-            arr = _load_image(path, size, channels)
+            arr = load_image(path, size, channels)
             if arr is None:
                 skipped.append(str(path))
             else:
@@ -126,7 +127,7 @@ def load_images(root: str | Path, size: int, channels: int = 3, limit: int | Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for path in files:
-            arr = _load_image(path, size, channels)
+            arr = load_image(path, size, channels)
             (skipped.append(str(path)) if arr is None else xs.append(arr))
     if not xs:
         raise TinyqError(f"no readable images under {str(root)!r}; add .jpg/.png images")

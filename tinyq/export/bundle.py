@@ -83,12 +83,12 @@ def _sample_pixels(contract: InputContract, image: str | Path | None) -> tuple[s
         img = make_image(np.random.default_rng(SAMPLE_SEED), person=True, size=contract.resolution)
         arr = np.asarray(img.convert("RGB" if contract.channels == 3 else "L"), np.uint8)
         return "a drawn person figure (synthetic; a model trained on photos may not call it a person)", arr.reshape(contract.shape)
-    from tinyq.data.folder import _load_image
+    from tinyq.data.folder import load_image
 
     path = Path(image)
     if not path.is_file():
         raise TinyqError(f"sample image {str(path)!r} does not exist; give an image file to --sample")
-    arr = _load_image(path, contract.resolution, contract.channels)
+    arr = load_image(path, contract.resolution, contract.channels)
     if arr is None:
         raise TinyqError(f"sample image {str(path)!r} cannot be read as an image; give a JPEG, PNG or BMP")
     return path.name, arr
@@ -117,8 +117,7 @@ def prepare(source: str | Path, name: str | None = None, sample: str | Path | No
     sample_source, pixels = _sample_pixels(contract, sample)
     log("export: measuring the TFLM arena and running the sample ...")
     measured = arena_bytes(data)
-    scale, zero_point = float(tin.scales[0]), int(tin.zero_points[0])
-    x = quantize_input(pixels, contract, scale, zero_point)
+    x = quantize_input(pixels, contract, float(tin.scales[0]), int(tin.zero_points[0]))
     expected = tflm_outputs(data, x[None])[0].astype(np.int8)
     return Bundle(
         name=c_identifier(name or _default_name(run, tflite)),
