@@ -19,8 +19,8 @@ class _Holder(tf.Module):
         super().__init__()
         self.added_losses = []
 
-    def add_weight(self, name, shape, initializer, trainable):
-        v = tf.Variable(initializer(shape), name=name, trainable=trainable)
+    def add_weight(self, name, shape, initializer, trainable, dtype=tf.float32):
+        v = tf.Variable(initializer(shape, dtype=dtype), name=name, trainable=trainable)
         setattr(self, name, v)
         return v
 

@@ -24,6 +24,9 @@ def _import_quietly():
 
 tf, keras, tfmot = _import_quietly()
 tf.get_logger().setLevel("ERROR")
+# Dropout draws from a tf.random.Generator, whose state is a variable in the model's checkpoint,
+# so a resumed run drops what the uninterrupted run drops (legacy stateful ops restart their stream)
+keras.backend.experimental.enable_tf_random_generator()
 # tf_keras warns on every .h5 save; HDF5 is the format TFMOT's wrappers round-trip through.
 warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
 

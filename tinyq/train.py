@@ -15,7 +15,7 @@ from tinyq import __version__
 from tinyq._tf import keras, tf
 from tinyq.contract import InputContract
 from tinyq.data import ImageSet, load_splits, synthetic_splits
-from tinyq.data.pipeline import dataset
+from tinyq.data.pipeline import dataset, epoch_seed, training_batches
 from tinyq.errors import TinyqError
 from tinyq.learnbits import learn_plan
 from tinyq.plan import KEEP_CHOICES, chooser, default_plan, describe_plan, plan_from_file
@@ -102,6 +102,25 @@ class EpochLog(keras.callbacks.Callback):
                  f"({seconds:.1f}s)")
 
 
+class EpochRandomness(keras.callbacks.Callback):
+    """Re-seeds every random layer's generator (Dropout) from ``(seed, epoch, layer)`` as each epoch begins.
+
+    Why: Keras leaves the generators' state out of checkpoints, so a resumed run would drop other
+    units than the uninterrupted one; drawn per epoch, the draws do not depend on where a run started.
+    """
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        layers = [m for m in self.model.submodules if hasattr(getattr(m, "_random_generator", None), "_generator")]
+        for i, layer in enumerate(layers):
+            generator = layer._random_generator._generator
+            if generator is not None:  # None: a stateless or legacy generator, nothing to re-seed
+                generator.reset_from_seed(epoch_seed(self.seed, epoch) * 1000 + i)
+
+
 def read_history(path: Path) -> dict[str, list[dict]]:
     """``{phase: [{"epoch": 1, "loss": ..., "seconds": ...}, ...]}``; empty before the first epoch."""
     return json.loads(path.read_text()) if path.exists() else {}
@@ -135,14 +154,25 @@ def fit_phase(model, splits, contract, epochs: int, lr: float, phase: str, run: 
         fitted = model
         fitted.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
                        metrics=["accuracy"])
-    train_ds = dataset(splits["train"].x, splits["train"].y, contract, batch, training=True, seed=seed)
-    val_ds = dataset(splits["val"].x, splits["val"].y, contract, batch) if len(splits.get("val", ())) else None
     backup = run / f".backup_{phase}"
+    # fit restores the epoch from the backup itself, but the batches must start there too;
+    # with nothing left to run, one epoch's batches still go in, unread, so fit restores the weights
+    first = min(resumed_epoch(backup), epochs - 1)
+    train_ds = training_batches(splits["train"].x, splits["train"].y, contract, batch, seed, epochs, first)
+    val_ds = dataset(splits["val"].x, splits["val"].y, contract, batch) if len(splits.get("val", ())) else None
     # history before the backup: an epoch killed between the two is re-run and its entry replaced
     callbacks = [EpochLog(phase, epochs, log, run.history_path), keras.callbacks.BackupAndRestore(str(backup)),
-                 *method_callbacks(model, epochs, steps)]
-    fitted.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0)
+                 EpochRandomness(seed), *method_callbacks(model, epochs, steps)]
+    fitted.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0)
     shutil.rmtree(backup, ignore_errors=True)  # the phase is complete; Keras leaves the empty folder
+
+
+def resumed_epoch(backup: Path) -> int:
+    """The epoch ``keras.callbacks.BackupAndRestore`` resumes at from ``backup`` (0 without one)."""
+    latest = tf.train.latest_checkpoint(str(backup / "chief"))
+    if latest is None:
+        return 0
+    return int(tf.train.load_checkpoint(latest).get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE")) + 1
 
 
 def evaluate_keras(model, data: ImageSet, contract: InputContract, batch: int = 128) -> np.ndarray:

@@ -1,6 +1,8 @@
 """tf.data pipelines: uint8 images -> float model input, with training augmentation."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from tinyq._tf import tf
@@ -21,21 +23,39 @@ def augment(x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
-def dataset(x: np.ndarray, y: np.ndarray | None, contract: InputContract, batch: int = 64,
-            training: bool = False, seed: int = 0, teacher=None) -> tf.data.Dataset:
-    """Batches of model-ready floats; shuffled and augmented when ``training``.
-
-    Augmentation runs on [0, 1] pixels, then the contract maps them to the model's range.
-    """
-    ds = tf.data.Dataset.from_tensor_slices((x, y if y is not None else np.zeros(len(x), np.int32)))
-    ds = ds.cache()
-    if training:
-        ds = ds.shuffle(min(len(x), 8192), seed=seed, reshuffle_each_iteration=True)
-        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
-        ds = ds.map(lambda xy, s: (augment(tf.cast(xy[0], tf.float32) / 255.0, s), xy[1]),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        ds = ds.map(lambda a, b: (tf.cast(a, tf.float32) / 255.0, b))
+def _to_model_range(ds: tf.data.Dataset, contract: InputContract) -> tf.data.Dataset:
     lo, hi = contract.value_range
-    ds = ds.map(lambda a, b: (a * (hi - lo) + lo, b))
-    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+    return ds.map(lambda a, b: (a * (hi - lo) + lo, b))
+
+
+def dataset(x: np.ndarray, y: np.ndarray | None, contract: InputContract, batch: int = 64) -> tf.data.Dataset:
+    """Batches of model-ready floats, in order, not augmented (evaluation, prediction)."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y if y is not None else np.zeros(len(x), np.int32)))
+    ds = ds.map(lambda a, b: (tf.cast(a, tf.float32) / 255.0, b))
+    return _to_model_range(ds, contract).batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def training_batches(x: np.ndarray, y: np.ndarray, contract: InputContract, batch: int, seed: int, epochs: int,
+                     initial_epoch: int = 0) -> tf.data.Dataset:
+    """Shuffled, augmented batches of epochs ``initial_epoch .. epochs - 1``, one after the other.
+
+    Epoch ``e``'s order and augmentation are drawn from ``(seed, e)`` alone, so a run resumed at
+    epoch ``e`` sees the batches an uninterrupted run sees there (a reshuffling dataset restarts
+    at epoch 0's order in a new process). Batches never straddle epochs: fit it with
+    ``steps_per_epoch = ceil(len(x) / batch)``, so one iterator runs through all epochs.
+    """
+    images = tf.data.Dataset.from_tensor_slices((x, y))
+
+    def one_epoch(epoch: int) -> tf.data.Dataset:
+        s = epoch_seed(seed, epoch)
+        ds = images.shuffle(len(x), seed=s, reshuffle_each_iteration=False).enumerate()
+        ds = ds.map(lambda i, xy: (augment(tf.cast(xy[0], tf.float32) / 255.0, tf.stack([tf.constant(s, tf.int64), i])),
+                                   xy[1]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return _to_model_range(ds, contract).batch(batch)
+
+    epochs_data = [one_epoch(e) for e in range(initial_epoch, epochs)]
+    return functools.reduce(tf.data.Dataset.concatenate, epochs_data).prefetch(tf.data.AUTOTUNE)

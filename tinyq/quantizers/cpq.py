@@ -29,6 +29,8 @@ than the bits it saves. The learned width: the widest ``c_k`` whose gates all ha
 """
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from tinyq._tf import tf
@@ -134,15 +136,25 @@ class CPQ(WeightQuantizer):
         return bit_choices(self.bits) if self.learn_bits else (self.bits,)
 
     def build_extra(self, tensor_shape, name, layer) -> dict:
+        # Draws are stateless, from (this kernel, training step): the step counter is a variable,
+        # so a run resumed from a checkpoint draws exactly what the uninterrupted run drew
+        self._key = zlib.crc32(f"{layer.name}/{name}".encode())
+        step = {"step": layer.add_weight(name=f"{name}_cpq_step", shape=(), dtype=tf.int64, trainable=False,
+                                         initializer=tf.keras.initializers.Zeros())}
         if not self.learn_bits:
-            return {}
+            return step
         channels = 1 if self.channel_axis is None else int(tensor_shape[self.channel_axis])
         extra = {f"scale_w{c}": layer.add_weight(name=f"{name}_scale_w{c}", shape=(channels,),
                                                  initializer=tf.keras.initializers.Ones(), trainable=True)
                  for c in self.choices[:-1]}
         extra["keep"] = layer.add_weight(name=f"{name}_keep", shape=(len(self.choices) - 1,), trainable=True,
                                          initializer=tf.keras.initializers.Constant(GATE_START / self.gate_gain))
-        return extra
+        return {**step, **extra}
+
+    def _seeds(self, weights: dict, n: int) -> tf.Tensor:
+        """``n`` stateless seeds (``[n, 2]``) for this training step; advances the step counter."""
+        step = weights["step"].assign_add(1)
+        return tf.random.experimental.stateless_split(tf.stack([tf.constant(self._key, tf.int64), step]), n)
 
     def calibrate(self, w, weights) -> None:
         super().calibrate(w, weights)
@@ -160,24 +172,30 @@ class CPQ(WeightQuantizer):
         return self.choices[int(np.cumprod(open_).sum())]
 
     def quantize(self, w, scale, weights, training):
+        if not training:
+            return self._quantize(w, scale, self.grid, None) if not self.learn_bits else nest(
+                [self._quantize(w, s, grid(c), None) for c, s in zip(self.choices, self._scales(scale, weights))],
+                tf.cast(self.keep_probabilities(weights) > 0.5, w.dtype))
+        seeds = self._seeds(weights, 2 * len(self.choices) + 1)
         if not self.learn_bits:
-            return self._quantize(w, scale, self.grid, training)
-        scales = [tf.abs(weights[f"scale_w{c}"]) + 1e-12 for c in self.choices[:-1]] + [scale]
-        levels = [self._quantize(w, s, grid(c), training) for c, s in zip(self.choices, scales)]
+            return self._quantize(w, scale, self.grid, seeds[:2])
+        levels = [self._quantize(w, s, grid(c), seeds[2 * i:2 * i + 2])
+                  for i, (c, s) in enumerate(zip(self.choices, self._scales(scale, weights)))]
         keep = self.keep_probabilities(weights)
-        if training:
-            hard = tf.cast(tf.random.uniform(tf.shape(keep)) < keep, keep.dtype)
-            z = hard + keep - tf.stop_gradient(keep)  # straight-through: d out / d pi = d out / d z
-        else:
-            z = tf.cast(keep > 0.5, keep.dtype)
+        hard = tf.cast(tf.random.stateless_uniform(tf.shape(keep), seeds[-1]) < keep, keep.dtype)
+        z = hard + keep - tf.stop_gradient(keep)  # straight-through: d out / d pi = d out / d z
         return nest(levels, z)
 
+    def _scales(self, scale, weights) -> list:
+        return [tf.abs(weights[f"scale_w{c}"]) + 1e-12 for c in self.choices[:-1]] + [scale]
+
     @staticmethod
-    def _quantize(w, scale, g: Grid, training):
-        if not training:
+    def _quantize(w, scale, g: Grid, seeds):
+        """Hard rounding when ``seeds`` is None (inference); else DropBits (``seeds[0]``) and a sampled level."""
+        if seeds is None:
             return uniform_quantize(w, scale, g)
-        drop = tf.random.uniform([]) < DROP_RATE
-        return cpq_quantize(w, scale, g, drop=drop)
+        drop = tf.random.stateless_uniform([], seeds[0]) < DROP_RATE
+        return cpq_quantize(w, scale, g, seed=seeds[1], drop=drop)
 
     def layer_losses(self, w, scale, weights) -> list:
         losses = super().layer_losses(w, scale, weights)
