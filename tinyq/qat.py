@@ -156,8 +156,10 @@ class TinyqScheme(tfq.QuantizeScheme):
 
 
 def custom_objects() -> dict:
+    from tinyq import layers
+
     return {"TinyqQuantizeConfig": TinyqQuantizeConfig, "OutputQuantizeConfig": OutputQuantizeConfig,
-            **registry.custom_objects()}
+            **registry.custom_objects(), **layers.custom_objects()}
 
 
 def _is_relu(layer) -> bool:

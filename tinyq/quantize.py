@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyq import __version__
+from tinyq import __version__, layers
 from tinyq._tf import keras, tf
 from tinyq.contract import InputContract
 from tinyq.data import ImageSet, layout, load_splits
@@ -150,6 +150,15 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
         raise
     except Exception as e:
         raise TinyqError(f"cannot load {job.model!r} as a Keras model: {str(e).splitlines()[0][:160]}") from None
+    declared = layers.declared(teacher)
+    if declared:
+        if job.size_budget or job.plan or job.learn_bits or job.ptq == "converter":
+            raise TinyqError(f"{job.model!r} declares its layers' bits (tinyq layers); --size-budget, --plan, "
+                             "--learn-bits and --ptq converter choose them too: drop the option, or build the "
+                             "model of plain Keras layers")
+        teacher = layers.to_float(teacher)  # the latent weights; the declared specs join the plan below
+        log(f"model: {len(declared)} layers declare their quantization in tinyq layers ({', '.join(declared)}); "
+            "--bits and --method apply to the others")
     keep_float = check_supported(teacher, job.allow_float)
     if keep_float:
         log(f"warning: --allow-float: {', '.join(keep_float)} left out of quantization-aware training; "
@@ -173,6 +182,7 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
                        learn_bits=job.learn_bits, lr=job.lr, batch=job.batch, seed=job.seed,
                        teacher=teacher if distill > 0 else None, distill=distill, unlabeled=job.unlabeled,
                        keep_float=keep_float)
+    plan = layers.apply_declared(plan, declared)
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
     write_json(run.config_path, record)
     if job.ptq == "converter":

@@ -1,0 +1,184 @@
+"""tinyq's Keras layers in a user's own model: every weight method and bit width, PACT, saving,
+whole-model application, and `tinyq quantize` deploying what the layers declare."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tinyq._tf import keras, tf
+from tinyq import layers as tl
+from tinyq.cli import main
+from tinyq.errors import TinyqError
+from tinyq.quantizers import registry
+from tinyq.quantizers.grid import grid
+
+from conftest import BITS, RES
+
+L = keras.layers
+WEIGHT_METHODS = [n for n, m in registry.METHODS.items() if m.kind == "weights"] + ["qgt"]
+ACT_METHODS = [n for n, m in registry.METHODS.items() if m.kind == "activations"]
+LAYERS = {"conv": (tl.QuantConv2D, dict(filters=6, kernel_size=3)),
+          "depthwise": (tl.QuantDepthwiseConv2D, dict(kernel_size=3)),
+          "dense": (tl.QuantDense, dict(units=5))}
+
+
+def _layer(kind, method, bits):
+    cls, args = LAYERS[kind]
+    layer = cls(method=method, bits=bits, **args)
+    shape = (2, 7) if kind == "dense" else (2, 8, 8, 4)
+    return layer, tf.random.stateless_normal(shape, [1, 2])
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("method", WEIGHT_METHODS)
+def test_weight_layer_quantizes_its_kernel(kind, bits, method):
+    layer, x = _layer(kind, method, bits)
+    y = layer(x, training=False)
+    kernel = getattr(layer, layer.kernel_attr)
+    q = layer.quantizer(kernel, False, layer.quantizer_vars).numpy()
+    scale = np.abs(layer.quantizer_vars["scale"].numpy())
+    # the layer computes with the quantized kernel: the same output as the float layer on Q(w)
+    plain = tl.FLOAT_CLASSES[type(layer)].from_config({k: v for k, v in layer.get_config().items()
+                                                       if k not in ("method", "bits")})
+    plain.build(x.shape)
+    plain.set_weights([q, *[w.numpy() for w in layer.weights if w.name.endswith("bias:0")]])
+    np.testing.assert_allclose(y.numpy(), plain(x).numpy(), rtol=1e-5, atol=1e-6)
+    # Q(w) lies on the b-bit grid, per channel
+    axis = {"conv": -1, "depthwise": 2, "dense": None}[kind]
+    codes = q / (scale if axis is None else np.expand_dims(scale, [a for a in range(q.ndim) if a != q.ndim + axis
+                                                                    and a != axis]))
+    levels = np.array(grid(bits).levels)
+    assert np.abs(codes[..., None] - levels).min(-1).max() < 1e-3
+    # one training step moves the kernel (the method's gradient reaches it)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(layer(x, training=True))) + tf.add_n(layer.losses or [tf.constant(0.0)])
+    grad = tape.gradient(loss, kernel)
+    assert grad is not None and float(tf.reduce_max(tf.abs(grad))) > 0
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("method", WEIGHT_METHODS)
+def test_weight_layer_config_round_trip(kind, method):
+    layer, x = _layer(kind, method, 2)
+    layer(x)
+    config = layer.get_config()
+    assert config["method"] == method and config["bits"] == 2
+    again = type(layer).from_config(config)
+    assert again.get_config() == config
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("method", ACT_METHODS)
+def test_pact_layer(bits, method):
+    layer = tl.PACT(bits=bits, clip_gradient=method == "cgpact", alpha=2.0)
+    assert layer.method == method
+    x = tf.linspace(-1.0, 3.0, 401)
+    y = layer(x).numpy()
+    n = 2 ** bits - 1
+    assert y.min() == 0 and abs(y.max() - 2.0) < 1e-5  # clipped to [0, alpha]
+    assert len(np.unique(np.round(y / (2.0 / n), 4))) <= n + 1  # on 2^b levels
+    assert np.allclose(np.round(y / (2.0 / n)), y / (2.0 / n), atol=1e-3)
+    config = layer.get_config()
+    assert tl.PACT.from_config(config).get_config() == config
+    with tf.GradientTape() as tape:
+        out = tf.reduce_sum(layer(x))
+    assert float(tape.gradient(out, layer.alpha)) > 0  # alpha learns
+
+
+def test_bad_arguments_fail_clearly():
+    with pytest.raises(TinyqError, match="expected one of .*; got 'nope'"):
+        tl.QuantConv2D(4, 3, method="nope")
+    with pytest.raises(TinyqError, match="unsupported weight bits 1"):
+        tl.QuantDense(4, bits=1)
+    with pytest.raises(TinyqError, match="put a tinyq.layers.PACT after it"):
+        tl.QuantConv2D(4, 3, method="ste+pact")
+    with pytest.raises(TinyqError, match="unsupported activation bits 9"):
+        tl.PACT(bits=9)
+
+
+def _user_model():
+    """A user's model written with tinyq layers: declared widths, BN after the convs, a PACT."""
+    keras.utils.set_random_seed(3)
+    i = L.Input((RES, RES, 3))
+    x = tl.QuantConv2D(8, 3, strides=2, padding="same", use_bias=False, method="ste", bits=8, name="stem")(i)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU(6.0)(x)
+    x = tl.QuantDepthwiseConv2D(3, padding="same", use_bias=False, method="ste", bits=8, name="dw")(x)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU(6.0)(x)
+    x = tl.QuantConv2D(16, 1, use_bias=False, method="qgt", bits=2, name="pw")(x)
+    x = L.BatchNormalization()(x)
+    x = tl.PACT(bits=4, clip_gradient=True, name="pw_pact")(x)
+    x = L.Conv2D(16, 1, name="plain")(x)  # a plain layer: takes --bits
+    x = L.ReLU()(x)
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(i, L.Softmax()(tl.QuantDense(2, method="ste", bits=4, name="head")(x)))
+
+
+def test_user_model_trains_saves_and_loads(tmp_path):
+    from tinyq.data import synthetic
+    from tinyq.qat import load_model
+
+    model = _user_model()
+    data = synthetic(64, size=RES, seed=1)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    before = model.get_layer("pw").kernel.numpy().copy()
+    model.fit(data.x / 255.0, data.y, epochs=1, batch_size=16, verbose=0)
+    assert not np.array_equal(before, model.get_layer("pw").kernel.numpy())
+    path = tmp_path / "user.h5"
+    model.save(path)
+    again = load_model(path)
+    assert [type(layer).__name__ for layer in again.layers] == [type(layer).__name__ for layer in model.layers]
+    np.testing.assert_array_equal(again.predict(data.x / 255.0, verbose=0), model.predict(data.x / 255.0, verbose=0))
+    assert tl.declared(again) == {"stem": {"method": "ste", "weight_bits": 8}, "dw": {"method": "ste", "weight_bits": 8},
+                                  "pw": {"method": "qgt", "weight_bits": 2, "activations": "cgpact", "act_bits": 4},
+                                  "head": {"method": "ste", "weight_bits": 4}}
+
+
+def test_quantize_layers_applies_the_plan_to_a_whole_model():
+    from tinyq import recipes
+    from tinyq.plan import default_plan
+
+    model = recipes.get("person-detect").model(3)
+    q = tl.quantize_layers(model, bits=2, method="qgt+cgpact", act_bits=4)
+    plan = default_plan(model, 2, "qgt+cgpact", act_bits=4)
+    for layer in q.layers:
+        if layer.name in plan:
+            assert type(layer) is tl.WEIGHT_CLASSES[type(model.get_layer(layer.name))]
+            assert (layer.method, layer.bits) == ("qgt", plan[layer.name].weight_bits)
+    pacts = {layer.name: layer.bits for layer in q.layers if isinstance(layer, tl.PACT) and layer.clip_gradient}
+    # every ReLU after a weight layer, as tinyq's QAT places them: --act-bits after the 2-bit
+    # pointwise convs, 8 bits after the layers kept at 8
+    assert pacts == {"conv1_relu": 8, **{f"dw{i}_relu": 8 for i in range(1, 14)},
+                     **{f"pw{i}_relu": 4 for i in range(1, 14)}}
+    np.testing.assert_array_equal(q.get_layer("pw3").kernel.numpy(), model.get_layer("pw3").kernel.numpy())
+    x = np.random.default_rng(0).random((2, 96, 96, 3)).astype(np.float32)
+    assert q(x).shape == (2, 2)
+
+
+def test_quantize_deploys_what_the_layers_declare(folders, tmp_path):
+    from tinyq.convert.breakdown import inspect_model
+
+    path = tmp_path / "user.h5"
+    _user_model().save(path)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, [str(a) for a in ("quantize", path, "--bits", 8, "--data", folders / "labelled",
+                                                   "--epochs", 1, "--batch", 16, "--out", out)],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    assert "4 layers declare their quantization" in r.stderr
+    plan = json.loads((out / "config.json").read_text())["plan"]
+    assert (plan["pw"]["method"], plan["pw"]["weight_bits"], plan["pw"]["act_bits"]) == ("qgt+cgpact", 2, 4)
+    assert (plan["head"]["weight_bits"], plan["plain"]["weight_bits"]) == (4, 8)  # declared; --bits
+    info = inspect_model(out / "model.tflite")
+    bits = sorted(t["bits"] for t in info["tensors"] if t["kind"] == "weights")
+    assert bits == [2, 4, 8, 8, 8]  # pw as 2-bit LUT, head as INT4, stem, dw and plain INT8
+    result = json.loads(CliRunner().invoke(main, ["check", str(out), "--data", str(folders / "labelled"),
+                                                  "--json"]).stdout)
+    assert result["tflm"]["n"] == 120 and result["tflm"]["agreement_with_keras"] >= 0.9
+
+    r = CliRunner().invoke(main, ["quantize", str(path), "--data", str(folders / "labelled"), "--size-budget", "64KB",
+                                  "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "declares its layers' bits" in r.stderr and not (tmp_path / "x").exists()
