@@ -58,9 +58,11 @@ def split_activations(config: dict) -> dict:
     return config
 
 
-def fold_batchnorm(model: keras.Model) -> keras.Model:
-    """A copy of ``model`` with activations split out (:func:`split_activations`) and each
-    BatchNormalization folded into the weight layer before it.
+def fold_batchnorm(model: keras.Model, drop_dead: bool = True) -> keras.Model:
+    """A copy of ``model`` with activations split out (:func:`split_activations`), each
+    BatchNormalization folded into the weight layer before it and (``drop_dead``) the dead
+    channels dropped (:func:`tinyq.prune.drop_dead_channels`; ``model.dropped_channels`` says
+    how many each layer lost).
 
     ``w' = w * gamma / sqrt(var + eps)`` per output channel, ``b' = (b - mean) * gamma /
     sqrt(var + eps) + beta``. Folded before QAT (as TFLite folds it at conversion), so the
@@ -113,4 +115,10 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
         else:
             kernel = kernel * k
         layer.set_weights([kernel.astype(np.float32), ((bias - bn.moving_mean.numpy()) * k + beta).astype(np.float32)])
+    dropped: dict[str, int] = {}
+    if drop_dead:
+        from tinyq.prune import drop_dead_channels
+
+        folded, dropped = drop_dead_channels(folded)
+    folded.dropped_channels = dropped
     return folded
