@@ -46,6 +46,8 @@ def test_report_files_and_numbers(run, folders, reference):
     assert on_data["this run"]["bytes"] == (run / "model.tflite").stat().st_size
     assert on_data["model.tflite"]["bytes"] == reference.stat().st_size
     assert on_data["float original"]["bytes"] > 0  # a float32 .tflite of the original
+    # converted once per run, then read from the metrics by every report
+    assert json.loads((run / "metrics.json").read_text())["float_tflite_bytes"] == on_data["float original"]["bytes"]
     matrix = np.array(report["confusion"]["matrix"])
     assert matrix.sum() == 120 and np.trace(matrix) / 120 == pytest.approx(check["tflm"]["accuracy"])
     assert sum(row["bytes"] for row in report["layers"]) == report["file"]["breakdown"]["weights"]

@@ -8,7 +8,8 @@ real conversion. The knapsack is solved exactly (:func:`tinyq.mixed.knapsack.sol
 for the loss increases of :mod:`tinyq.mixed.sensitivity`; then the planned model is
 converted and its real size checked. If the estimate was short, the budget left for the
 weights is tightened by the difference and the knapsack solved again, so a returned plan's
-file is within the budget.
+file is within the budget; then the room is bisected between that plan and the last one that
+overshot, so the plan uses what the budget allows.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ ALIGN = 16  # TFLite aligns buffers to 16 bytes
 LUT_BYTES_PER_CHANNEL = 4
 LUT_BYTES_PER_LAYER = 160
 ATTEMPTS = 6
+REFINES = 3  # bisection steps towards the budget once a plan fits
+REFINE_GAP = 4 * ALIGN  # bytes of weight room: the knapsack counts in ALIGN units
 
 
 def parse_size(text: str) -> int:
@@ -114,27 +117,51 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
     # since compaction drops more from files only TFLM runs (2-bit LUT) than from int8 ones
     other = min(measured - sum(r["bytes"][widest[r["name"]]] for r in rows),
                 smallest - sum(r["bytes"][cheapest[r["name"]]] for r in rows))
-    slack = 0
-    attempts = []
-    for _ in range(ATTEMPTS):
-        room = budget - other - slack
+    attempts: list[dict] = []
+
+    def attempt(room: int):
+        """(picks, widths, measured file bytes) of the knapsack with ``room`` bytes for weights; None if none fits."""
         picks = solve_exact(choices, room)
         if picks is None:
-            break
+            return None
         widths = {r["name"]: choices[i][p].bits for i, (r, p) in enumerate(zip(rows, picks))}
         size = measured if widths == widest else smallest if widths == cheapest else measure(widths)
         attempts.append({"weight_room": room, "file_bytes": size})
         log(f"plan: {room:,} bytes for weights -> file {size:,} bytes")
-        if size <= budget:
-            for r in rows:
-                r["bits"] = widths[r["name"]]
-            greedy = solve_greedy(choices, room)
-            return BudgetPlan(budget=budget, layers=rows, file_bytes=size, other_bytes=other, attempts=attempts,
-                              exact_loss=total(choices, picks)[1],
-                              greedy_loss=total(choices, greedy)[1] if greedy is not None else float("nan"))
+        return picks, widths, size
+
+    slack, fit, over = 0, None, None  # fit: (room, attempt) within budget; over: least room that overshot
+    for _ in range(ATTEMPTS):
+        room = budget - other - slack
+        tried = attempt(room)
+        if tried is None:
+            break
+        if tried[2] <= budget:
+            fit = (room, tried)
+            break
+        over = room
         # the estimate's error is not linear in the room (a layer moving to 2 bits brings its value
         # tables): when taking back the overshoot is not enough, the slack at least doubles
-        slack = max(slack + size - budget + ALIGN, 2 * slack)
+        slack = max(slack + tried[2] - budget + ALIGN, 2 * slack)
+    # the doubling can overshoot the other way (a 64 KB plan measured 45.7 KB): bisect the room
+    # between the fitting and the overshooting attempt, so the bits the budget allows are spent
+    for _ in range(REFINES):
+        if fit is None or over is None or over - fit[0] <= REFINE_GAP:
+            break
+        room = (fit[0] + over) // 2
+        tried = attempt(room)
+        if tried is not None and tried[2] <= budget:
+            fit = (room, tried)
+        else:
+            over = room
+    if fit is not None:
+        room, (picks, widths, size) = fit
+        for r in rows:
+            r["bits"] = widths[r["name"]]
+        greedy = solve_greedy(choices, room)
+        return BudgetPlan(budget=budget, layers=rows, file_bytes=size, other_bytes=other, attempts=attempts,
+                          exact_loss=total(choices, picks)[1],
+                          greedy_loss=total(choices, greedy)[1] if greedy is not None else float("nan"))
     least = min([measured, smallest] + [a["file_bytes"] for a in attempts])
     raise TinyqError(f"--size-budget {budget:,} bytes: no plan fits (the smallest file measured: {least:,} bytes, "
                      f"every layer at its smallest: about {smallest:,}): raise the budget")

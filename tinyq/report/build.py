@@ -66,13 +66,21 @@ def _histograms(qat) -> list[dict]:
 
 
 def _float_tflite_bytes(run: Run) -> int:
-    """Bytes of the float original as a float32 TFLite file: the honest size of 'no quantization'."""
+    """Bytes of the float original as a float32 TFLite file: the honest size of 'no quantization'.
+
+    Converted once (about 20 s) and kept in the run's metrics: every report of the run reads it.
+    """
     from tinyq._stderr import captured_fd2
     from tinyq._tf import tf
 
+    known = run.metrics().get("float_tflite_bytes")
+    if known:
+        return int(known)
     converter = tf.lite.TFLiteConverter.from_keras_model(load_model(run.float_model))
     with captured_fd2():
-        return len(converter.convert())
+        size = len(converter.convert())
+    run.update_metrics(float_tflite_bytes=size)
+    return size
 
 
 def _card(config: dict, layers: list[dict], float_ops: list[str]) -> dict:
