@@ -144,8 +144,10 @@ def test_the_plan_spends_the_budget_when_the_estimate_overshoots_both_ways(float
 
     budget = measure({n: 8 for n in sizes}) - 60
     plan = plan_for_budget(model, x, budget, measure, log=lambda m: None)
-    fits = [a["file_bytes"] for a in plan.attempts if a["file_bytes"] <= budget]
+    fits = [a for a in plan.attempts if a["file_bytes"] <= budget]
     first = next(i for i, a in enumerate(plan.attempts) if a["file_bytes"] <= budget)
-    assert plan.file_bytes <= budget and plan.file_bytes == max(fits)
+    # the plan is the fitting attempt with the most room: the least expected loss (its file need
+    # not be the largest: a 64 KB vww_96 plan measured 65,104 bytes at 33,340 bytes of room, 55,216 at 34,670)
+    assert plan.file_bytes <= budget and plan.file_bytes == max(fits, key=lambda a: a["weight_room"])["file_bytes"]
     assert len(plan.attempts) > first + 1  # bisection steps after the first fit
 
