@@ -172,19 +172,17 @@ class CPQ(WeightQuantizer):
         return self.choices[int(np.cumprod(open_).sum())]
 
     def quantize(self, w, scale, weights, training):
-        if not training:
-            return self._quantize(w, scale, self.grid, None) if not self.learn_bits else nest(
-                [self._quantize(w, s, grid(c), None) for c, s in zip(self.choices, self._scales(scale, weights))],
-                tf.cast(self.keep_probabilities(weights) > 0.5, w.dtype))
-        seeds = self._seeds(weights, 2 * len(self.choices) + 1)
+        seeds = self._seeds(weights, 2 * len(self.choices) + 1) if training else None
+        grids = [grid(c) for c in self.choices[:-1]] + [self.grid]
+        levels = [self._quantize(w, s, g, None if seeds is None else seeds[2 * i:2 * i + 2])
+                  for i, (g, s) in enumerate(zip(grids, self._scales(scale, weights)))]
         if not self.learn_bits:
-            return self._quantize(w, scale, self.grid, seeds[:2])
-        levels = [self._quantize(w, s, grid(c), seeds[2 * i:2 * i + 2])
-                  for i, (c, s) in enumerate(zip(self.choices, self._scales(scale, weights)))]
+            return levels[0]
         keep = self.keep_probabilities(weights)
+        if seeds is None:
+            return nest(levels, tf.cast(keep > 0.5, keep.dtype))
         hard = tf.cast(tf.random.stateless_uniform(tf.shape(keep), seeds[-1]) < keep, keep.dtype)
-        z = hard + keep - tf.stop_gradient(keep)  # straight-through: d out / d pi = d out / d z
-        return nest(levels, z)
+        return nest(levels, hard + keep - tf.stop_gradient(keep))  # straight-through: d out / d pi = d out / d z
 
     def _scales(self, scale, weights) -> list:
         return [tf.abs(weights[f"scale_w{c}"]) + 1e-12 for c in self.choices[:-1]] + [scale]
