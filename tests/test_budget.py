@@ -26,7 +26,7 @@ def test_layer_bytes_are_aligned_packed_weights(bits):
     n = 1000
     assert layer_bytes(n, 10, bits) % 16 == 0 or bits == 2
     assert layer_bytes(n, 10, 8) == 1008 and layer_bytes(n, 10, 4) == 512
-    assert layer_bytes(n, 10, 2) > 250  # indices plus a value table per channel and the DECODE tensor
+    assert layer_bytes(n, 10, 2) > 250  # indices, the DECODE tensor with its scales, the op and its table
 
 
 def _invoke(*args):

@@ -83,6 +83,9 @@ def test_train_convert_verify(method, bits, tmp_path):
     ops = set(fb.op_names)
     if bits == 2:
         assert "TFLM_DECODE" in ops
+        # every method's 2-bit integers are the grid's -3, -1, 1, 3: one value table (stride 0) serves all channels
+        tables = [fb.tensors[op.inputs[1]].data for op in fb.ops if op.name == "TFLM_DECODE"]
+        assert tables and all(len(t) == 20 for t in tables)
     types = {fb.tensors[t].type for t in fb.weight_tensors()}
     assert types == ({"INT4"} if bits == 4 else {"UINT8"} if bits == 2 else {"INT8"})  # UINT8: LUT indices
 

@@ -39,7 +39,7 @@ BIAS_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 DECODE_NAMES = ("DECODE", "TFLM_DECODE")
 
 
-def _editor():
+def editor():
     from tflite_micro.tensorflow.lite.micro.compression import model_editor
 
     return model_editor
@@ -56,7 +56,7 @@ def _names(model) -> None:
 
 
 def _zero_points(model) -> None:
-    for t in _editor().iter_tensors(model):
+    for t in editor().iter_tensors(model):
         q = t.quantization
         if q is not None and len(q.zero_points) > 1 and len(set(q.zero_points)) == 1:
             q.zero_points = [q.zero_points[0]]
@@ -86,7 +86,7 @@ def _decode_inputs(model) -> None:
 
 
 def _dedupe(model) -> None:
-    ed = _editor()
+    ed = editor()
     ed.dedupe_buffers(model)
     ed.prune_buffers(model)
 
@@ -103,7 +103,7 @@ def tensor_names(data: bytes) -> list[str]:
     return [t.name for t in flatbuffer.parse(data).tensors]
 
 
-def _aligned(data: bytes) -> bytes:
+def aligned(data: bytes) -> bytes:
     from tflite_micro.tensorflow.lite.micro.compression.compress import tflite_flatbuffer_align_wrapper
 
     fd_in, path_in = tempfile.mkstemp(suffix=".tflite")
@@ -122,11 +122,11 @@ def _aligned(data: bytes) -> bytes:
 
 def apply(data: bytes, step: str) -> bytes:
     """``data`` rewritten by one step (unverified)."""
-    ed = _editor()
+    ed = editor()
     model = ed.read(bytes(data))
     STEPS[step](model)
     with contextlib.redirect_stdout(io.StringIO()):
-        return _aligned(bytes(model.build()))
+        return aligned(bytes(model.build()))
 
 
 def _outputs(data: bytes, x: np.ndarray, litert: bool) -> dict[str, np.ndarray]:

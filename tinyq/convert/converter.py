@@ -144,6 +144,26 @@ def convert(qat, representative: np.ndarray, contract: InputContract, storage_bi
     two_bit = {i: name for i, (name, bits) in layers.items()
                if bits == 2 and fb.tensors[i].type == "INT8"}
     if two_bit:
-        data = lut.compress(data, fb, two_bit)
-        log(f"convert: {len(two_bit)} 2-bit tensors LUT-compressed (TFLM DECODE): {len(data):,} bytes")
+        data = compress_2bit(data, fb, two_bit, representative, contract, log)
     return data
+
+
+def compress_2bit(data: bytes, fb: flatbuffer.Flatbuffer, tensors: dict[int, str], pixels: np.ndarray,
+                  contract: InputContract, log: Callable[[str], None] = lambda m: None, n: int = 32) -> bytes:
+    """LUT-compress the 2-bit ``tensors``, with shared value tables where TFLM's outputs on the
+    first ``n`` of ``pixels`` equal those of per-channel tables (see :mod:`tinyq.convert.lut`)."""
+    from tinyq.check import quantize_input, tflm_outputs
+
+    exact = lut.compress(data, fb, tensors, shared_tables=False)
+    shared = lut.compress(data, fb, tensors)
+    kept = "per-channel value tables"
+    if shared != exact:
+        tin = fb.tensors[fb.inputs[0]]
+        x = quantize_input(pixels[:n], contract, float(tin.scales[0]), int(tin.zero_points[0]))
+        if np.array_equal(tflm_outputs(shared, x), tflm_outputs(exact, x)):
+            exact, kept = shared, f"shared value tables (-{len(exact) - len(shared):,} bytes, TFLM outputs " \
+                                  f"identical on {len(x)} images)"
+        else:
+            kept += " (shared tables rejected: TFLM outputs changed)"
+    log(f"convert: {len(tensors)} 2-bit tensors LUT-compressed (TFLM DECODE), {kept}: {len(exact):,} bytes")
+    return exact

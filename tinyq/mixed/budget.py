@@ -2,7 +2,7 @@
 
 Every weight layer (first, last and depthwise included) chooses 2, 4 or 8 bits (at most
 ``--bits``). A choice's bytes come from the storage format (INT8; packed INT4; 2-bit LUT
-indices plus a 4-value table per channel and a DECODE tensor), each buffer padded to 16
+indices, one 4-value table shared by the channels and a DECODE tensor), each buffer padded to 16
 bytes; the rest of the file (graph, activation parameters, biases, names) is measured on a
 real conversion. The knapsack is solved exactly (:func:`tinyq.mixed.knapsack.solve_exact`)
 for the loss increases of :mod:`tinyq.mixed.sensitivity`; then the planned model is
@@ -25,11 +25,12 @@ from tinyq.spec import QuantSpec
 
 CHOICES = (2, 4, 8)
 ALIGN = 16  # TFLite aligns buffers to 16 bytes
-# per 2-bit layer beyond indices and value tables, in the compacted file: the DECODE op's output
-# tensor with its per-channel scales (4 bytes per channel), the op and compression metadata; a
-# start for the estimate only, the real file decides
-LUT_BYTES_PER_CHANNEL = 4
-LUT_BYTES_PER_LAYER = 160
+# per 2-bit layer beyond its indices, in the compacted file: the DECODE op's output tensor with its
+# per-channel scales (the _align(4 * channels + 16) term), the op, its shared value table and
+# header; a start for the estimate only, the real file decides (tinyq.convert.lut falls back to a
+# table per channel, 4 more bytes each, where TFLM's outputs would change)
+LUT_BYTES_PER_CHANNEL = 0
+LUT_BYTES_PER_LAYER = 176
 ATTEMPTS = 6
 REFINES = 3  # bisection steps towards the budget once a plan fits
 REFINE_GAP = 4 * ALIGN  # bytes of weight room: the knapsack counts in ALIGN units
