@@ -15,6 +15,8 @@ the reason, so what TFLM reads is measured, not guessed.
   (their per-channel kernels derive the bias scale from input and filter scales).
 - ``decode_inputs``: the quantization parameters left on DECODE's inputs (2-bit indices and
   value tables); its output tensor carries the filter's scales.
+- ``shape_signatures``: the converter's copy of each activation's shape with -1 for a dynamic
+  batch; TFLM sizes tensors from ``shape`` (784 bytes on the 2-bit ``vww_96``).
 - ``dedupe``: byte-identical buffers shared, unreferenced buffers dropped.
 
 Buffers stay 16-byte aligned: the file is re-packed with tflite-micro's aligning writer.
@@ -85,6 +87,11 @@ def _decode_inputs(model) -> None:
                         t._fb.quantization = None
 
 
+def _shape_signatures(model) -> None:
+    for t in editor().iter_tensors(model):
+        t._fb.shapeSignature = None
+
+
 def _dedupe(model) -> None:
     ed = editor()
     ed.dedupe_buffers(model)
@@ -93,7 +100,7 @@ def _dedupe(model) -> None:
 
 STEPS: dict[str, Callable] = {"names": _names, "zero_points": _zero_points,
                               "bias_quantization": _bias_quantization, "decode_inputs": _decode_inputs,
-                              "dedupe": _dedupe}
+                              "shape_signatures": _shape_signatures, "dedupe": _dedupe}
 
 
 def tensor_names(data: bytes) -> list[str]:
