@@ -72,6 +72,11 @@ def test_tinyq_grid_gets_one_table_per_tensor_with_the_same_outputs(two_bit):
     np.testing.assert_array_equal(tflm_outputs(shared, x), tflm_outputs(per_channel, x))
     # the run's own file went the same way
     assert all(t[lut.DCM_STRIDE] == 0 for t in _tables((run / "model.tflite").read_bytes()))
+    # inspect counts a LUT tensor's channels from the decoded tensor's scales (compaction drops the indices')
+    from tinyq.convert.breakdown import inspect_model
+
+    rows = [r for r in inspect_model(run / "model.tflite")["tensors"] if r["type"] == "LUT2"]
+    assert len(rows) == 4 and sorted(r["channels"] for r in rows) == [1, 8, 8, 16]
 
 
 def test_channels_with_different_integers_keep_a_table_each(two_bit):

@@ -26,6 +26,7 @@ def inspect_model(path: str | Path) -> dict:
     producers = {t: op for op in fb.ops for t in op.outputs}
     weight_ids, table_ids = set(), set()
     weight_bits: dict[int, int] = {}
+    decoded_channels: dict[int, int] = {}
     for op in fb.ops:
         if op.name in WEIGHT_OPS and len(op.inputs) > 1:
             t = op.inputs[1]
@@ -34,6 +35,8 @@ def inspect_model(path: str | Path) -> dict:
                 weight_ids.add(src.inputs[0])
                 table_ids.add(src.inputs[1])
                 weight_bits[src.inputs[0]] = _lut_bits(fb.tensors[src.inputs[1]])
+                # the scales sit on the decoded tensor (compaction drops the indices' copy)
+                decoded_channels[src.inputs[0]] = int(fb.tensors[src.outputs[0]].scales.size)
             else:
                 weight_ids.add(t)
     rows = []
@@ -53,7 +56,7 @@ def inspect_model(path: str | Path) -> dict:
             packed_bits += count * bits
         rows.append({"index": t.index, "name": t.name, "type": t.type if t.index not in weight_bits else f"LUT{bits}",
                      "bits": bits, "shape": list(t.shape), "bytes": t.nbytes, "kind": kind, "params": count,
-                     "channels": int(t.scales.size)})
+                     "channels": decoded_channels.get(t.index, int(t.scales.size))})
         if kind in totals:
             totals[kind] += t.nbytes
         totals["quantization"] += 4 * t.scales.size + 8 * t.zero_points.size
