@@ -59,3 +59,19 @@ def test_nothing_dead_nothing_changes():
     x = L.ReLU()(L.Conv2D(4, 3)(i))
     model = keras.Model(i, L.Dense(2)(L.GlobalAveragePooling2D()(x)))
     assert fold_batchnorm(model).dropped_channels == {}
+
+
+def test_a_run_logs_and_records_what_it_dropped(folders, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from tinyq.cli import main
+
+    _model("depthwise", False).save(tmp_path / "m.h5")
+    r = CliRunner().invoke(main, ["quantize", str(tmp_path / "m.h5"), "--data", str(folders / "labelled"), "--bits", "4",
+                                  "--ptq", "tinyq", "--out", str(tmp_path / "run")], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    assert "dead channels dropped (zero weights, ReLU output 0; outputs unchanged): 3 in pw 3" in r.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["dropped_channels"] == {"pw": 3}
+    assert "- dead channels dropped at folding (outputs unchanged): pw 3" in (tmp_path / "run" / "report.md").read_text()

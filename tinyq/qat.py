@@ -230,6 +230,7 @@ def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = No
     calibrate_scales(qat)
     if calibration is not None:
         calibrate_activations(qat, folded, calibration)
+    qat.dropped_channels = folded.dropped_channels  # {layer: outputs dropped as dead}, for the run's log
     return qat
 
 

@@ -295,6 +295,11 @@ def qat_phase(float_model, plan, splits, contract, run: Run, log: Log, *, epochs
     """Quantize ``float_model`` by ``plan``, calibrate, fine-tune; saves ``RUN/model.h5``."""
     qat = quantize_model(float_model, plan, calibration=calibration_images(splits, contract, seed),
                          keep_float=keep_float)
+    dropped = getattr(qat, "dropped_channels", {})
+    if dropped:
+        run.update_metrics(dropped_channels=dropped)
+        log(f"dead channels dropped (zero weights, ReLU output 0; outputs unchanged): {sum(dropped.values())} in "
+            + ", ".join(f"{name} {n}" for name, n in dropped.items()))
     if len(splits.get("val", ())):
         val = splits["val"]
         start = {"float_val_accuracy": _accuracy(float_model, val, contract),

@@ -83,7 +83,7 @@ def _float_tflite_bytes(run: Run) -> int:
     return size
 
 
-def _card(config: dict, layers: list[dict], float_ops: list[str]) -> dict:
+def _card(config: dict, layers: list[dict], float_ops: list[str], dropped: dict[str, int]) -> dict:
     settings = config["train"]
     bits = {r["bits"] for r in layers}
     return {
@@ -101,6 +101,7 @@ def _card(config: dict, layers: list[dict], float_ops: list[str]) -> dict:
                       "grid is the deployed one" if settings.get("ptq") != "converter"
                       else "folded by the TFLite converter",
         "float_layers": float_ops,
+        "dead_channels_dropped": dropped,
         "distillation": None if settings.get("ptq") else (
             1.0 if settings.get("unlabeled") else settings.get("distill")),
     }
@@ -144,7 +145,7 @@ def build_report(run_path: str | Path, data: str | Path | None = None, reference
     return {
         "run": str(run.path), "kind": config.get("kind", "train"), "tinyq_version": config.get("tinyq_version"),
         "settings": config["train"], "contract": config["contract"],
-        "card": _card(config, layers, flatbuffer.parse(tflite).float_ops()),
+        "card": _card(config, layers, flatbuffer.parse(tflite).float_ops(), metrics.get("dropped_channels", {})),
         "file": {"bytes": len(tflite), "breakdown": info["breakdown"], "weight_params": info["weight_params"],
                  "packed_weight_bytes": info["packed_weight_bytes"],
                  "file_over_packed_weights": info["file_over_packed_weights"]},

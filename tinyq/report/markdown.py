@@ -21,6 +21,8 @@ def _card(report: dict) -> list[str]:
              f"- per-tensor scale: {', '.join(c['per_tensor']) or 'none'}",
              f"- activations: {c['activations']}",
              f"- batch norm: {c['batch_norm']}",
+             "- dead channels dropped at folding (outputs unchanged): " + (", ".join(
+                 f"{name} {n}" for name, n in c.get("dead_channels_dropped", {}).items()) or "none"),
              f"- float ops in the file: {', '.join(c['float_layers']) or 'none (full integer)'}"]
     if c["distillation"] is not None:
         lines.append(f"- distillation weight (teacher: the float original): {c['distillation']}")
