@@ -41,11 +41,14 @@ def test_grid_distance_golden():
     s = tf.constant([0.1])
     w = tf.constant([[0.0], [0.05], [0.1], [0.025], [0.8]])
     r4 = grid_distance(w, s, grid(4)).numpy().ravel()
-    expect4 = [0.0, 1 / math.pi ** 2, 0.0, math.sin(math.pi / 4) ** 2 / math.pi ** 2, (8 - 7) ** 2]
+    expect4 = [0.0, 1 / math.pi ** 2, 0.0, math.sin(math.pi / 4) ** 2 / math.pi ** 2, ((8 - 7) / 7) ** 2]
     np.testing.assert_allclose(r4, expect4, atol=1e-6)
     w2 = tf.constant([[0.05], [0.0], [0.15], [0.25]])
     r2 = grid_distance(w2, s, grid(2)).numpy().ravel()
-    np.testing.assert_allclose(r2, [0.0, 1 / math.pi ** 2, 0.0, (2.5 - 1.5) ** 2], atol=1e-6)
+    np.testing.assert_allclose(r2, [0.0, 1 / math.pi ** 2, 0.0, ((2.5 - 1.5) / 1.5) ** 2], atol=1e-6)
+    # 8 bits (top 127 steps): 40% beyond the clip costs 0.16, as at any width, not 50.8^2 steps^2
+    r8 = grid_distance(tf.constant([[1.4 * 127 * 0.1]]), s, grid(8)).numpy().ravel()
+    np.testing.assert_allclose(r8, [0.4 ** 2], rtol=1e-5)
 
 
 def test_grid_distance_gradient_points_to_the_nearest_level():

@@ -70,14 +70,21 @@ def grid_distance(w: tf.Tensor, scale: tf.Tensor, g: Grid) -> tf.Tensor:
 
     ``r(w) = sin^2(pi * (w/s - o)) / pi^2`` inside the grid's range (0 on every level, at most
     ``1/pi^2`` half-way between two; smooth, so its gradient points to the nearest level),
-    ``(|w|/s - top)^2`` beyond it (the clip level is the nearest). In units of ``s`` so layers
-    of any weight magnitude weigh alike; ``s`` gets no gradient from it (the task sets the
-    scale, the regulariser moves the weights).
+    ``((|w|/s - top) / top)^2`` beyond it: the distance to the clip level (the nearest) as a
+    fraction of the range. In units of ``s`` so layers of any weight magnitude weigh alike;
+    ``s`` gets no gradient from it (the task sets the scale, the regulariser moves the weights).
+
+    Why the range and not the step beyond the clip: the MSE-searched clip cuts outliers on
+    purpose, and in steps their distance grows with ``2^b``: at 8 bits a weight 40% beyond the
+    clip cost ``51^2 = 2,601``, 25,000 times the largest value inside, so the 8-bit layers a
+    2-bit model keeps (first, depthwise, last) made QGT's loss reach 1e6 from scratch and
+    drowned the 2-bit layers' signal. As a fraction of the range the same weight costs 0.16
+    at any width.
     """
     s = tf.stop_gradient(scale)
     u = w / s
     inside = tf.square(tf.sin(math.pi * (u - g.offset))) / math.pi ** 2
-    outside = tf.square(tf.nn.relu(tf.abs(u) - g.top_level))
+    outside = tf.square(tf.nn.relu(tf.abs(u) - g.top_level) / g.top_level)
     return tf.where(tf.abs(u) <= g.top_level, inside, outside)
 
 
