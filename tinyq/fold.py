@@ -14,7 +14,8 @@ L = keras.layers
 WEIGHT_LAYERS = (L.Conv2D, L.DepthwiseConv2D, L.Dense)
 
 
-def _as_functional(model: keras.Model) -> keras.Model:
+def as_functional(model: keras.Model) -> keras.Model:
+    """``model`` as a functional model (a Sequential's layers rewired as one; others unchanged)."""
     if isinstance(model, keras.Sequential):
         return keras.Model(model.inputs, model.outputs, name=model.name)
     return model
@@ -69,7 +70,7 @@ def fold_batchnorm(model: keras.Model, drop_dead: bool = True) -> keras.Model:
     grid that training sees is the grid that is deployed. A BN that does not follow a weight
     layer with no other consumer is kept.
     """
-    model = _as_functional(model)
+    model = as_functional(model)
     layers = {layer.name: layer for layer in model.layers}
     config = split_activations(model.get_config())
     consumers: dict[str, int] = {}

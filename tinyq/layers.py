@@ -188,9 +188,9 @@ def apply_declared(plan: Mapping[str, QuantSpec], decl: Mapping[str, dict]) -> d
 
 def _rebuilt(model: keras.Model, rewrite) -> keras.Model:
     """``model`` rebuilt from its config with ``rewrite(layer, layer_config)`` applied, weights copied by name."""
-    from tinyq.fold import _as_functional
+    from tinyq.fold import as_functional
 
-    model = _as_functional(model)
+    model = as_functional(model)
     layers = {layer.name: layer for layer in model.layers}
     config = model.get_config()
     for lc in config["layers"]:
