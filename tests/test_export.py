@@ -118,6 +118,8 @@ def test_arduino_library_layout(exported, bits):
     assert {"name", "version", "author", "maintainer", "sentence", "paragraph", "category", "url",
             "architectures", "includes"} <= set(props)
     assert props["name"] == "PersonDetect" and props["includes"] == "PersonDetect.h"
+    widths = props["sentence"].split("-bit")[0].split()[-1].split("/")  # "a 2/8-bit person-detection model"
+    assert str(bits) in widths and all(w in ("2", "4", "8") for w in widths)
     header = (folder / "src" / "PersonDetect.h").read_text()
     for h in ("model_data.h", "model_io.h", "model_settings.h", "sample_input.h"):
         assert f'#include "person_detect/{h}"' in header and (folder / "src" / "person_detect" / h).exists()

@@ -23,22 +23,11 @@ def inspect_model(path: str | Path) -> dict:
     """
     path = flatbuffer.resolve(path)
     data, fb = flatbuffer.read(path)
-    producers = {t: op for op in fb.ops for t in op.outputs}
-    weight_ids, table_ids = set(), set()
-    weight_bits: dict[int, int] = {}
-    decoded_channels: dict[int, int] = {}
-    for op in fb.ops:
-        if op.name in WEIGHT_OPS and len(op.inputs) > 1:
-            t = op.inputs[1]
-            src = producers.get(t)
-            if src is not None and src.name in flatbuffer.DECODE_OPS:
-                weight_ids.add(src.inputs[0])
-                table_ids.add(src.inputs[1])
-                weight_bits[src.inputs[0]] = _lut_bits(fb.tensors[src.inputs[1]])
-                # the scales sit on the decoded tensor (compaction drops the indices' copy)
-                decoded_channels[src.inputs[0]] = int(fb.tensors[src.outputs[0]].scales.size)
-            else:
-                weight_ids.add(t)
+    weights = stored_weights(fb)
+    weight_ids = set(weights)
+    table_ids = {w["table"] for w in weights.values() if w["table"] is not None}
+    weight_bits = {i: w["bits"] for i, w in weights.items() if w["table"] is not None}
+    decoded_channels = {i: w["channels"] for i, w in weights.items() if w["table"] is not None}
     rows = []
     totals = dict(weights=0, value_tables=0, biases=0, quantization=0, names=0)
     params = 0
@@ -67,6 +56,25 @@ def inspect_model(path: str | Path) -> dict:
             "tensors": rows, "breakdown": totals, "weight_params": params,
             "packed_weight_bytes": int(np.ceil(packed)),
             "file_over_packed_weights": round(len(data) / packed, 3) if packed else None}
+
+
+def stored_weights(fb: flatbuffer.Flatbuffer) -> dict[int, dict]:
+    """The filter tensor of every conv / depthwise / fully-connected op as stored:
+    ``{index: {"bits", "channels", "table"}}``; for a 2-bit LUT, the index tensor, the width from
+    its header, the channels of the decoded tensor (compaction drops the indices' scales) and
+    the value-table tensor."""
+    producers = {t: op for op in fb.ops for t in op.outputs}
+    out: dict[int, dict] = {}
+    for op in fb.ops:
+        if op.name in WEIGHT_OPS and len(op.inputs) > 1:
+            t = op.inputs[1]
+            src = producers.get(t)
+            if src is not None and src.name in flatbuffer.DECODE_OPS:
+                out[src.inputs[0]] = {"bits": _lut_bits(fb.tensors[src.inputs[1]]), "table": src.inputs[1],
+                                      "channels": int(fb.tensors[src.outputs[0]].scales.size)}
+            else:
+                out[t] = {"bits": fb.tensors[t].bits, "table": None, "channels": int(fb.tensors[t].scales.size)}
+    return out
 
 
 def _lut_bits(ancillary: flatbuffer.Tensor) -> int:

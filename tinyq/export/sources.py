@@ -34,10 +34,10 @@ def _float(v: float) -> str:
 
 
 def _bits_summary(bundle: Bundle) -> str:
-    types = {bundle.fb.tensors[t].type for t in bundle.fb.weight_tensors()}
-    has_lut = bool(set(bundle.fb.op_names) & {"TFLM_DECODE", "DECODE"})
-    widths = sorted({"INT8": 8, "INT4": 4}.get(t, 8) for t in types) + ([2] if has_lut else [])
-    return "/".join(str(b) for b in sorted(set(widths))) + "-bit"
+    from tinyq.convert.breakdown import stored_weights
+
+    widths = {w["bits"] for w in stored_weights(bundle.fb).values()}
+    return "/".join(str(b) for b in sorted(widths)) + "-bit"
 
 
 def values(bundle: Bundle) -> dict[str, object]:
