@@ -34,13 +34,13 @@ def _invoke(*args):
 
 
 def test_quantize_within_a_size_budget(float_model, folders, tmp_path):
-    # this small model's compacted file: 3,472 bytes all 8-bit, less at 4 bits (2-bit tables cost more than they save)
-    budget = 3400
+    # this small model's compacted file: 3,296 bytes all 8-bit, less at 4 bits (2-bit tables cost more than they save)
+    budget = 3200
     out = tmp_path / "run"
     r = _invoke("quantize", float_model, "--data", folders / "labelled", "--size-budget", budget, "--epochs", 1,
                 "--batch", 16, "--out", out)
     assert r.exit_code == 0, r.stderr
-    assert "knapsack within 3,400 bytes" in r.stderr
+    assert "knapsack within 3,200 bytes" in r.stderr
     size = (out / "model.tflite").stat().st_size
     plan = json.loads((out / "plan.json").read_text())
     assert size <= budget and plan["file_bytes"] == size  # the real file is the planned one
