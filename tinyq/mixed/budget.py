@@ -132,10 +132,17 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
         return picks, widths, size
 
     slack, fit, over = 0, None, None  # fit: (room, attempt) within budget; over: least room that overshot
+    cheapest_room = sum(r["bytes"][cheapest[r["name"]]] for r in rows)
+    cheapest_picks = [bits.index(cheapest[r["name"]]) for r in rows]
     for _ in range(ATTEMPTS):
         room = budget - other - slack
         tried = attempt(room)
         if tried is None:
+            # the slack outgrew the estimate (files without a 2-bit layer keep a zero point per
+            # channel, so mid mixes can measure far above it): the smallest file, measured, is the fit
+            # if it is within the budget, and the bisection below searches up from it
+            if smallest <= budget:
+                fit = (cheapest_room, (cheapest_picks, dict(cheapest), smallest))
             break
         if tried[2] <= budget:
             fit = (room, tried)
