@@ -149,3 +149,24 @@ def test_fused_activations_are_split_out_with_identical_outputs():
     assert folded.get_layer("d").activation is keras.activations.linear
     x, _ = data(8, res=12)
     np.testing.assert_allclose(model.predict(x, verbose=0), folded.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_collapsed_scale_converts_and_verifies(bits):
+    """Training can shrink a channel's scale by five orders (a cpq run: 9.9e-8 in a depthwise conv)
+    while its integers stay full range; the file must hold them and verification accept them."""
+    model = small_model()
+    qat = quantize_model(model, default_plan(model, bits, "ste", keep_8bit=()))
+    for layer, kernel, quantizer, qvars in quantized_layers(qat):
+        if "dw" in layer.name:
+            s = qvars["scale"].numpy()
+            s[0] = 9.9e-8
+            qvars["scale"].assign(s)
+            channel = kernel.numpy()
+            channel[..., 0, 0] = np.linspace(-1, 1, channel[..., 0, 0].size).reshape(channel.shape[:2]) * 127 * 9.9e-8
+            kernel.assign(channel)
+    x, _ = data()
+    tflite = convert(qat, (x * 255).astype(np.uint8), InputContract(resolution=24))  # raises if verify disagrees
+    ints, step, _ = expected_integers(qat)["dw"]
+    assert step[0] < 1e-7 and np.abs(ints[..., 0, 0]).max() == 2 ** (min(bits, 8) - 1) - 1
+    assert "DEPTHWISE_CONV_2D" in flatbuffer.parse(tflite).op_names
