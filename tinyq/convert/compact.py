@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from tinyq.convert.flatbuffer import DECODE_OPS
 from tinyq.errors import TinyqError
 
 KEEP_METADATA = ("COMPRESSION_METADATA",)
@@ -38,7 +39,6 @@ KEEP_METADATA = ("COMPRESSION_METADATA",)
 # (kernel_util.cc: scale_diff / output_scale <= 0.02), which a missing scale passes or fails
 # depending on the model's scales, so a plan measured on one model would not hold for another
 BIAS_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
-DECODE_NAMES = ("DECODE", "TFLM_DECODE")
 
 
 def editor():
@@ -80,7 +80,7 @@ def _bias_quantization(model) -> None:
 def _decode_inputs(model) -> None:
     for sg in model.subgraphs:
         for op in sg.operators:
-            if op.opcode_name in DECODE_NAMES or (op.custom_code or "") in DECODE_NAMES:
+            if op.opcode_name in DECODE_OPS or (op.custom_code or "") in DECODE_OPS:
                 for t in op.inputs:
                     if t is not None and t.buffer is not None:
                         t.quantization = None

@@ -24,12 +24,11 @@ import warnings
 
 import numpy as np
 
-from tinyq.convert.flatbuffer import Flatbuffer
+from tinyq.convert.flatbuffer import DECODE_OPS, Flatbuffer
 from tinyq.errors import TinyqError
 
 DCM_BYTES = 16  # the decode common metadata header; the value tables follow it
 DCM_STRIDE = 6  # its byte holding the value table channel stride (elements per channel)
-DECODE_NAMES = ("DECODE", "TFLM_DECODE")
 
 
 def shared_levels(values: np.ndarray, axis: int, bits: int) -> np.ndarray | None:
@@ -106,7 +105,7 @@ def _shared_stride(data: bytes) -> bytes:
     model = editor().read(data)
     changed = False
     for op in model.subgraphs[0].operators:
-        if not (op.opcode_name in DECODE_NAMES or (op.custom_code or "") in DECODE_NAMES):
+        if not (op.opcode_name in DECODE_OPS or (op.custom_code or "") in DECODE_OPS):
             continue
         # DECODE takes (encoded, ancillary) pairs, one output each
         for ancillary, out in zip(op.inputs[1::2], op.outputs):
