@@ -158,14 +158,14 @@ def compress_2bit(data: bytes, fb: flatbuffer.Flatbuffer, tensors: dict[int, str
 
     exact = lut.compress(data, fb, tensors, shared_tables=False)
     shared = lut.compress(data, fb, tensors)
-    kept = "per-channel value tables"
+    chosen, kept = exact, "per-channel value tables"
     if shared != exact:
         tin = fb.tensors[fb.inputs[0]]
         x = quantize_input(pixels[:n], contract, float(tin.scales[0]), int(tin.zero_points[0]))
         if np.array_equal(tflm_outputs(shared, x), tflm_outputs(exact, x)):
-            exact, kept = shared, f"shared value tables (-{len(exact) - len(shared):,} bytes, TFLM outputs " \
-                                  f"identical on {len(x)} images)"
+            chosen, kept = shared, (f"shared value tables (-{len(exact) - len(shared):,} bytes, TFLM outputs "
+                                    f"identical on {len(x)} images)")
         else:
             kept += " (shared tables rejected: TFLM outputs changed)"
-    log(f"convert: {len(tensors)} 2-bit tensors LUT-compressed (TFLM DECODE), {kept}: {len(exact):,} bytes")
-    return exact
+    log(f"convert: {len(tensors)} 2-bit tensors LUT-compressed (TFLM DECODE), {kept}: {len(chosen):,} bytes")
+    return chosen
