@@ -24,28 +24,25 @@ def inspect_model(path: str | Path) -> dict:
     path = flatbuffer.resolve(path)
     data, fb = flatbuffer.read(path)
     weights = stored_weights(fb)
-    weight_ids = set(weights)
     table_ids = {w["table"] for w in weights.values() if w["table"] is not None}
-    weight_bits = {i: w["bits"] for i, w in weights.items() if w["table"] is not None}
-    decoded_channels = {i: w["channels"] for i, w in weights.items() if w["table"] is not None}
     rows = []
     totals = dict(weights=0, value_tables=0, biases=0, quantization=0, names=0)
     params = 0
     packed_bits = 0
     for t in fb.tensors:
-        kind = "weights" if t.index in weight_ids else "value_tables" if t.index in table_ids else \
+        w = weights.get(t.index)
+        lut = w is not None and w["table"] is not None
+        kind = "weights" if w is not None else "value_tables" if t.index in table_ids else \
             "biases" if t.data is not None else "activation"
-        bits = weight_bits.get(t.index, t.bits)
-        count = t.count
-        if kind == "weights" and t.index in weight_bits:
-            # LUT-encoded tensors are stored as a flat UINT8 byte vector: count from the consumer's shape
-            count = t.nbytes * 8 // bits
-        if kind == "weights":
+        bits = w["bits"] if lut else t.bits
+        # LUT-encoded tensors are stored as a flat UINT8 byte vector: count from their width
+        count = t.nbytes * 8 // bits if lut else t.count
+        if w is not None:
             params += count
             packed_bits += count * bits
-        rows.append({"index": t.index, "name": t.name, "type": t.type if t.index not in weight_bits else f"LUT{bits}",
+        rows.append({"index": t.index, "name": t.name, "type": f"LUT{bits}" if lut else t.type,
                      "bits": bits, "shape": list(t.shape), "bytes": t.nbytes, "kind": kind, "params": count,
-                     "channels": decoded_channels.get(t.index, int(t.scales.size))})
+                     "channels": w["channels"] if w is not None else int(t.scales.size)})
         if kind in totals:
             totals[kind] += t.nbytes
         totals["quantization"] += 4 * t.scales.size + 8 * t.zero_points.size

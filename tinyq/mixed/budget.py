@@ -29,7 +29,6 @@ ALIGN = 16  # TFLite aligns buffers to 16 bytes
 # per-channel scales (the _align(4 * channels + 16) term), the op, its shared value table and
 # header; a start for the estimate only, the real file decides (tinyq.convert.lut falls back to a
 # table per channel, 4 more bytes each, where TFLM's outputs would change)
-LUT_BYTES_PER_CHANNEL = 0
 LUT_BYTES_PER_LAYER = 176
 ATTEMPTS = 6
 REFINES = 3  # bisection steps towards the budget once a plan fits
@@ -52,7 +51,7 @@ def _align(n: int) -> int:
 def layer_bytes(params: int, channels: int, bits: int) -> int:
     """Estimated bytes of one weight tensor at ``bits`` in tinyq's file (see the module docstring)."""
     if bits == 2:
-        return (_align(-(-params // 4)) + _align(4 * channels + 16) + LUT_BYTES_PER_CHANNEL * channels
+        return (_align(-(-params // 4)) + _align(4 * channels + 16)
                 + LUT_BYTES_PER_LAYER)
     if bits <= 4:
         return _align(-(-params // 2))
