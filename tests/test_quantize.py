@@ -1,5 +1,8 @@
 """`tinyq quantize`: a user's saved float model, labelled or not, to a checked .tflite."""
 import json
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -26,7 +29,7 @@ def test_quantize_labelled(float_model, folders, tmp_path, bits):
     assert r.exit_code == 0, r.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["kind"] == "quantize" and config["contract"]["resolution"] == RES
-    assert "distilled from the float model (weight 0.5)" in r.stderr
+    assert "distilled from the float model (weight 0.5, features 1.0)" in r.stderr
     result = json.loads(invoke("check", out, "--data", folders / "labelled", "--json").stdout)
     assert result["tflm"]["n"] == 120 and result["tflm"]["agreement_with_keras"] >= 0.9
     assert ("litert_vs_tflm_max_abs_diff" in result) == (bits != 2)
@@ -37,7 +40,7 @@ def test_quantize_unlabeled_any_folder(float_model, folders, tmp_path):
     r = invoke("quantize", float_model, "--bits", 4, "--data", folders / "flat", "--unlabeled", "--epochs", 1,
                "--batch", 16, "--out", out)
     assert r.exit_code == 0, r.stderr
-    assert "agreement with the teacher" in r.stderr and "(weight 1.0)" in r.stderr
+    assert "agreement with the teacher" in r.stderr and "(weight 1.0, features 1.0)" in r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["float_val_accuracy"] == 1.0  # labels are the teacher's own top-1
     assert 0.5 <= metrics["tflm_test_accuracy"] <= 1.0
@@ -70,6 +73,63 @@ def test_distillation_loss_formula(alpha):
     kl = (p * np.log(p / q)).sum(axis=1)
     ce = -np.log(q[np.arange(5), y])
     assert float(loss) == pytest.approx(float(np.mean(alpha * kl + (1 - alpha) * ce)), rel=1e-4)
+
+
+@pytest.mark.parametrize("features", [0.0, 2.0])
+def test_feature_distillation_formula(float_model, features):
+    """loss = KL + f * mean over ReLU layers of mean((s - t)^2) / mean(t^2), t from the folded float model."""
+    from tinyq.qat import folded_model, load_model, quantize_model
+    from tinyq.spec import QuantSpec
+
+    teacher = load_model(float_model)
+    student = quantize_model(teacher, default=QuantSpec(weight_bits=2))
+    folded = folded_model(student)
+    x = np.random.default_rng(0).uniform(0, 1, (4, RES, RES, 3)).astype(np.float32)
+    distiller = Distiller(student, teacher, 1.0, features=features, folded=folded)
+    loss, _ = distiller._loss(tf.constant(x), tf.constant(np.zeros(4, np.int32)), training=False)
+    p, q = teacher(x).numpy(), student(x).numpy()
+    expected = (p * np.log(p / q)).sum(axis=1)
+    relus = [layer.name for layer in folded.layers
+             if isinstance(layer, L.Activation) and layer.activation.__name__ == "relu"]
+    assert len(relus) == 3  # every ReLU of the float model is matched
+    wrappers = {layer.layer.name: layer for layer in student.layers if hasattr(layer, "layer")}
+    errors = []
+    for name in relus:
+        s = keras.Model(student.input, wrappers[name].output)(x).numpy()
+        t = keras.Model(folded.input, folded.get_layer(name).output)(x).numpy()
+        errors.append(((s - t) ** 2).mean(axis=(1, 2, 3)) / (t ** 2).mean())
+    expected = expected + features * np.mean(errors, axis=0)
+    assert float(loss) == pytest.approx(float(expected.mean()), rel=1e-4)
+    assert distiller.features == features and float(np.mean(errors)) > 0  # a 2-bit copy differs
+
+
+def test_negative_feature_weight_is_refused(float_model, folders, tmp_path):
+    r = invoke("quantize", float_model, "--data", folders / "labelled", "--distill-features", -1,
+               "--out", tmp_path / "run")
+    assert r.exit_code == 1 and "--distill-features must be >= 0" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_quantize_resumes_with_feature_distillation(float_model, folders, tmp_path):
+    """Killed after its first QAT epoch, a distilled run (outputs and features) resumes to the
+    bytes of a run never interrupted."""
+    cmd = [sys.executable, "-m", "tinyq.cli", "quantize", str(float_model), "--bits", "2", "--data",
+           str(folders / "labelled"), "--epochs", "2", "--batch", "16"]
+    done = subprocess.run(cmd + ["--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0 and "features 1.0" in done.stderr, done.stderr[-2000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    for line in proc.stderr:
+        if "[qat] epoch 1/2" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL and not (out / "model.tflite").exists()
+    resumed = subprocess.run(cmd + ["--out", str(out), "--resume"], capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "[qat] epoch 2/2" in resumed.stderr  # epoch 1 reruns if killed before its backup
+    assert (out / "model.tflite").read_bytes() == (tmp_path / "whole" / "model.tflite").read_bytes()
 
 
 def test_mlperf_model_runs_identically_up_to_the_classifier(tmp_path, people96, vww_dev):

@@ -164,6 +164,8 @@ def _summary(run, synthetic: bool) -> None:
 @click.option("--unlabeled", is_flag=True, help="Ignore labels: the float model alone supervises.")
 @click.option("--distill", type=float, default=0.5, show_default=True,
               help="Weight of the float model's outputs in the loss (the rest: labels); 1 with --unlabeled.")
+@click.option("--distill-features", type=float, default=1.0, show_default=True,
+              help="Weight of matching the float model's activations, layer by layer (0: outputs only).")
 @click.option("--epochs", type=int, default=3, show_default=True, help="QAT epochs.")
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=2e-4, show_default=True, help="Learning rate (cosine decay).")
@@ -181,8 +183,8 @@ def _summary(run, synthetic: bool) -> None:
                    "at 8 bits, tinyq below.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/MODEL-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
-def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_budget, plan_file, unlabeled, distill, epochs, batch, lr, seed, limit, value_range,
-             labels, allow_float, ptq, out, resume):
+def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_budget, plan_file, unlabeled, distill,
+             distill_features, epochs, batch, lr, seed, limit, value_range, labels, allow_float, ptq, out, resume):
     """Quantize a float Keras classifier (.h5, .keras, SavedModel) with QAT and distillation."""
     from tinyq.plan import parse_keep
     from tinyq.quantize import QuantizeJob, ptq_kind
@@ -192,7 +194,8 @@ def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_bu
     lo, hi = _range(value_range)
     job = QuantizeJob(model=model, data=data, bits=bits, method=method, act_bits=act_bits,
                       keep_8bit=parse_keep(keep_8bit),
-                      unlabeled=unlabeled, distill=distill, epochs=epochs, batch=batch, lr=lr, seed=seed, limit=limit,
+                      unlabeled=unlabeled, distill=distill, distill_features=distill_features, epochs=epochs,
+                      batch=batch, lr=lr, seed=seed, limit=limit,
                       value_range=(lo, hi), labels=tuple(labels.split(",")) if labels else None,
                       allow_float=allow_float, ptq=ptq_kind(bits, ptq) if ptq else None, learn_bits=learn_bits,
                       size_budget=_size(size_budget), plan=plan_file)

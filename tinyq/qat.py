@@ -231,7 +231,15 @@ def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = No
     if calibration is not None:
         calibrate_activations(qat, folded, calibration)
     qat.dropped_channels = folded.dropped_channels  # {layer: outputs dropped as dead}, for the run's log
+    # untracked: an attribute Keras tracks would save the folded model's weights inside the QAT model's
+    object.__setattr__(qat, "_tinyq_folded", folded)
     return qat
+
+
+def folded_model(qat: keras.Model) -> keras.Model | None:
+    """The BN-folded float model :func:`quantize_model` made ``qat`` from (same layer names and
+    shapes: the feature teacher of :class:`tinyq.distill.Distiller`); None for a loaded model."""
+    return getattr(qat, "_tinyq_folded", None)
 
 
 def quantized_layers(qat: keras.Model):

@@ -47,6 +47,7 @@ class QuantizeJob:
     keep_8bit: tuple[str, ...] = KEEP_CHOICES
     unlabeled: bool = False
     distill: float = 0.5
+    distill_features: float = 1.0  # weight of the feature term (tinyq.distill)
     epochs: int = 3
     batch: int = 64
     lr: float = 2e-4
@@ -73,6 +74,8 @@ class QuantizeJob:
                              "use --ptq tinyq for 2-4 bits")
         if not 0.0 <= self.distill <= 1.0:
             raise TinyqError(f"--distill must lie in 0..1 (the weight of the teacher's term); got {self.distill}")
+        if self.distill_features < 0:
+            raise TinyqError(f"--distill-features must be >= 0 (0: outputs only); got {self.distill_features}")
         if self.epochs < 0 or self.batch < 1:
             raise TinyqError("--epochs must be >= 0 and --batch >= 1")
 
@@ -177,10 +180,11 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     with atomic_path(run.float_model) as tmp:
         teacher.save(tmp)
     distill = 1.0 if job.unlabeled else job.distill
+    uses_teacher = distill > 0 or job.distill_features > 0
     plan = choose_plan(teacher, splits, contract, run, log, bits=job.bits, method=job.method, act_bits=job.act_bits,
                        keep_8bit=job.keep_8bit, size_budget=job.size_budget, plan_file=job.plan,
                        learn_bits=job.learn_bits, lr=job.lr, batch=job.batch, seed=job.seed,
-                       teacher=teacher if distill > 0 else None, distill=distill, unlabeled=job.unlabeled,
+                       teacher=teacher if uses_teacher else None, distill=distill, unlabeled=job.unlabeled,
                        keep_float=keep_float)
     plan = layers.apply_declared(plan, declared)
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
@@ -195,8 +199,8 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
                         seed=job.seed, what="", keep_float=keep_float)
         return finish(run, qat, splits, contract, job.data, log, float_model=teacher)
     qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=job.epochs, lr=job.lr, batch=job.batch,
-                    seed=job.seed, teacher=teacher if distill > 0 else None, distill=distill,
-                    unlabeled=job.unlabeled, keep_float=keep_float,
+                    seed=job.seed, teacher=teacher if uses_teacher else None, distill=distill,
+                    unlabeled=job.unlabeled, keep_float=keep_float, features=job.distill_features,
                     what=describe_plan(job.bits, job.act_bits, job.method, job.keep_8bit,
                                       chooser(job.learn_bits, job.size_budget, job.plan)))
     return finish(run, qat, splits, contract, job.data, log, float_model=teacher)

@@ -141,14 +141,19 @@ def load_data(config: TrainConfig, contract: InputContract, log: Log) -> dict[st
 
 
 def fit_phase(model, splits, contract, epochs: int, lr: float, phase: str, run: Run, log: Log, *, batch: int,
-         seed: int, teacher=None, distill: float = 0.0, unlabeled: bool = False) -> None:
-    """Fit ``model`` (or distil ``teacher`` into it) with a per-epoch history and backup in ``run``."""
+         seed: int, teacher=None, distill: float = 0.0, unlabeled: bool = False, features: float = 0.0) -> None:
+    """Fit ``model`` (or distil ``teacher`` into it) with a per-epoch history and backup in ``run``.
+
+    ``features``: weight of the feature term (:mod:`tinyq.distill`; needs a model from
+    :func:`tinyq.qat.quantize_model`)."""
     steps = max(1, -(-len(splits["train"]) // batch))
     schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.05)
     if teacher is not None:
         from tinyq.distill import Distiller
 
-        fitted = Distiller(model, teacher, distill)
+        from tinyq.qat import folded_model
+
+        fitted = Distiller(model, teacher, distill, features=features, folded=folded_model(model))
         fitted.compile(optimizer=keras.optimizers.Adam(schedule))
     else:
         fitted = model
@@ -291,7 +296,7 @@ def calibration_images(splits, contract: InputContract, seed: int, n: int = 512)
 
 def qat_phase(float_model, plan, splits, contract, run: Run, log: Log, *, epochs: int, lr: float, batch: int,
               seed: int, what: str, teacher=None, distill: float = 0.0, unlabeled: bool = False,
-              keep_float: tuple[str, ...] | list[str] = ()):
+              keep_float: tuple[str, ...] | list[str] = (), features: float = 0.0):
     """Quantize ``float_model`` by ``plan``, calibrate, fine-tune; saves ``RUN/model.h5``."""
     qat = quantize_model(float_model, plan, calibration=calibration_images(splits, contract, seed),
                          keep_float=keep_float)
@@ -309,10 +314,11 @@ def qat_phase(float_model, plan, splits, contract, run: Run, log: Log, *, epochs
             f"{start['float_val_accuracy']:.4f}; quantized before QAT (BN folded, ranges calibrated) "
             f"{start['qat_step0_val_accuracy']:.4f}")
     if epochs:
-        log(f"QAT: {epochs} epochs, {what}" + (f"; distilled from the float model (weight {distill})"
-                                               if teacher is not None else ""))
+        log(f"QAT: {epochs} epochs, {what}" + (
+            f"; distilled from the float model (weight {distill}"
+            + (f", features {features})" if features else ")") if teacher is not None else ""))
         fit_phase(qat, splits, contract, epochs, lr, "qat", run, log, batch=batch, seed=seed, teacher=teacher,
-             distill=distill, unlabeled=unlabeled)
+             distill=distill, unlabeled=unlabeled, features=features)
     with atomic_path(run.model) as tmp:
         qat.save(tmp)
     return qat

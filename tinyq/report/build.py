@@ -104,6 +104,7 @@ def _card(config: dict, layers: list[dict], float_ops: list[str], dropped: dict[
         "dead_channels_dropped": dropped,
         "distillation": None if settings.get("ptq") else (
             1.0 if settings.get("unlabeled") else settings.get("distill")),
+        "distillation_features": None if settings.get("ptq") else settings.get("distill_features"),
     }
 
 

@@ -26,6 +26,8 @@ def _card(report: dict) -> list[str]:
              f"- float ops in the file: {', '.join(c['float_layers']) or 'none (full integer)'}"]
     if c["distillation"] is not None:
         lines.append(f"- distillation weight (teacher: the float original): {c['distillation']}")
+    if c.get("distillation_features"):
+        lines.append(f"- feature distillation weight (every ReLU output matched): {c['distillation_features']}")
     lines.append(f"- input: {report['contract']}")
     if s.get("data"):
         lines.append(f"- data: {s['data']}")
