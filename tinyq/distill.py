@@ -24,12 +24,12 @@ def relative_feature_error(student: tf.Tensor, teacher: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.square(student - teacher), axis=axes) / (tf.reduce_mean(tf.square(teacher)) + 1e-8)
 
 
-def matched_features(student: keras.Model, folded: keras.Model) -> list[str]:
-    """Names of the folded model's ReLU layers that the student (TFMOT-wrapped) has too."""
+def matched_features(student: keras.Model, folded: keras.Model) -> dict[str, keras.layers.Layer]:
+    """The folded model's ReLU layers that the student has too: ``{name: the student's wrapper}``."""
     from tinyq.qat import _is_relu
 
-    wrapped = {layer.layer.name for layer in student.layers if hasattr(layer, "layer")}
-    return [layer.name for layer in folded.layers if _is_relu(layer) and layer.name in wrapped]
+    wrappers = {layer.layer.name: layer for layer in student.layers if hasattr(layer, "layer")}
+    return {layer.name: wrappers[layer.name] for layer in folded.layers if _is_relu(layer) and layer.name in wrappers}
 
 
 class Distiller(keras.Model):
@@ -44,14 +44,13 @@ class Distiller(keras.Model):
         super().__init__()
         self.student, self.teacher, self.alpha = student, teacher, float(alpha)
         self.teacher.trainable = False
-        names = matched_features(student, folded) if features > 0 and folded is not None else []
-        self.features = float(features) if names else 0.0
-        if names:
+        matched = matched_features(student, folded) if features > 0 and folded is not None else {}
+        self.features = float(features) if matched else 0.0
+        if matched:
             folded.trainable = False
-            wrappers = {layer.layer.name: layer for layer in student.layers if hasattr(layer, "layer")}
             # the folded model's softmax equals the teacher's, so one forward gives both
-            self.t_probe = keras.Model(folded.inputs, [folded.output] + [folded.get_layer(n).output for n in names])
-            self.s_probe = keras.Model(student.inputs, [student.output] + [wrappers[n].output for n in names])
+            self.t_probe = keras.Model(folded.inputs, [folded.output] + [folded.get_layer(n).output for n in matched])
+            self.s_probe = keras.Model(student.inputs, [student.output] + [w.output for w in matched.values()])
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 

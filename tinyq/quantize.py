@@ -180,11 +180,11 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     with atomic_path(run.float_model) as tmp:
         teacher.save(tmp)
     distill = 1.0 if job.unlabeled else job.distill
-    uses_teacher = distill > 0 or job.distill_features > 0
+    uses_teacher = distill > 0 or job.distill_features > 0  # QAT's features; --learn-bits' search matches outputs
     plan = choose_plan(teacher, splits, contract, run, log, bits=job.bits, method=job.method, act_bits=job.act_bits,
                        keep_8bit=job.keep_8bit, size_budget=job.size_budget, plan_file=job.plan,
                        learn_bits=job.learn_bits, lr=job.lr, batch=job.batch, seed=job.seed,
-                       teacher=teacher if uses_teacher else None, distill=distill, unlabeled=job.unlabeled,
+                       teacher=teacher if distill > 0 else None, distill=distill, unlabeled=job.unlabeled,
                        keep_float=keep_float)
     plan = layers.apply_declared(plan, declared)
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}

@@ -150,7 +150,6 @@ def fit_phase(model, splits, contract, epochs: int, lr: float, phase: str, run: 
     schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.05)
     if teacher is not None:
         from tinyq.distill import Distiller
-
         from tinyq.qat import folded_model
 
         fitted = Distiller(model, teacher, distill, features=features, folded=folded_model(model))
