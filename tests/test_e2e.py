@@ -105,6 +105,26 @@ def test_convert_widens_storage_losslessly(runs, tmp_path):
     assert r.exit_code == 1 and "below the 4 bits" in r.stderr and not (tmp_path / "x.tflite").exists()
 
 
+@pytest.mark.parametrize("storage, weight_types", [(4, {"INT4", "INT8"}), (8, {"INT8"})])
+def test_convert_2bit_run_for_runtimes_without_decode(runs, tmp_path, synthetic_eval, storage, weight_types):
+    """--bits 4 / 8 on a 2-bit run: plain INT4 / INT8 tensors and no DECODE, so LiteRT runs it
+    too; TFLM's outputs equal the LUT file's (the same integers, stored wider)."""
+    import numpy as np
+
+    from tinyq.check import tflm_outputs
+
+    out = tmp_path / f"w2-as-{storage}.tflite"
+    r = invoke("convert", runs[2], "--bits", storage, "--out", out)
+    assert r.exit_code == 0, r.stderr
+    data, fb = flatbuffer.read(out)
+    assert {fb.tensors[t].type for t in fb.weight_tensors()} == weight_types
+    assert not set(flatbuffer.DECODE_OPS) & set(fb.op_names)
+    result = json.loads(invoke("check", out, "--data", synthetic_eval, "--json").stdout)
+    assert result["litert"]["n"] == 40 and result["litert_vs_tflm_max_abs_diff"] == 0
+    x = np.random.default_rng(0).integers(-128, 128, (8, 96, 96, 3), dtype=np.int8)
+    np.testing.assert_array_equal(tflm_outputs(data, x), tflm_outputs((runs[2] / "model.tflite").read_bytes(), x))
+
+
 @pytest.mark.parametrize("bits", BITS)
 def test_inspect(runs, bits):
     r = invoke("inspect", runs[bits] / "model.tflite", "--json")

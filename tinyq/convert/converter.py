@@ -143,8 +143,9 @@ def convert(qat, representative: np.ndarray, contract: InputContract, storage_bi
     log(f"convert: {len(data):,} bytes in {time.time() - t0:.1f}s; " + (
         f"weights of {len(layers)} layers verified equal to training's integers" if layers
         else "a float model: the converter chose the int8 weights (post-training quantization)"))
+    # a wider storage asked for (--bits 4 or 8: runtimes without DECODE) keeps the plain tensors
     two_bit = {i: name for i, (name, bits) in layers.items()
-               if bits == 2 and fb.tensors[i].type == "INT8"}
+               if bits == 2 and storage_bits in (None, 2) and fb.tensors[i].type == "INT8"}
     if two_bit:
         data = compress_2bit(data, fb, two_bit, representative, contract, log)
     return data
