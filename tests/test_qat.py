@@ -5,7 +5,7 @@ import pytest
 from tinyq._tf import keras
 from tinyq.contract import InputContract
 from tinyq.convert import flatbuffer
-from tinyq.convert.converter import convert, expected_integers
+from tinyq.convert.converter import convert, expected_integers, layer_of
 from tinyq.errors import TinyqError
 from tinyq.plan import default_plan
 from tinyq.fold import fold_batchnorm
@@ -153,8 +153,8 @@ def test_fused_activations_are_split_out_with_identical_outputs():
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_a_collapsed_scale_converts_and_verifies(bits):
-    """Training can shrink a channel's scale by five orders (a cpq run: 9.9e-8 in a depthwise conv)
-    while its integers stay full range; the file must hold them and verification accept them."""
+    """A channel whose step is under DEAD_STEP (a cpq run once shrank one to 9.9e-8, and dead channels
+    kept for their bias start at ~1e-9) computes with exactly 0 in Keras, and the file holds 0 too."""
     model = small_model()
     qat = quantize_model(model, default_plan(model, bits, "ste", keep_8bit=()))
     for layer, kernel, quantizer, qvars in quantized_layers(qat):
@@ -168,5 +168,36 @@ def test_a_collapsed_scale_converts_and_verifies(bits):
     x, _ = data()
     tflite = convert(qat, (x * 255).astype(np.uint8), InputContract(resolution=24))  # raises if verify disagrees
     ints, step, _ = expected_integers(qat)["dw"]
-    assert step[0] < 1e-7 and np.abs(ints[..., 0, 0]).max() == 2 ** (min(bits, 8) - 1) - 1
+    assert step[0] < 1e-7 and not ints[..., 0, 0].any() and ints[..., 0, 1:].any()
+    fb = flatbuffer.parse(tflite)
+    dw = [fb.tensors[i] for i in fb.weight_tensors() if layer_of(fb.tensors[i].name) == "dw"][0]
+    assert not flatbuffer.int_values(dw).reshape(dw.shape)[..., 0].any()
     assert "DEPTHWISE_CONV_2D" in flatbuffer.parse(tflite).op_names
+
+
+def test_a_dead_channel_whose_latent_weights_drift_deploys_as_zero():
+    """A dead channel kept for its bias starts at a step of ~1e-9; while training, its latent weights
+    may drift (its ReLU passes the bias, so gradients reach them). It must still compute with 0 in
+    Keras and hold 0 in the file, so one 2-bit value table keeps serving the tensor (a drifted channel
+    once came out of the converter with a fifth integer, 0, and cost its layer per-channel tables)."""
+    from tinyq.convert import lut
+    from tinyq.convert.converter import to_tflite, verify
+
+    model = small_model()
+    qat = quantize_model(model, default_plan(model, 2, "ste", keep_8bit=("first", "last", "depthwise")))
+    for layer, kernel, quantizer, qvars in quantized_layers(qat):
+        if layer.layer.name == "pw":
+            s = qvars["scale"].numpy()
+            s[3] = 1e-9
+            qvars["scale"].assign(s)
+            w = kernel.numpy()
+            w[..., 3] = np.random.default_rng(1).normal(0, 1e-3, w[..., 3].shape)
+            kernel.assign(w)
+            assert not quantizer(kernel, False, qvars).numpy()[..., 3].any()
+    x, _ = data()
+    raw = to_tflite(qat, (x * 255).astype(np.uint8), InputContract(resolution=24))
+    fb = flatbuffer.parse(raw)
+    (index,) = [i for i, (name, bits) in verify(qat, fb).items() if name == "pw"]
+    values = fb.tensors[index].data.view(np.int8).reshape(fb.tensors[index].shape)
+    assert not values[3].any() and values[[0, 1, 2, 4]].any()
+    assert lut.shared_levels(values, 0, 2) is not None

@@ -18,9 +18,9 @@ from tinyq.contract import InputContract
 from tinyq.convert import flatbuffer, lut
 from tinyq.errors import TinyqError
 from tinyq.qat import quantized_layers
+from tinyq.quantizers.base import DEAD_STEP
 
 STORAGE_BITS = (2, 4, 8)
-_DEAD_STEP = 1e-7  # channels quantized with a smaller step hold only weights below ~1e-6
 _LAYER_IN_NAME = re.compile(r"(?:^|/)quant_([^/;]+)/")
 
 
@@ -117,7 +117,7 @@ def verify(qat, fb: flatbuffer.Flatbuffer) -> dict[int, tuple[str, int]]:
         # trained scale collapsed to ~1e-7 keeps full-range integers the converter leaves alone).
         exact = (g == e).all(axis=1) & np.isclose(scales, step, rtol=1e-5)
         tiny = np.all(np.abs(g * scales[:, None]) < 1e-6, axis=1)
-        live = step >= _DEAD_STEP
+        live = step >= DEAD_STEP
         if not (exact[live].all() and (exact | tiny)[~live].all()):
             raise differ
         found[index] = (name, bits)

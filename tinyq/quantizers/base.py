@@ -17,6 +17,8 @@ import numpy as np
 from tinyq._tf import tf, tfmot
 from tinyq.quantizers.grid import Grid, grid
 
+DEAD_STEP = 1e-7  # a channel quantized with a smaller container step holds only weights below ~1e-6: exactly 0
+
 
 def channels_last(w: tf.Tensor, channel_axis: int) -> tf.Tensor:
     """Move the output-channel axis last (depthwise kernels [h, w, c, 1] -> [h, w, 1, c])."""
@@ -163,6 +165,10 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
     def build_extra(self, tensor_shape, name, layer) -> dict:
         return {}
 
+    def step_variables(self, weights: dict) -> list:
+        """The step sizes among this quantizer's variables (trained with relative steps: :mod:`tinyq.optim`)."""
+        return [weights["scale"]]
+
     def layer_losses(self, w: tf.Tensor, scale: tf.Tensor, weights: dict) -> list[tf.Tensor]:
         """Loss terms this quantizer adds to its layer while training (QGT's regulariser when ``qgt``)."""
         return [self.qgt * weights["qgt_ramp"] * self.regulariser(w, scale)] if self.qgt else []
@@ -179,7 +185,10 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         if owner is not None and _in_layer_call():
             for loss in self.layer_losses(w, scale, weights):
                 owner.add_loss(loss)
-        w_q = self.quantize(w, scale, weights, training)
+        # A channel dropped as dead but kept for its bias (tinyq.prune) starts at a step of ~1e-9; its
+        # weights are exactly 0, so the channel stays the constant it is in the float model, whatever
+        # its latent weights do (they get no gradient) and whatever the converter's scale floor.
+        w_q = tf.where(scale / self.grid.step_ratio < DEAD_STEP, 0.0, self.quantize(w, scale, weights, training))
         if training and "quant_ramp" in weights:  # no container op: training only, never converted
             return channels_last(w + weights["quant_ramp"] * (w_q - w), axis)
         w_q = to_container(w_q, scale, self.grid, per_channel=self.channel_axis is not None)
