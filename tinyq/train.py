@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from tinyq import __version__
+from tinyq import __version__, optim
 from tinyq._tf import keras, tf
 from tinyq.contract import InputContract
 from tinyq.data import ImageSet, load_splits, synthetic_splits
@@ -148,16 +148,16 @@ def fit_phase(model, splits, contract, epochs: int, lr: float, phase: str, run: 
     :func:`tinyq.qat.quantize_model`)."""
     steps = max(1, -(-len(splits["train"]) // batch))
     schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.05)
+    optimizer = optim.Adam(schedule, relative=optim.step_variables(model))  # plain Adam for a float model
     if teacher is not None:
         from tinyq.distill import Distiller
         from tinyq.qat import folded_model
 
         fitted = Distiller(model, teacher, distill, features=features, folded=folded_model(model))
-        fitted.compile(optimizer=keras.optimizers.Adam(schedule))
+        fitted.compile(optimizer=optimizer)
     else:
         fitted = model
-        fitted.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
-                       metrics=["accuracy"])
+        fitted.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     backup = run / f".backup_{phase}"
     # fit restores the epoch from the backup itself, but the batches must start there too;
     # with nothing left to run, one epoch's batches still go in, unread, so fit restores the weights

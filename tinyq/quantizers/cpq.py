@@ -151,6 +151,10 @@ class CPQ(WeightQuantizer):
                                          initializer=tf.keras.initializers.Constant(GATE_START / self.gate_gain))
         return {**step, **extra}
 
+    def step_variables(self, weights: dict) -> list:
+        return super().step_variables(weights) + [weights[f"scale_w{c}"] for c in self.choices[:-1]
+                                                  if f"scale_w{c}" in weights]
+
     def _seeds(self, weights: dict, n: int) -> tf.Tensor:
         """``n`` stateless seeds (``[n, 2]``) for this training step; advances the step counter."""
         step = weights["step"].assign_add(1)
