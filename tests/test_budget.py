@@ -1,12 +1,14 @@
 """--size-budget and tinyq plan: the plan respects the budget on the real file, and runs in TFLM."""
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
 
 from tinyq.cli import main
 from tinyq.errors import TinyqError
-from tinyq.mixed.budget import layer_bytes, parse_size
+from tinyq.mixed.budget import check_trained_file, layer_bytes, parse_size
+from tinyq.runfolder import Run
 
 
 @pytest.mark.parametrize("text, n", [("64KB", 65536), ("64k", 65536), ("1.5MB", 1572864), ("200000", 200000),
@@ -48,9 +50,22 @@ def test_quantize_within_a_size_budget(float_model, folders, tmp_path):
     assert len(widths) == 4 and set(widths.values()) == {4, 8}  # mixed, first/last/depthwise included
     config = json.loads((out / "config.json").read_text())
     assert {n: s["weight_bits"] for n, s in config["plan"].items()} == widths
+    assert json.loads((out / "metrics.json").read_text())["within_size_budget"] is True
     result = json.loads(_invoke("check", out, "--data", folders / "labelled", "--json").stdout)
     assert result["tflm"]["agreement_with_keras"] >= 0.9
     assert result["litert_vs_tflm_max_abs_diff"] == 0  # int8 and int4 layers side by side run in both
+
+    # had training changed what the file keeps, the run says so: the same run with a smaller budget
+    over = tmp_path / "over"
+    shutil.copytree(out, over)
+    config["train"]["size_budget"] = size - 16
+    (over / "config.json").write_text(json.dumps(config))
+    said = []
+    assert check_trained_file(Run(over), said.append) is False
+    assert said == [f"warning: {over / 'model.tflite'} is {size:,} bytes, 16 over --size-budget {size - 16:,} "
+                    f"(the plan measured the untrained model; see {over / 'model.compaction.json'}); for a file "
+                    f"within it, train again with --size-budget {size - 32}"]
+    assert json.loads((over / "metrics.json").read_text())["within_size_budget"] is False
 
     # the same plan, followed from its file by another run
     again = tmp_path / "again"

@@ -331,6 +331,7 @@ def finish(run: Run, qat, splits, contract, data_name: str, log: Log, float_mode
     """
     from tinyq.check import confusion, tflm_predictions
     from tinyq.convert import convert_run
+    from tinyq.mixed.budget import check_trained_file
 
     metrics = {"data": data_name}
     if qat is not None:
@@ -344,6 +345,7 @@ def finish(run: Run, qat, splits, contract, data_name: str, log: Log, float_mode
     run.update_metrics(**metrics)
     log("  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("accuracy")))
     convert_run(run, representative=splits["train"].x, log=log)
+    check_trained_file(run, log)
     test = splits.get("test", ())
     if len(test):
         log(f"TFLM: running model.tflite on {len(test)} test images ...")

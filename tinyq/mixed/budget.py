@@ -198,3 +198,23 @@ def budget_plan(float_model, splits, contract, budget: int, *, method: str, act_
     return plan_for_budget(float_model, x, budget,
                            lambda widths: file_bytes(float_model, widths, method, act_bits, pixels, contract),
                            max_bits=max_bits, estimator=estimator, log=log)
+
+
+def check_trained_file(run, log=lambda m: None) -> bool | None:
+    """After training, whether ``RUN/model.tflite`` is within the run's ``--size-budget`` (None: no budget).
+
+    The plan measured a file of the untrained model at the planned widths; training changes only
+    values, and the run's file is expected to match, but what compaction and the shared 2-bit
+    tables keep is decided on the trained values. A file over the budget is said plainly (and
+    kept in ``metrics.json``) rather than trusted.
+    """
+    budget = run.config().get("train", {}).get("size_budget")
+    if not budget:
+        return None
+    size = run.tflite.stat().st_size
+    run.update_metrics(size_budget=budget, within_size_budget=size <= budget)
+    if size > budget:
+        log(f"warning: {run.tflite} is {size:,} bytes, {size - budget:,} over --size-budget {budget:,} "
+            f"(the plan measured the untrained model; see {run / 'model.compaction.json'}); for a file within it, "
+            f"train again with --size-budget {budget - (size - budget)}")
+    return size <= budget
