@@ -121,12 +121,17 @@ def test_user_model_trains_saves_and_loads(tmp_path):
     from tinyq.data import synthetic
     from tinyq.qat import load_model
 
+    from tinyq import optim
+
     model = _user_model()
     data = synthetic(64, size=RES, seed=1)
-    model.compile("adam", "sparse_categorical_crossentropy")
-    before = model.get_layer("pw").kernel.numpy().copy()
+    model.compile(optim.Adam(1e-3, relative=optim.step_variables(model)), "sparse_categorical_crossentropy")  # README
+    pw = model.get_layer("pw")
+    before, scale = pw.kernel.numpy().copy(), pw.quantizer_vars["scale"].numpy().copy()
     model.fit(data.x / 255.0, data.y, epochs=1, batch_size=16, verbose=0)
-    assert not np.array_equal(before, model.get_layer("pw").kernel.numpy())
+    assert not np.array_equal(before, pw.kernel.numpy())
+    moved = np.abs(pw.quantizer_vars["scale"].numpy() / scale - 1)  # 4 steps of at most ~1% each
+    assert 0 < moved.max() < 4 * optim.GAIN * 1e-3 * 1.01
     path = tmp_path / "user.h5"
     model.save(path)
     again = load_model(path)
