@@ -111,10 +111,8 @@ def verify(qat, fb: flatbuffer.Flatbuffer) -> dict[int, tuple[str, int]]:
         g = np.moveaxis(got.reshape(ints.shape), axis, 0).reshape(step.size, -1)
         e = np.moveaxis(ints, axis, 0).reshape(step.size, -1)
         scales = t.scales if t.scales.size == step.size else np.full(step.size, t.scales[0])
-        # A dead channel (all float weights 0, so a step of ~1e-9) deploys as ~0 whatever the
-        # converter does with it; the converter raises tiny scales to a floor and requantizes,
-        # so a channel under the floor passes by value as well as by integer and scale (one whose
-        # trained scale collapsed to ~1e-7 keeps full-range integers the converter leaves alone).
+        # A channel under DEAD_STEP computes with exactly 0 (WeightQuantizer.__call__); the converter
+        # raises tiny scales to a floor, so such a channel passes by value as well as by integer and scale.
         exact = (g == e).all(axis=1) & np.isclose(scales, step, rtol=1e-5)
         tiny = np.all(np.abs(g * scales[:, None]) < 1e-6, axis=1)
         live = step >= DEAD_STEP
