@@ -35,7 +35,7 @@ def ptq_run(request, float_model, folders, tmp_path_factory):
 
 
 def test_compacted_file_runs_identically_and_is_smaller(ptq_run, folders):
-    from tinyq.check import quantize_input, tflm_outputs
+    from tinyq.check import model_input, tflm_outputs
     from tinyq.data import load_splits
 
     bits, run = ptq_run
@@ -54,10 +54,9 @@ def test_compacted_file_runs_identically_and_is_smaller(ptq_run, folders):
     assert record["steps"]["zero_points"]["kept"] == (bits == 2)
     images = load_splits(folders / "labelled", 32, 3, 0)["test"]
     fb = flatbuffer.parse(big)
-    tin = fb.tensors[fb.inputs[0]]
     from tinyq.contract import InputContract
 
-    x = quantize_input(images.x, InputContract(resolution=32), float(tin.scales[0]), int(tin.zero_points[0]))
+    x = model_input(fb, images.x, InputContract(resolution=32))
     np.testing.assert_array_equal(tflm_outputs(small, x), tflm_outputs(big, x))  # images compaction was not verified on
     assert all(start % 16 == 0 for start, n in _buffer_offsets(small) if n >= 16)
     assert all(t.name == "" for t in flatbuffer.parse(small).tensors)

@@ -80,7 +80,7 @@ def test_model_sources_compile_for_host_and_cortex_m4(exported, runs, target, bi
 @pytest.mark.parametrize("bits", BITS)
 def test_c11_sources_and_the_preprocessing_match_python_and_tflm(runs, tmp_path, bits):
     """The C table preprocessing gives Python's int8 input, and TFLM on it gives the embedded scores."""
-    from tinyq.check import quantize_input, tflm_outputs
+    from tinyq.check import model_input, tflm_outputs
     from tinyq.contract import InputContract
     from tinyq.convert import flatbuffer
     from tinyq.runfolder import Run
@@ -104,8 +104,7 @@ def test_c11_sources_and_the_preprocessing_match_python_and_tflm(runs, tmp_path,
     pixels, c_input = np.array([l.split() for l in lines[:n]], np.int64).T
     expected = np.array(lines[n:], np.int8)
     data, fb = flatbuffer.read(runs[bits] / "model.tflite")
-    tin = fb.tensors[fb.inputs[0]]
-    py_input = quantize_input(pixels.astype(np.uint8), contract, float(tin.scales[0]), int(tin.zero_points[0]))
+    py_input = model_input(fb, pixels.astype(np.uint8), contract)
     np.testing.assert_array_equal(c_input, py_input)
     scores = tflm_outputs(data, c_input.astype(np.int8).reshape((1,) + contract.shape))[0]
     np.testing.assert_array_equal(scores, expected)

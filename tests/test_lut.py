@@ -33,7 +33,7 @@ def _tables(data: bytes) -> list[bytes]:
 @pytest.fixture(scope="module")
 def two_bit(float_model, folders, tmp_path_factory):
     """A 2-bit file of every layer, its converter output and the images to run."""
-    from tinyq.check import quantize_input
+    from tinyq.check import model_input
     from tinyq.contract import InputContract
     from tinyq.convert import converter
     from tinyq.data import load_splits
@@ -48,9 +48,8 @@ def two_bit(float_model, folders, tmp_path_factory):
     raw = converter.to_tflite(model, np.load(out / "representative.npy"), contract)
     fb = flatbuffer.parse(raw)
     tensors = {i: name for i, (name, bits) in converter.verify(model, fb).items() if bits == 2}
-    tin = fb.tensors[fb.inputs[0]]
     images = load_splits(folders / "labelled", 32, 3, 0)["test"]
-    x = quantize_input(images.x, contract, float(tin.scales[0]), int(tin.zero_points[0]))
+    x = model_input(fb, images.x, contract)
     return out, raw, fb, tensors, x
 
 

@@ -182,7 +182,7 @@ def test_pact_deploys_as_b_bit_levels_in_int8(act_bits):
 
     from tflite_micro import runtime
 
-    from tinyq.check import quantize_input
+    from tinyq.check import model_input
     from tinyq.contract import InputContract
     from tinyq.convert import flatbuffer
     from tinyq.convert.converter import convert
@@ -208,8 +208,7 @@ def test_pact_deploys_as_b_bit_levels_in_int8(act_bits):
     assert len(mins) == 3
     micro = runtime.Interpreter.from_bytes(tflite, arena_size=1 << 20,
                                            intrepreter_config=runtime.InterpreterConfig.kPreserveAllTensors)
-    tin = fb.tensors[fb.inputs[0]]
-    q = quantize_input(pixels, contract, float(tin.scales[0]), int(tin.zero_points[0]))
+    q = model_input(fb, pixels, contract)
     keras_pred = qat.predict(x, verbose=0).argmax(1)
     tflm_pred = []
     for xi in q:

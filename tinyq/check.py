@@ -51,6 +51,12 @@ def quantize_input(pixels: np.ndarray, contract: InputContract, scale: float, ze
     return np.clip(np.round(contract.to_float(pixels) / scale + zero_point), -128, 127).astype(np.int8)
 
 
+def model_input(fb: flatbuffer.Flatbuffer, pixels: np.ndarray, contract: InputContract) -> np.ndarray:
+    """``pixels`` (uint8) as the int8 input of the file ``fb``, by its input quantization."""
+    tin = fb.tensors[fb.inputs[0]]
+    return quantize_input(pixels, contract, float(tin.scales[0]), int(tin.zero_points[0]))
+
+
 def _litert_interpreter(data: bytes):
     """A LiteRT interpreter on reference kernels; ``(interpreter, "reference" | "builtin")``.
 
@@ -125,9 +131,7 @@ def tflm_outputs(data: bytes, x: np.ndarray) -> np.ndarray:
 def tflm_predictions(data: bytes, images: ImageSet, contract: InputContract) -> np.ndarray:
     """Top-1 class of the flatbuffer ``data`` in TFLM for each of ``images``."""
     fb = flatbuffer.parse(data)
-    tin = fb.tensors[fb.inputs[0]]
-    x = quantize_input(images.x, contract, float(tin.scales[0]), int(tin.zero_points[0]))
-    return tflm_outputs(data, x).argmax(1)
+    return tflm_outputs(data, model_input(fb, images.x, contract)).argmax(1)
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, classes: int) -> list[list[int]]:
@@ -148,7 +152,7 @@ def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, lo
     if tin.type != "INT8" or tout.type != "INT8":
         raise TinyqError(f"{str(tflite)!r} has {tin.type} input / {tout.type} output; tinyq checks full-integer "
                          "(int8 in, int8 out) models")
-    x = quantize_input(images.x, contract, float(tin.scales[0]), int(tin.zero_points[0]))
+    x = model_input(fb, images.x, contract)
     result: dict = {"file": str(tflite), "file_bytes": len(data), "n": len(images), "data": str(data_dir),
                     "labels": list(contract.labels), "ops": fb.op_names}
 

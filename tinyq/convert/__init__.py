@@ -77,11 +77,8 @@ def compact_file(data: bytes, representative: np.ndarray, contract: InputContrac
 def compact_verified(data: bytes, pixels: np.ndarray, contract: InputContract, n: int = 32,
                      log: Callable[[str], None] = lambda m: None) -> tuple[bytes, dict]:
     """:func:`tinyq.convert.compact.compact`, verified on the first ``n`` of ``pixels`` (uint8 images)."""
-    from tinyq.check import quantize_input
+    from tinyq.check import model_input
     from tinyq.convert import flatbuffer
     from tinyq.convert.compact import compact
 
-    fb = flatbuffer.parse(data)
-    tin = fb.tensors[fb.inputs[0]]
-    x = quantize_input(pixels[:n], contract, float(tin.scales[0]), int(tin.zero_points[0]))
-    return compact(data, x, log)
+    return compact(data, model_input(flatbuffer.parse(data), pixels[:n], contract), log)

@@ -153,14 +153,13 @@ def compress_2bit(data: bytes, fb: flatbuffer.Flatbuffer, tensors: dict[int, str
                   contract: InputContract, log: Callable[[str], None] = lambda m: None, n: int = 32) -> bytes:
     """LUT-compress the 2-bit ``tensors``, with shared value tables where TFLM's outputs on the
     first ``n`` of ``pixels`` equal those of per-channel tables (see :mod:`tinyq.convert.lut`)."""
-    from tinyq.check import quantize_input, tflm_outputs
+    from tinyq.check import model_input, tflm_outputs
 
     exact = lut.compress(data, fb, tensors, shared_tables=False)
     shared = lut.compress(data, fb, tensors)
     chosen, kept = exact, "per-channel value tables"
     if shared != exact:
-        tin = fb.tensors[fb.inputs[0]]
-        x = quantize_input(pixels[:n], contract, float(tin.scales[0]), int(tin.zero_points[0]))
+        x = model_input(fb, pixels[:n], contract)
         if np.array_equal(tflm_outputs(shared, x), tflm_outputs(exact, x)):
             chosen, kept = shared, (f"shared value tables (-{len(exact) - len(shared):,} bytes, TFLM outputs "
                                     f"identical on {len(x)} images)")

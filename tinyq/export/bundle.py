@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from tinyq.check import arena_bytes, contract_for, quantize_input, run_of, tflm_outputs
+from tinyq.check import arena_bytes, contract_for, model_input, run_of, tflm_outputs
 from tinyq.contract import InputContract
 from tinyq.convert import flatbuffer
 from tinyq.errors import TinyqError
@@ -72,8 +72,7 @@ class Bundle:
 
     def pixel_table(self) -> np.ndarray:
         """int8 model input for each camera pixel value 0..255, per the contract."""
-        scale, zero_point = self.input_quant
-        return quantize_input(np.arange(256, dtype=np.uint8), self.contract, scale, zero_point)
+        return model_input(self.fb, np.arange(256, dtype=np.uint8), self.contract)
 
 
 def _sample_pixels(contract: InputContract, image: str | Path | None) -> tuple[str, np.ndarray]:
@@ -117,7 +116,7 @@ def prepare(source: str | Path, name: str | None = None, sample: str | Path | No
     sample_source, pixels = _sample_pixels(contract, sample)
     log("export: measuring the TFLM arena and running the sample ...")
     measured = arena_bytes(data)
-    x = quantize_input(pixels, contract, float(tin.scales[0]), int(tin.zero_points[0]))
+    x = model_input(fb, pixels, contract)
     expected = tflm_outputs(data, x[None])[0].astype(np.int8)
     return Bundle(
         name=c_identifier(name or _default_name(run, tflite)),
