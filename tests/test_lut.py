@@ -63,7 +63,7 @@ def test_tinyq_grid_gets_one_table_per_tensor_with_the_same_outputs(two_bit):
     assert len(tables) == len(tensors) == 4
     for t in tables:  # header with channel stride 0, then the grid's four int8 levels
         assert t[lut.DCM_STRIDE] == 0 and len(t) == lut.DCM_BYTES + 4
-        assert sorted(np.frombuffer(t[lut.DCM_BYTES:], np.int8).tolist()) == [-3, -1, 1, 3]
+        assert sorted(np.frombuffer(t[lut.DCM_BYTES:], np.int8).tolist()) == [-126, -42, 42, 126]
     # per channel: 4 levels per channel; the classifier here has one scale, so one table either way
     assert all(t[lut.DCM_STRIDE] == 4 for t in _tables(per_channel))
     assert sum(len(t) > lut.DCM_BYTES + 4 for t in _tables(per_channel)) == 3

@@ -39,13 +39,15 @@ def test_grid_levels(bits):
     g = grid(bits)
     if bits == 2:
         assert g.levels == [-1.5, -0.5, 0.5, 1.5]
-        assert g.container_bits == 8 and g.step_ratio == 2
+        assert g.container_bits == 8 and g.step_ratio == 84  # levels -126, -42, 42, 126
+        assert grid(2, storage=4).step_ratio == 4  # INT4: -6, -2, 2, 6
     else:
         n = 2 ** (bits - 1) - 1
         assert g.levels == [float(v) for v in range(-n, n + 1)]
         assert g.container_bits == (4 if bits == 4 else 8)
     assert len(g.levels) <= 2 ** bits
-    assert max(abs(lv) for lv in g.levels) * g.step_ratio <= g.container_max
+    top = max(abs(lv) for lv in g.levels) * g.step_ratio
+    assert top <= g.container_max < top + g.step_ratio  # spread as wide as the container allows
 
 
 def test_uniform_forward_golden():

@@ -5,7 +5,7 @@ tables; TFLM's DECODE operator expands it into the arena before the layer runs, 
 decoded tensor keeps the filter's per-channel scales.
 
 ``shared_tables``: one table for the whole tensor when its live channels together use at most
-4 integers, as tinyq's mid-rise grid does (-3, -1, 1, 3 in every channel, the channel's scale
+4 integers, as tinyq's mid-rise grid does (-126, -42, 42, 126 in every channel, the channel's scale
 apart): 4 bytes instead of 4 per channel. DECODE takes its channel count from the decoded
 tensor's scales and steps its table pointer by the header's channel stride once per channel
 (tflite-micro ``decode_state_lut.cc``); the library writes the table length there, so a

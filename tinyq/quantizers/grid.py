@@ -9,10 +9,10 @@ code stands for is ``(code + offset) * scale``, one ``scale`` per output channel
   codes are used, as in DoReFa / SAT, instead of the three a narrow mid-tread grid keeps.
 
 The *container* is the integer type the converter writes: INT4 for b in {3, 4}, INT8
-otherwise. In the container a level is the integer ``(code + offset) * step_ratio`` with
-``step_ratio = 2`` for the mid-rise grid (so 2-bit levels are the int8 values -3, -1, 1, 3
-in steps of ``scale / 2``) and 1 otherwise. 2-bit tensors are then LUT-compressed to 2-bit
-indices for TFLM (see ``tinyq.convert.lut``).
+otherwise. In the container a level is the integer ``(code + offset) * step_ratio``, spread
+as wide as the container allows (see ``Grid.step_ratio``): 2-bit levels are the int8 values
+-126, -42, 42, 126 in steps of ``scale / 84``. 2-bit tensors are then LUT-compressed to
+2-bit indices for TFLM (see ``tinyq.convert.lut``), so the spread costs no byte.
 """
 from __future__ import annotations
 
@@ -29,8 +29,21 @@ class Grid:
 
     @property
     def step_ratio(self) -> int:
-        """Container integers per grid step (2 for the mid-rise grid, whose levels are odd)."""
-        return 2 if self.offset else 1
+        """Container integers per grid step: the widest spread that keeps every level in range.
+
+        ``ratio = base * (container_max // (top_level * base))``, ``base = 2`` for the mid-rise
+        grid (odd levels), else 1: 2-bit levels are -126, -42, 42, 126 in INT8 (-6, -2, 2, 6 in
+        INT4), 4- and 8-bit grids fill their containers as before.
+
+        Why spread: TFLite and TFLM requantize an int32 accumulator by ``M = s_in * s_w / s_out``
+        with two roundings (``SaturatingRoundingDoublingHighMul``, then
+        ``RoundingDivideByPOT``). The first keeps whole units of ``2^floor(log2 M)`` output
+        steps, so with few-bit integers (small accumulators, M up to 0.4) outputs came out up to
+        a quarter step high against round(acc * M). Larger integers make the accumulator
+        large and M small, and the rounding true; the value tables cost the same.
+        """
+        base = 2 if self.offset else 1
+        return base * (self.container_max // round(self.top_level * base))
 
     @property
     def container_max(self) -> int:
