@@ -231,3 +231,26 @@ def test_a_dead_channel_whose_latent_weights_drift_deploys_as_zero():
     values = fb.tensors[index].data.view(np.int8).reshape(fb.tensors[index].shape)
     assert not values[3].any() and values[[0, 1, 2, 4]].any()
     assert lut.shared_levels(values, 0, 2) is not None
+
+
+@pytest.mark.parametrize("storage", [None, 4, 8])
+def test_a_dead_2bit_channel_stays_dead_in_every_storage(storage):
+    """Deadness is judged by the trained grid's container step (scale / 84 at 2 bits), so a wider
+    storage (INT4: scale / 4) neither revives the channel nor fails verification."""
+    model = small_model()
+    qat = quantize_model(model, default_plan(model, 2, "ste", keep_8bit=("first", "last", "depthwise")))
+    for layer, kernel, quantizer, qvars in quantized_layers(qat):
+        if layer.layer.name == "pw":
+            s = qvars["scale"].numpy()
+            s[3] = 2e-6  # step 2.4e-8 in the 2-bit container, 5e-7 in INT4
+            qvars["scale"].assign(s)
+            w = kernel.numpy()
+            w[..., 3] = 1e-6
+            kernel.assign(w)
+    x, _ = data()
+    tflite = convert(qat, (x * 255).astype(np.uint8), InputContract(resolution=24), storage_bits=storage)
+    fb = flatbuffer.parse(tflite)
+    if storage is not None:  # LUT files hold indices; the plain containers hold the integers
+        (pw,) = [fb.tensors[i] for i in fb.weight_tensors() if layer_of(fb.tensors[i].name) == "pw"]
+        values = flatbuffer.int_values(pw).reshape(pw.shape)
+        assert not values[3].any() and values[[0, 1, 2, 4]].any()

@@ -19,6 +19,7 @@ from tinyq.convert import flatbuffer, lut
 from tinyq.errors import TinyqError
 from tinyq.qat import quantized_layers
 from tinyq.quantizers.base import DEAD_STEP
+from tinyq.quantizers.grid import grid
 
 STORAGE_BITS = (2, 4, 8)
 _LAYER_IN_NAME = re.compile(r"(?:^|/)quant_([^/;]+)/")
@@ -95,6 +96,7 @@ def verify(qat, fb: flatbuffer.Flatbuffer) -> dict[int, tuple[str, int]]:
     Returns ``{tensor index: (layer name, weight bits)}``.
     """
     expected = expected_integers(qat)
+    step_ratios = {layer.layer.name: q.grid.step_ratio for layer, _, q, _ in quantized_layers(qat)}
     found: dict[int, tuple[str, int]] = {}
     for index in fb.weight_tensors():
         t = fb.tensors[index]
@@ -115,7 +117,7 @@ def verify(qat, fb: flatbuffer.Flatbuffer) -> dict[int, tuple[str, int]]:
         # raises tiny scales to a floor, so such a channel passes by value as well as by integer and scale.
         exact = (g == e).all(axis=1) & np.isclose(scales, step, rtol=1e-5)
         tiny = np.all(np.abs(g * scales[:, None]) < 1e-6, axis=1)
-        live = step >= DEAD_STEP
+        live = step * (step_ratios[name] / grid(bits).step_ratio) >= DEAD_STEP  # as WeightQuantizer.__call__
         if not (exact[live].all() and (exact | tiny)[~live].all()):
             raise differ
         found[index] = (name, bits)
@@ -137,7 +139,8 @@ def convert(qat, representative: np.ndarray, contract: InputContract, storage_bi
     if float_ops:
         log(f"warning: float ops in the file (no int8 kernel; slower, need float support on the device): "
             f"{', '.join(float_ops)}")
-    layers = verify(qat, fb)
+    with storage(qat, storage_bits):  # the integers as stored: a wider container spreads them differently
+        layers = verify(qat, fb)
     log(f"convert: {len(data):,} bytes in {time.time() - t0:.1f}s; " + (
         f"weights of {len(layers)} layers verified equal to training's integers" if layers
         else "a float model: the converter chose the int8 weights (post-training quantization)"))

@@ -188,7 +188,8 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         # A channel dropped as dead but kept for its bias (tinyq.prune) starts at a step of ~1e-9; its
         # weights are exactly 0, so the channel stays the constant it is in the float model, whatever
         # its latent weights do (they get no gradient) and whatever the converter's scale floor.
-        w_q = tf.where(scale / self.grid.step_ratio < DEAD_STEP, 0.0, self.quantize(w, scale, weights, training))
+        # dead by the trained grid's container, not the storage's: a wider storage must not revive a channel
+        w_q = tf.where(scale / grid(self.bits).step_ratio < DEAD_STEP, 0.0, self.quantize(w, scale, weights, training))
         if training and "quant_ramp" in weights:  # no container op: training only, never converted
             return channels_last(w + weights["quant_ramp"] * (w_q - w), axis)
         w_q = to_container(w_q, scale, self.grid, per_channel=self.channel_axis is not None)
