@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from tinyq import interrupt
 from tinyq.errors import TinyqError
 
 
@@ -19,7 +20,7 @@ class Group(click.Group):
     """Turns TinyqError and click's usage errors into one line on stderr and exit code 2/1."""
 
     def invoke(self, ctx):
-        signal.signal(signal.SIGTERM, _terminate)  # a job scheduler's stop ends like Ctrl-C
+        signal.signal(signal.SIGTERM, interrupt.handler)  # a job scheduler's stop ends like Ctrl-C
         try:
             return super().invoke(ctx)
         except TinyqError as e:
@@ -32,15 +33,7 @@ class Group(click.Group):
         except KeyboardInterrupt as e:
             _err("interrupted; outputs written so far are complete, the last finished epoch is saved "
                  "(continue with the same command and --resume)")
-            ctx.exit(143 if isinstance(e, Terminated) else 130)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Python is, so training unwinds as for Ctrl-C (temp files removed)."""
-
-
-def _terminate(signum, frame):
-    raise Terminated()
+            ctx.exit(143 if isinstance(e, interrupt.Terminated) else 130)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

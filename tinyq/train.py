@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from tinyq import __version__, optim
+from tinyq import __version__, interrupt, optim
 from tinyq._tf import keras, tf
 from tinyq.contract import InputContract
 from tinyq.data import ImageSet, load_splits, synthetic_splits
@@ -166,8 +166,11 @@ def fit_phase(model, splits, contract, epochs: int, lr: float, phase: str, run: 
     val_ds = dataset(splits["val"].x, splits["val"].y, contract, batch) if len(splits.get("val", ())) else None
     # history before the backup: an epoch killed between the two is re-run and its entry replaced
     callbacks = [EpochLog(phase, epochs, log, run.history_path), keras.callbacks.BackupAndRestore(str(backup)),
-                 EpochRandomness(seed), *method_callbacks(model, epochs, steps)]
-    fitted.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+                 EpochRandomness(seed), *method_callbacks(model, epochs, steps),
+                 interrupt.stop_at_batch_end_callback()]  # last: after the epoch's backup is written
+    with interrupt.deferred():
+        fitted.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
+                   verbose=0)
     shutil.rmtree(backup, ignore_errors=True)  # the phase is complete; Keras leaves the empty folder
 
 
