@@ -4,8 +4,8 @@ Python raises a signal's exception at whatever bytecode runs next. In a Keras fi
 inside TensorFlow's own Python callbacks under C++ (a checkpoint being written, a tf.data
 iterator), and a process stopped there could die with SIGSEGV instead of ending cleanly
 (tests/test_resume.py saw it once in three runs under load). While :func:`deferred` is active
-a signal is only recorded; :class:`StopAtBatchEnd` raises it between batches, after the
-epoch's backup is written. A second signal raises at once: the user insists.
+a signal is only recorded; the callback of :func:`stop_at_batch_end_callback` raises it
+between batches, and after the epoch's backup is written. A second signal raises at once: the user insists.
 """
 from __future__ import annotations
 

@@ -18,8 +18,6 @@ from tinyq.contract import InputContract
 from tinyq.convert import flatbuffer, lut
 from tinyq.errors import TinyqError
 from tinyq.qat import quantized_layers
-from tinyq.quantizers.base import DEAD_STEP
-from tinyq.quantizers.grid import grid
 
 STORAGE_BITS = (2, 4, 8)
 _LAYER_IN_NAME = re.compile(r"(?:^|/)quant_([^/;]+)/")
@@ -96,7 +94,7 @@ def verify(qat, fb: flatbuffer.Flatbuffer) -> dict[int, tuple[str, int]]:
     Returns ``{tensor index: (layer name, weight bits)}``.
     """
     expected = expected_integers(qat)
-    step_ratios = {layer.layer.name: q.grid.step_ratio for layer, _, q, _ in quantized_layers(qat)}
+    dead_steps = {layer.layer.name: q.dead_scale / q.grid.step_ratio for layer, _, q, _ in quantized_layers(qat)}
     found: dict[int, tuple[str, int]] = {}
     for index in fb.weight_tensors():
         t = fb.tensors[index]
@@ -113,11 +111,11 @@ def verify(qat, fb: flatbuffer.Flatbuffer) -> dict[int, tuple[str, int]]:
         g = np.moveaxis(got.reshape(ints.shape), axis, 0).reshape(step.size, -1)
         e = np.moveaxis(ints, axis, 0).reshape(step.size, -1)
         scales = t.scales if t.scales.size == step.size else np.full(step.size, t.scales[0])
-        # A channel under DEAD_STEP computes with exactly 0 (WeightQuantizer.__call__); the converter
-        # raises tiny scales to a floor, so such a channel passes by value as well as by integer and scale.
+        # A channel under its quantizer's dead_scale computes with exactly 0 (WeightQuantizer.__call__); the
+        # converter raises tiny scales to a floor, so such a channel passes by value as well as by integer and scale.
         exact = (g == e).all(axis=1) & np.isclose(scales, step, rtol=1e-5)
         tiny = np.all(np.abs(g * scales[:, None]) < 1e-6, axis=1)
-        live = step * (step_ratios[name] / grid(bits).step_ratio) >= DEAD_STEP  # as WeightQuantizer.__call__
+        live = step >= dead_steps[name]
         if not (exact[live].all() and (exact | tiny)[~live].all()):
             raise differ
         found[index] = (name, bits)

@@ -139,6 +139,12 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
     def grid(self) -> Grid:
         return grid(self.bits, self.storage_bits)
 
+    @property
+    def dead_scale(self) -> float:
+        """The scale under which a channel computes with exactly 0: a step of ``DEAD_STEP`` in the
+        trained grid's container, whatever the storage (a wider one must not revive a channel)."""
+        return DEAD_STEP * grid(self.bits).step_ratio
+
     def build(self, tensor_shape, name, layer):
         channels = 1 if self.channel_axis is None else int(tensor_shape[self.channel_axis])
         scale = layer.add_weight(
@@ -188,8 +194,7 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         # A channel dropped as dead but kept for its bias (tinyq.prune) starts at a step of ~1e-9; its
         # weights are exactly 0, so the channel stays the constant it is in the float model, whatever
         # its latent weights do (they get no gradient) and whatever the converter's scale floor.
-        # dead by the trained grid's container, not the storage's: a wider storage must not revive a channel
-        w_q = tf.where(scale / grid(self.bits).step_ratio < DEAD_STEP, 0.0, self.quantize(w, scale, weights, training))
+        w_q = tf.where(scale < self.dead_scale, 0.0, self.quantize(w, scale, weights, training))
         if training and "quant_ramp" in weights:  # no container op: training only, never converted
             return channels_last(w + weights["quant_ramp"] * (w_q - w), axis)
         w_q = to_container(w_q, scale, self.grid, per_channel=self.channel_axis is not None)
