@@ -63,7 +63,9 @@ def fold_batchnorm(model: keras.Model, drop_dead: bool = True) -> keras.Model:
     """A copy of ``model`` with activations split out (:func:`split_activations`), each
     BatchNormalization folded into the weight layer before it and (``drop_dead``) the dead
     channels dropped (:func:`tinyq.prune.drop_dead_channels`; ``model.dropped_channels`` says
-    how many each layer lost).
+    how many each layer lost). ``model.fold_factors`` holds each folded layer's ``k`` below and
+    ``model.kept_channels`` the channels kept where some were dropped: what maps a per-channel
+    value of the original layer (a trained scale) onto the folded one.
 
     ``w' = w * gamma / sqrt(var + eps)`` per output channel, ``b' = (b - mean) * gamma /
     sqrt(var + eps) + beta``. Folded before QAT (as TFLite folds it at conversion), so the
@@ -97,6 +99,7 @@ def fold_batchnorm(model: keras.Model, drop_dead: bool = True) -> keras.Model:
     folded = keras.Model.from_config(config)
 
     by_src = {v: k for k, v in folds.items()}
+    factors: dict[str, np.ndarray] = {}
     for layer in folded.layers:
         old = layers.get(layer.name)
         if old is None:  # a split-out activation: no weights
@@ -110,6 +113,7 @@ def fold_batchnorm(model: keras.Model, drop_dead: bool = True) -> keras.Model:
         gamma = bn.gamma.numpy() if bn.scale else 1.0
         beta = bn.beta.numpy() if bn.center else 0.0
         k = gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+        factors[layer.name] = k
         bias = w[1] if len(w) > 1 else np.zeros(len(k), np.float32)
         if isinstance(old, L.DepthwiseConv2D):
             kernel = kernel * k[None, None, :, None]
@@ -117,9 +121,10 @@ def fold_batchnorm(model: keras.Model, drop_dead: bool = True) -> keras.Model:
             kernel = kernel * k
         layer.set_weights([kernel.astype(np.float32), ((bias - bn.moving_mean.numpy()) * k + beta).astype(np.float32)])
     dropped: dict[str, int] = {}
+    kept: dict[str, np.ndarray] = {}
     if drop_dead:
         from tinyq.prune import drop_dead_channels
 
-        folded, dropped = drop_dead_channels(folded)
-    folded.dropped_channels = dropped
+        folded, dropped, kept = drop_dead_channels(folded)
+    folded.dropped_channels, folded.fold_factors, folded.kept_channels = dropped, factors, kept
     return folded

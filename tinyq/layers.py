@@ -19,12 +19,15 @@ CG-PACT). They serialise with ``get_config``; load a saved model with
 Deploying: ``tinyq quantize MODEL`` reads every tinyq layer of ``MODEL`` as that layer's plan
 (its method and bits win over ``--bits``/``--method``; a ``PACT`` adds its activation method
 and bits to the weight layer before it), then runs the pipeline: BN folding, QAT with these
-quantizers, conversion verified against the trained integers, 2-bit LUT for TFLM.
+quantizers started from what they trained (:func:`trained_state`, :func:`tinyq.qat.start_from`),
+conversion verified against the trained integers, 2-bit LUT for TFLM.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Mapping
+
+import numpy as np
 
 from tinyq._tf import keras, tf
 from tinyq.errors import TinyqError
@@ -210,9 +213,22 @@ def _rebuilt(model: keras.Model, rewrite) -> keras.Model:
     return new
 
 
-def to_float(model: keras.Model) -> keras.Model:
-    """The plain Keras model under the tinyq layers: Quant* layers become the layer they extend (latent
-    weights), a ``PACT`` a ``ReLU`` (what :func:`declared` reads stays with the weight layers' plan)."""
+def quantized_kernel(layer: _QuantizedKernel) -> np.ndarray:
+    """The kernel ``layer`` computes with in inference: ``Q(w)``, on its grid."""
+    return layer.quantizer(getattr(layer, layer.kernel_attr), False, layer.quantizer_vars).numpy()
+
+
+def to_float(model: keras.Model, latent: bool = False) -> keras.Model:
+    """The plain Keras model under the tinyq layers: Quant* layers become the layer they extend,
+    holding the kernel the model computes with, ``Q(w)`` (``latent=True``: the latent ``w``), and
+    a ``PACT`` a ``ReLU`` (what :func:`declared` reads stays with the weight layers' plan).
+
+    With ``Q(w)`` the float model computes what the tinyq model does but for activation
+    rounding and PACT's clip: the teacher, and the start, of ``tinyq quantize``.
+    """
+    kernels = {layer.name: quantized_kernel(layer) for layer in model.layers
+               if isinstance(layer, _QuantizedKernel) and not latent}
+
     def rewrite(layer, lc):
         if isinstance(layer, _QuantizedKernel):
             lc["class_name"] = FLOAT_CLASSES[type(layer)].__name__
@@ -223,7 +239,24 @@ def to_float(model: keras.Model) -> keras.Model:
             lc["config"] = {"name": lc["config"]["name"], "trainable": True, "dtype": lc["config"].get("dtype"),
                             "max_value": None, "negative_slope": 0.0, "threshold": 0.0}
 
-    return _rebuilt(model, rewrite)
+    new = _rebuilt(model, rewrite)
+    for name, kernel in kernels.items():
+        layer = new.get_layer(name)
+        getattr(layer, "depthwise_kernel" if isinstance(layer, L.DepthwiseConv2D) else "kernel").assign(kernel)
+    return new
+
+
+def trained_state(model: keras.Model) -> dict[str, dict[str, np.ndarray]]:
+    """What the tinyq layers learned beyond their kernels, by layer name: each Quant* layer's
+    quantizer variables (``scale``, ...), each ``PACT``'s ``alpha``. :func:`tinyq.qat.quantize_model`
+    starts from them (``start=``), so ``tinyq quantize`` deploys the grid the user trained."""
+    state: dict[str, dict[str, np.ndarray]] = {}
+    for layer in model.layers:
+        if isinstance(layer, _QuantizedKernel):
+            state[layer.name] = {key: var.numpy() for key, var in layer.quantizer_vars.items()}
+        elif isinstance(layer, PACT):
+            state[layer.name] = {"alpha": layer.alpha.numpy()}
+    return state
 
 
 def quantize_layers(model: keras.Model, bits: int = 8, method: str = "ste", keep_8bit=None, act_bits: int = 8,

@@ -40,8 +40,10 @@ def _relu_of(lc: dict | None):
     return None
 
 
-def drop_dead_channels(model: keras.Model) -> tuple[keras.Model, dict[str, int]]:
-    """``model`` (functional, BN folded) without its dead channels, and how many each Conv2D lost."""
+def drop_dead_channels(model: keras.Model) -> tuple[keras.Model, dict[str, int], dict[str, np.ndarray]]:
+    """``model`` (functional, BN folded) without its dead channels, how many each Conv2D lost, and
+    the channels kept of each layer that lost some (indices into its old per-channel axis: a
+    Conv2D's outputs, a DepthwiseConv2D's channels), to carry per-channel values across."""
     config = model.get_config()
     by_name = {lc["name"]: lc for lc in config["layers"]}
     consumers: dict[str, list[str]] = {n: [] for n in by_name}
@@ -86,6 +88,7 @@ def drop_dead_channels(model: keras.Model) -> tuple[keras.Model, dict[str, int]]
         w[0] = np.delete(kernel, dead, axis=-2)
 
     dropped: dict[str, int] = {}
+    kept: dict[str, np.ndarray] = {}
     for lc in config["layers"]:
         name = lc["name"]
         if lc["class_name"] != "Conv2D" or len(weights[name]) < 2:
@@ -116,17 +119,19 @@ def drop_dead_channels(model: keras.Model) -> tuple[keras.Model, dict[str, int]]
                 drop_input(dense, dead, relu2(d))
             else:
                 continue
+            kept[nxt["name"]] = np.delete(np.arange(dw[0].shape[2]), dead)
             dw[0] = np.delete(dw[0], dead, axis=2)
             if len(dw) > 1:
                 dw[1] = np.delete(dw[1], dead)
         else:
             continue
+        kept[name] = np.delete(np.arange(len(bias)), dead)
         weights[name] = [np.delete(kernel, dead, axis=-1), np.delete(bias, dead)]
         lc["config"]["filters"] = len(bias) - len(dead)
         dropped[name] = len(dead)
     if not dropped:
-        return model, {}
+        return model, {}, {}
     pruned = keras.Model.from_config(config)
     for layer in pruned.layers:
         layer.set_weights(weights[layer.name])
-    return pruned, dropped
+    return pruned, dropped, kept

@@ -182,8 +182,13 @@ def _weight_layer_before(layer):
 
 def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = None,
                    default: QuantSpec | None = None, calibration: np.ndarray | None = None,
-                   keep_float: Collection[str] = (), learn_options: Mapping | None = None) -> keras.Model:
+                   keep_float: Collection[str] = (), learn_options: Mapping | None = None,
+                   start: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> keras.Model:
     """QAT model: BN folded, weight layers quantized per ``plan`` (others by ``default``).
+
+    ``start`` (:func:`tinyq.layers.trained_state` of a model built of tinyq layers) replaces the
+    calibrated start of the layers it names by what they trained (:func:`start_from`;
+    ``qat.carried`` and ``qat.restarted`` list them).
 
     ``learn_options`` go to the quantizers of layers whose spec has ``learn_bits`` (CPQ's
     ``gate_gain``; see :mod:`tinyq.learnbits`).
@@ -230,6 +235,7 @@ def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = No
     calibrate_scales(qat)
     if calibration is not None:
         calibrate_activations(qat, folded, calibration)
+    qat.carried, qat.restarted = start_from(qat, folded, start) if start else ([], [])
     qat.dropped_channels = folded.dropped_channels  # {layer: outputs dropped as dead}, for the run's log
     # untracked: an attribute Keras tracks would save the folded model's weights inside the QAT model's
     object.__setattr__(qat, "_tinyq_folded", folded)
@@ -266,6 +272,55 @@ def calibrate_scales(qat: keras.Model) -> None:
     """Set each per-channel scale to its quantizer's start for the current float kernel (ste: MSE-best)."""
     for _, weight, quantizer, qvars in quantized_layers(qat):
         quantizer.calibrate(weight.numpy(), qvars)
+
+
+def start_from(qat: keras.Model, folded: keras.Model,
+               state: Mapping[str, Mapping[str, np.ndarray]]) -> tuple[list[str], list[str]]:
+    """Start the layers named in ``state`` from their trained quantizer variables; (carried, restarted).
+
+    A step ``s`` of a layer that batch norm folded into by ``k`` (per channel) becomes ``s |k|``:
+    ``k Q(w)`` lies on that grid, the grids being symmetric; channels dropped as dead drop from
+    it, a dead channel's step stays under the dead threshold. A PACT's ``alpha`` carries as is.
+    Non-trainable variables (ramps, step counters) stay QAT's. A layer carries only when its
+    quantizer then reproduces its kernel exactly (the kernel is ``k Q(w)``, :func:`tinyq.layers.to_float`);
+    else it keeps the calibrated start and is listed as restarted: SAT's codes depend on ``tanh(w)``,
+    which ``k`` changes, and a per-tensor step (Dense) cannot take a per-channel ``k``.
+    """
+    carried, restarted = [], []
+    factors, kept = getattr(folded, "fold_factors", {}), getattr(folded, "kept_channels", {})
+    for wrapper, weight, quantizer, qvars in quantized_layers(qat):
+        name = wrapper.layer.name
+        if name not in state:
+            continue
+        calibrated = {key: var.numpy() for key, var in qvars.items()}
+        k = np.abs(np.asarray(factors.get(name, 1.0), np.float32)).ravel()
+        steps = {id(v) for v in quantizer.step_variables(qvars)}
+        for key, var in qvars.items():
+            if key not in state[name] or not var.trainable:
+                continue
+            value = np.asarray(state[name][key], np.float32)
+            if id(var) in steps:
+                factor = k.max() if quantizer.channel_axis is None else k
+                value = np.where(np.abs(value) < quantizer.dead_scale, value, value * factor)
+                if name in kept and quantizer.channel_axis is not None:
+                    value = value[kept[name]]
+            if value.shape == tuple(var.shape):
+                var.assign(value)
+        kernel = weight.numpy()
+        exact = np.abs(quantizer(weight, False, qvars).numpy() - kernel).max() <= 1e-6 * max(np.abs(kernel).max(), 1e-12)
+        if exact:
+            carried.append(name)
+        else:
+            for key, value in calibrated.items():
+                qvars[key].assign(value)
+            restarted.append(name)
+    for wrapper in qat.layers:
+        qvars = getattr(wrapper, "_output_quantizer_vars", None) or {}
+        name = getattr(getattr(wrapper, "layer", None), "name", None)
+        if "alpha" in qvars and "alpha" in state.get(name, {}):
+            qvars["alpha"].assign(state[name]["alpha"])
+            carried.append(name)
+    return carried, restarted
 
 
 def calibrate_activations(qat: keras.Model, folded: keras.Model, x: np.ndarray, batch: int = 64) -> None:

@@ -154,12 +154,15 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     except Exception as e:
         raise TinyqError(f"cannot load {job.model!r} as a Keras model: {str(e).splitlines()[0][:160]}") from None
     declared = layers.declared(teacher)
+    start = None
     if declared:
         if job.size_budget or job.plan or job.learn_bits or job.ptq == "converter":
             raise TinyqError(f"{job.model!r} declares its layers' bits (tinyq layers); --size-budget, --plan, "
                              "--learn-bits and --ptq converter choose them too: drop the option, or build the "
                              "model of plain Keras layers")
-        teacher = layers.to_float(teacher)  # the latent weights; the declared specs join the plan below
+        start = layers.trained_state(teacher)
+        # the model as trained (kernels Q(w)) is the teacher and the start; the declared specs join the plan below
+        teacher = layers.to_float(teacher)
         log(f"model: {len(declared)} layers declare their quantization in tinyq layers ({', '.join(declared)}); "
             "--bits and --method apply to the others")
     keep_float = check_supported(teacher, job.allow_float)
@@ -196,11 +199,11 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     if job.ptq == "tinyq":
         log(f"PTQ: tinyq's rounding, weights {job.bits}-bit per channel with MSE-searched clipping, no training")
         qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=0, lr=job.lr, batch=job.batch,
-                        seed=job.seed, what="", keep_float=keep_float)
+                        seed=job.seed, what="", keep_float=keep_float, start=start)
         return finish(run, qat, splits, contract, job.data, log, float_model=teacher)
     qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=job.epochs, lr=job.lr, batch=job.batch,
                     seed=job.seed, teacher=teacher if uses_teacher else None, distill=distill,
-                    unlabeled=job.unlabeled, keep_float=keep_float, features=job.distill_features,
+                    unlabeled=job.unlabeled, keep_float=keep_float, features=job.distill_features, start=start,
                     what=describe_plan(job.bits, job.act_bits, job.method, job.keep_8bit,
                                       chooser(job.learn_bits, job.size_budget, job.plan)))
     return finish(run, qat, splits, contract, job.data, log, float_model=teacher)

@@ -298,10 +298,16 @@ def calibration_images(splits, contract: InputContract, seed: int, n: int = 512)
 
 def qat_phase(float_model, plan, splits, contract, run: Run, log: Log, *, epochs: int, lr: float, batch: int,
               seed: int, what: str, teacher=None, distill: float = 0.0, unlabeled: bool = False,
-              keep_float: tuple[str, ...] | list[str] = (), features: float = 0.0):
-    """Quantize ``float_model`` by ``plan``, calibrate, fine-tune; saves ``RUN/model.h5``."""
+              keep_float: tuple[str, ...] | list[str] = (), features: float = 0.0, start=None):
+    """Quantize ``float_model`` by ``plan``, calibrate (or ``start`` from trained quantizers:
+    :func:`tinyq.qat.start_from`), fine-tune; saves ``RUN/model.h5``."""
     qat = quantize_model(float_model, plan, calibration=calibration_images(splits, contract, seed),
-                         keep_float=keep_float)
+                         keep_float=keep_float, start=start)
+    if qat.carried:
+        log(f"start: the trained grids and clips of {', '.join(qat.carried)}")
+    if qat.restarted:
+        log(f"warning: {', '.join(qat.restarted)}: the trained grid does not survive batch-norm folding "
+            "(SAT's tanh clamp, or a per-tensor scale under per-channel BN); started from the calibrated grid")
     dropped = getattr(qat, "dropped_channels", {})
     if dropped:
         run.update_metrics(dropped_channels=dropped)
