@@ -116,3 +116,18 @@ def test_resolver_names(op, method):
     from tinyq.export.bundle import resolver_name
 
     assert resolver_name(op) == method
+
+
+def test_float_tflite_is_refused_by_check_and_export(folders, tmp_path):
+    from tinyq._tf import keras, tf
+
+    i = keras.Input((16, 16, 3))
+    model = keras.Model(i, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Conv2D(4, 3)(i))))
+    path = tmp_path / "float.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    assert_one_line_error(invoke("check", path, "--data", folders / "labelled"),
+                          "has FLOAT32 input / FLOAT32 output", "tinyq checks full-integer")
+    r = invoke("export", path, "--out", tmp_path / "fw")
+    assert_one_line_error(r, "has FLOAT32 input / FLOAT32 output", "tinyq convert makes one")
+    assert not (tmp_path / "fw").exists()

@@ -53,8 +53,14 @@ def quantize_input(pixels: np.ndarray, contract: InputContract, scale: float, ze
 
 def model_input(fb: flatbuffer.Flatbuffer, pixels: np.ndarray, contract: InputContract) -> np.ndarray:
     """``pixels`` (uint8) as the int8 input of the file ``fb``, by its input quantization."""
-    tin = fb.tensors[fb.inputs[0]]
-    return quantize_input(pixels, contract, float(tin.scales[0]), int(tin.zero_points[0]))
+    return quantize_input(pixels, contract, *fb.tensors[fb.inputs[0]].affine)
+
+
+def require_int8_io(fb: flatbuffer.Flatbuffer, tflite, needs: str) -> None:
+    """A one-line error unless ``fb`` takes int8 in and gives int8 out (``needs`` ends the message)."""
+    tin, tout = fb.tensors[fb.inputs[0]], fb.tensors[fb.outputs[0]]
+    if tin.type != "INT8" or tout.type != "INT8":
+        raise TinyqError(f"{str(tflite)!r} has {tin.type} input / {tout.type} output; {needs}")
 
 
 def _litert_interpreter(data: bytes):
@@ -148,10 +154,7 @@ def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, lo
     run = run_of(tflite)
     contract = contract_for(fb, run)
     images = load_eval_data(data_dir, contract, limit, log)
-    tin, tout = fb.tensors[fb.inputs[0]], fb.tensors[fb.outputs[0]]
-    if tin.type != "INT8" or tout.type != "INT8":
-        raise TinyqError(f"{str(tflite)!r} has {tin.type} input / {tout.type} output; tinyq checks full-integer "
-                         "(int8 in, int8 out) models")
+    require_int8_io(fb, tflite, "tinyq checks full-integer (int8 in, int8 out) models")
     x = model_input(fb, images.x, contract)
     result: dict = {"file": str(tflite), "file_bytes": len(data), "n": len(images), "data": str(data_dir),
                     "labels": list(contract.labels), "ops": fb.op_names}

@@ -43,6 +43,11 @@ class Tensor:
     def nbytes(self) -> int:
         return 0 if self.data is None else int(self.data.size)
 
+    @property
+    def affine(self) -> tuple[float, int]:
+        """``(scale, zero_point)`` of a per-tensor quantized tensor: ``real = scale * (q - zero_point)``."""
+        return float(self.scales[0]), int(self.zero_points[0])
+
 
 @dataclass
 class Op:

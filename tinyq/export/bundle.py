@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from tinyq.check import arena_bytes, contract_for, model_input, run_of, tflm_outputs
+from tinyq.check import arena_bytes, contract_for, model_input, require_int8_io, run_of, tflm_outputs
 from tinyq.contract import InputContract
 from tinyq.convert import flatbuffer
 from tinyq.errors import TinyqError
@@ -62,13 +62,11 @@ class Bundle:
 
     @property
     def input_quant(self) -> tuple[float, int]:
-        t = self.fb.tensors[self.fb.inputs[0]]
-        return float(t.scales[0]), int(t.zero_points[0])
+        return self.fb.tensors[self.fb.inputs[0]].affine
 
     @property
     def output_quant(self) -> tuple[float, int]:
-        t = self.fb.tensors[self.fb.outputs[0]]
-        return float(t.scales[0]), int(t.zero_points[0])
+        return self.fb.tensors[self.fb.outputs[0]].affine
 
     def pixel_table(self) -> np.ndarray:
         """int8 model input for each camera pixel value 0..255, per the contract."""
@@ -109,10 +107,7 @@ def prepare(source: str | Path, name: str | None = None, sample: str | Path | No
     data, fb = flatbuffer.read(tflite)
     run = run_of(tflite)
     contract = contract_for(fb, run)
-    tin, tout = fb.tensors[fb.inputs[0]], fb.tensors[fb.outputs[0]]
-    if tin.type != "INT8" or tout.type != "INT8":
-        raise TinyqError(f"{str(tflite)!r} has {tin.type} input / {tout.type} output; export needs a full-integer "
-                         "model (tinyq convert makes one)")
+    require_int8_io(fb, tflite, "export needs a full-integer model (tinyq convert makes one)")
     sample_source, pixels = _sample_pixels(contract, sample)
     log("export: measuring the TFLM arena and running the sample ...")
     measured = arena_bytes(data)
