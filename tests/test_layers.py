@@ -164,6 +164,29 @@ def test_quantize_layers_applies_the_plan_to_a_whole_model():
     assert q(x).shape == (2, 2)
 
 
+def test_quantize_layers_model_trains_and_saves_as_h5(tmp_path):
+    """Layers rebuilt from a config (quantize_layers, loading) keep their name scope: with every
+    weight named ``kernel:0`` a trained model's .h5 failed with "name already exists"."""
+    from tinyq import optim
+    from tinyq.qat import load_model
+
+    keras.utils.set_random_seed(0)
+    i = L.Input((RES, RES, 3))
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(8, 3, strides=2, use_bias=False)(i)))
+    x = L.ReLU()(L.Conv2D(8, 1)(L.DepthwiseConv2D(3, padding="same")(x)))
+    float_model = keras.Model(i, L.Dense(2, activation="softmax")(L.GlobalAveragePooling2D()(x)))
+    model = tl.quantize_layers(float_model, bits=2, method="qgt+cgpact", act_bits=4)
+    names = [w.name for w in model.weights]
+    assert len(set(names)) == len(names)
+    model.compile(optim.Adam(1e-3, relative=optim.step_variables(model)), "sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).random((16, RES, RES, 3)).astype(np.float32)
+    model.fit(x, np.arange(16) % 2, epochs=1, batch_size=8, verbose=0)
+    model.save(tmp_path / "q.h5")
+    again = load_model(tmp_path / "q.h5")
+    np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert tl.declared(again) == tl.declared(model)
+
+
 def test_quantize_deploys_what_the_layers_declare(folders, tmp_path):
     """A model a user trained with tinyq layers deploys as trained: ``--epochs 0`` ships its
     grids (steps, BN folded in) and PACT clip, not a fresh calibration of its latent weights."""

@@ -38,7 +38,18 @@ from tinyq.spec import QuantSpec
 L = keras.layers
 
 
-class _QuantizedKernel:
+class _Scoped:
+    """Builds a deserialised layer inside its name scope, as a call would."""
+
+    def build_from_config(self, config) -> None:
+        # Keras builds a layer rebuilt from a config outside its name scope: every such layer's
+        # weights would be "kernel:0", and a trained model's .h5 (optimizer slots named after
+        # the weights) would fail with "name already exists"
+        with tf.name_scope(self._name_scope()):
+            super().build_from_config(config)
+
+
+class _QuantizedKernel(_Scoped):
     """The kernel through ``registry.parse(method).weight_quantizer(bits)``; mixed into a Keras weight layer."""
 
     kernel_attr = "kernel"
@@ -92,7 +103,7 @@ class QuantDense(_QuantizedKernel, L.Dense):
     """``keras.layers.Dense`` with its kernel quantized by ``method`` at ``bits`` (per tensor, as TFLite needs)."""
 
 
-class PACT(L.Layer):
+class PACT(_Scoped, L.Layer):
     """``y = alpha * round(clip(x, 0, alpha) / alpha * n) / n``, ``n = 2^bits - 1``, ``alpha`` learned.
 
     PACT (Choi et al. 2018, arXiv 1805.06085); ``clip_gradient=True`` is CG-PACT (Jin, Yang,
