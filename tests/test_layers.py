@@ -264,6 +264,7 @@ def _trained_user_model(method, bits):
 @pytest.mark.parametrize("method", WEIGHT_METHODS)
 def test_quantize_model_starts_from_what_the_layers_trained(method, bits):
     from tinyq.qat import quantize_model, quantized_layers
+    from tinyq.quantizers import method_callbacks
 
     user = _trained_user_model(method, bits)
     qat = quantize_model(tl.to_float(user), tl.apply_declared({}, tl.declared(user)), start=tl.trained_state(user))
@@ -274,11 +275,24 @@ def test_quantize_model_starts_from_what_the_layers_trained(method, bits):
                 "dw": (tl.quantized_kernel(user.get_layer("dw")) * k["dw"][None, None, :, None])[:, :, live],
                 "head": tl.quantized_kernel(user.get_layer("head"))[live]}
     assert qat.dropped_channels == {"conv": 1}
+    latent = {"conv": (user.get_layer("conv").kernel.numpy() * k["conv"])[..., live],
+              "dw": (user.get_layer("dw").depthwise_kernel.numpy() * k["dw"][None, None, :, None])[:, :, live],
+              "head": user.get_layer("head").kernel.numpy()[live]}
     got = {w.layer.name: quantizer(weight, False, qvars).numpy() for w, weight, quantizer, qvars in quantized_layers(qat)}
+    kernels = {w.layer.name: weight.numpy() for w, weight, quantizer, qvars in quantized_layers(qat)}
     assert sorted(qat.carried) == ["act", "conv", "dw", "head"] or (method == "sat" and qat.restarted)
     for name in qat.carried:
-        if name != "act":  # what the user's layers computed with, BN folded in
+        if name != "act":  # what the user's layers computed with, BN folded in; latent weights as trained
             np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6 * np.abs(expected[name]).max())
+            start = expected[name] if method == "sat" and not np.allclose(kernels[name], latent[name]) else latent[name]
+            np.testing.assert_allclose(kernels[name], start, rtol=1e-5, atol=1e-7)  # SAT may need k Q(w)
     assert float(qat.get_layer("quant_act")._output_quantizer_vars["alpha"].numpy()) == 2.5
-    for name in qat.restarted:  # the calibrated start, as without ``start``
-        assert not np.allclose(got[name], expected[name], rtol=1e-5)
+    for name in qat.restarted:  # the calibrated start for the kernel the user's layer computed with
+        np.testing.assert_allclose(kernels[name], expected[name], rtol=1e-5, atol=1e-7)
+    warmup = next(c for c in method_callbacks(qat, 2, 2) if type(c).__name__ == "WarmupRamp") if qat.restarted \
+        else None
+    assert warmup is not None or not any(type(c).__name__ == "WarmupRamp" for c in method_callbacks(qat, 2, 2))
+    if warmup is not None:  # only the restarted layers warm up: the carried ones are quantized already
+        warmup.set_model(qat)
+        warmup.on_epoch_begin(0)
+        assert sorted({v.name.split("/")[0].removeprefix("quant_") for v in warmup.ramps}) == sorted(qat.restarted)

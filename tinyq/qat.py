@@ -281,10 +281,12 @@ def start_from(qat: keras.Model, folded: keras.Model,
     A step ``s`` of a layer that batch norm folded into by ``k`` (per channel) becomes ``s |k|``:
     ``k Q(w)`` lies on that grid, the grids being symmetric; channels dropped as dead drop from
     it, a dead channel's step stays under the dead threshold. A PACT's ``alpha`` carries as is.
-    Non-trainable variables (ramps, step counters) stay QAT's. A layer carries only when its
-    quantizer then reproduces its kernel exactly (the kernel is ``k Q(w)``, :func:`tinyq.layers.to_float`);
-    else it keeps the calibrated start and is listed as restarted: SAT's codes depend on ``tanh(w)``,
-    which ``k`` changes, and a per-tensor step (Dense) cannot take a per-channel ``k``.
+    Non-trainable variables (ramps, step counters) stay QAT's. The kernel becomes the folded latent
+    one (``latent_kernel``). A layer carries only when its quantizer then reproduces its kernel
+    exactly (the kernel is ``k Q(w)``, :func:`tinyq.layers.to_float`); failing that with ``k Q(w)``
+    as the latent kernel; failing that it keeps ``k Q(w)`` and the calibrated start and is listed
+    as restarted: SAT's codes depend on ``tanh(w)``, which ``k`` changes, and a per-tensor step
+    (Dense) cannot take a per-channel ``k``.
     """
     carried, restarted = [], []
     factors, kept = getattr(folded, "fold_factors", {}), getattr(folded, "kept_channels", {})
@@ -306,14 +308,24 @@ def start_from(qat: keras.Model, folded: keras.Model,
                     value = value[kept[name]]
             if value.shape == tuple(var.shape):
                 var.assign(value)
-        kernel = weight.numpy()
-        exact = np.abs(quantizer(weight, False, qvars).numpy() - kernel).max() <= 1e-6 * max(np.abs(kernel).max(), 1e-12)
-        if exact:
+        kernel = weight.numpy()  # k Q(w): what the user's layer computed
+
+        def exact() -> bool:
+            return np.abs(quantizer(weight, False, qvars).numpy() - kernel).max() <= 1e-6 * max(np.abs(kernel).max(), 1e-12)
+
+        latent = state[name].get("latent_kernel")
+        if latent is not None and latent.shape == kernel.shape:
+            weight.assign(latent)
+            if exact():
+                carried.append(name)
+                continue
+            weight.assign(kernel)  # SAT: k changes the codes of the latent weights, maybe not of k Q(w)
+        if exact():
             carried.append(name)
-        else:
-            for key, value in calibrated.items():
-                qvars[key].assign(value)
-            restarted.append(name)
+            continue
+        for key, value in calibrated.items():
+            qvars[key].assign(value)
+        restarted.append(name)
     for wrapper in qat.layers:
         qvars = getattr(wrapper, "_output_quantizer_vars", None) or {}
         name = getattr(getattr(wrapper, "layer", None), "name", None)

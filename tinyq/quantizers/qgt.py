@@ -22,17 +22,19 @@ class Ramp(keras.callbacks.Callback):
     """Sets every variable named ``*<suffix>`` to ``min(1, progress / fraction)`` before each batch.
 
     Progress comes from the epoch and batch index, so a resumed run continues the ramp.
+    Variables whose ``id`` is in ``skip`` are left alone.
     """
 
     suffix = ""
 
-    def __init__(self, epochs: int, steps: int, fraction: float) -> None:
+    def __init__(self, epochs: int, steps: int, fraction: float, skip=frozenset()) -> None:
         super().__init__()
-        self.epochs, self.steps, self.ramp = epochs, steps, fraction
+        self.epochs, self.steps, self.ramp, self.skip = epochs, steps, fraction, frozenset(skip)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
-        self.ramps = [v for v in self.model.variables if v.name.split(":")[0].endswith(self.suffix)]
+        self.ramps = [v for v in self.model.variables
+                      if v.name.split(":")[0].endswith(self.suffix) and id(v) not in self.skip]
 
     def on_train_batch_begin(self, batch, logs=None):
         progress = (self.epoch * self.steps + batch) / max(1, self.epochs * self.steps)
@@ -50,8 +52,8 @@ class QGTRamp(Ramp):
 
     suffix = "qgt_ramp"
 
-    def __init__(self, epochs: int, steps: int) -> None:
-        super().__init__(epochs, steps, RAMP)
+    def __init__(self, epochs: int, steps: int, skip=frozenset()) -> None:
+        super().__init__(epochs, steps, RAMP, skip)
 
 
 class WarmupRamp(Ramp):
@@ -64,5 +66,5 @@ class WarmupRamp(Ramp):
 
     suffix = "quant_ramp"
 
-    def __init__(self, epochs: int, steps: int) -> None:
-        super().__init__(epochs, steps, WARMUP)
+    def __init__(self, epochs: int, steps: int, skip=frozenset()) -> None:
+        super().__init__(epochs, steps, WARMUP, skip)
