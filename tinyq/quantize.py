@@ -205,5 +205,7 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
                     seed=job.seed, teacher=teacher if uses_teacher else None, distill=distill,
                     unlabeled=job.unlabeled, keep_float=keep_float, features=job.distill_features, start=start,
                     what=describe_plan(job.bits, job.act_bits, job.method, job.keep_8bit,
-                                      chooser(job.learn_bits, job.size_budget, job.plan)))
+                                      chooser(job.learn_bits, job.size_budget, job.plan)
+                                      or ("declared by the model's tinyq layers" if declared else None)),
+                    teacher_name="your model as it computes (kernels Q(w))" if declared else "the float model")
     return finish(run, qat, splits, contract, job.data, log, float_model=teacher)

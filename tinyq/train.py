@@ -298,7 +298,8 @@ def calibration_images(splits, contract: InputContract, seed: int, n: int = 512)
 
 def qat_phase(float_model, plan, splits, contract, run: Run, log: Log, *, epochs: int, lr: float, batch: int,
               seed: int, what: str, teacher=None, distill: float = 0.0, unlabeled: bool = False,
-              keep_float: tuple[str, ...] | list[str] = (), features: float = 0.0, start=None):
+              keep_float: tuple[str, ...] | list[str] = (), features: float = 0.0, start=None,
+              teacher_name: str = "the float model"):
     """Quantize ``float_model`` by ``plan``, calibrate (or ``start`` from trained quantizers:
     :func:`tinyq.qat.start_from`), fine-tune; saves ``RUN/model.h5``."""
     qat = quantize_model(float_model, plan, calibration=calibration_images(splits, contract, seed),
@@ -323,7 +324,7 @@ def qat_phase(float_model, plan, splits, contract, run: Run, log: Log, *, epochs
             f"{start['qat_step0_val_accuracy']:.4f}")
     if epochs:
         log(f"QAT: {epochs} epochs, {what}" + (
-            f"; distilled from the float model (weight {distill}"
+            f"; distilled from {teacher_name} (weight {distill}"
             + (f", features {features})" if features else ")") if teacher is not None else ""))
         fit_phase(qat, splits, contract, epochs, lr, "qat", run, log, batch=batch, seed=seed, teacher=teacher,
              distill=distill, unlabeled=unlabeled, features=features)
