@@ -127,6 +127,8 @@ def test_user_model_trains_saves_and_loads(tmp_path):
     model = _user_model()
     data = synthetic(64, size=RES, seed=1)
     model.compile(optim.Adam(1e-3, relative=optim.step_variables(model)), "sparse_categorical_crossentropy")  # README
+    model(data.x[:2] / 255.0, training=True)
+    assert len(model.losses) == 1 and float(model.losses[0]) > 0  # pw's QGT acts in a plain fit, no callback
     pw = model.get_layer("pw")
     before, scale = pw.kernel.numpy().copy(), pw.quantizer_vars["scale"].numpy().copy()
     model.fit(data.x / 255.0, data.y, epochs=1, batch_size=16, verbose=0)

@@ -79,13 +79,18 @@ def test_qgt_adds_its_ramped_loss_and_pulls_weights_to_the_grid():
     x = np.random.default_rng(0).standard_normal((64, 6)).astype(np.float32)
     y = np.random.default_rng(1).integers(0, 3, 64)
     qat(x[:2])
-    assert float(tf.add_n(qat.losses)) == 0.0  # the ramp starts at 0
+    assert float(tf.add_n(qat.losses)) > 0.0  # full lambda without a ramp (a user's plain fit)
     from tinyq.qat import diagnostics
 
     before = {k: v["grid_distance"] for k, v in diagnostics(qat).items()}
     qat.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
     callbacks = method_callbacks(qat, epochs=30, steps=4)
     assert [type(c).__name__ for c in callbacks] == ["WarmupRamp", "QGTRamp"]
+    callbacks[1].set_model(qat)
+    callbacks[1].on_epoch_begin(0)
+    callbacks[1].on_train_batch_begin(0)
+    qat(x[:2])
+    assert float(tf.add_n(qat.losses)) == 0.0  # the ramp starts at 0
     qat.fit(x, y, epochs=30, batch_size=16, verbose=0, callbacks=callbacks)
     ramps = [v for v in qat.variables if "qgt_ramp" in v.name]
     assert len(ramps) == 2 and all(float(v) == 1.0 for v in ramps)

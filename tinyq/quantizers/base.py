@@ -151,12 +151,13 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
             name=f"{name}_scale", shape=(channels,), initializer=tf.keras.initializers.Ones(),
             trainable=True)
         # warm-up: training blends float and quantized weights, w + r (Q(w) - w); r = 1 unless a
-        # tinyq.quantizers.ramps.Ramp raises it from 0 over the first part of QAT
+        # tinyq.quantizers.qgt.Ramp raises it from 0 over the first part of QAT. QGT's lambda
+        # likewise: 1 (full) unless a Ramp runs, so a user's plain fit of a qgt layer gets QGT
         extra = {"quant_ramp": layer.add_weight(name=f"{name}_quant_ramp", shape=(),
                                                 initializer=tf.keras.initializers.Ones(), trainable=False)}
         if self.qgt:
             extra["qgt_ramp"] = layer.add_weight(name=f"{name}_qgt_ramp", shape=(),
-                                                 initializer=tf.keras.initializers.Zeros(), trainable=False)
+                                                 initializer=tf.keras.initializers.Ones(), trainable=False)
         self._owner = weakref.ref(layer)  # layer_losses() are added to this layer's losses in __call__
         return {"scale": scale, **extra, **self.build_extra(tensor_shape, name, layer)}
 
