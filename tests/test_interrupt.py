@@ -11,9 +11,13 @@ from tinyq._tf import keras
 
 @pytest.fixture
 def sigterm_handler():
+    """SIGTERM as the CLI sets it, SIGINT as in a foreground terminal (a background job started
+    without job control, like ``nohup .ci/run &``, inherits SIGINT ignored)."""
     old = signal.signal(signal.SIGTERM, interrupt.handler)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGTERM, old)
+    signal.signal(signal.SIGINT, old_int)
 
 
 def test_outside_training_a_signal_raises_at_once(sigterm_handler):
@@ -31,6 +35,14 @@ def test_while_deferred_a_signal_waits_for_check(sigterm_handler, signum, error)
             reached = True  # still running: the signal is only recorded
             interrupt.check()
     assert reached
+
+
+def test_an_ignored_ctrl_c_stays_ignored(sigterm_handler):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with interrupt.deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        interrupt.check()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_a_second_signal_raises_at_once(sigterm_handler):
