@@ -231,6 +231,7 @@ def test_quantize_deploys_what_the_layers_declare(folders, tmp_path):
     result = json.loads(CliRunner().invoke(main, ["check", str(out), "--data", str(folders / "labelled"),
                                                   "--json"]).stdout)
     assert result["tflm"]["n"] == 120 and result["tflm"]["agreement_with_keras"] >= 0.95
+    assert result["tflm"]["disagreements"] == round(120 * (1 - result["tflm"]["agreement_with_keras"]))
 
     r = CliRunner().invoke(main, ["quantize", str(path), "--data", str(folders / "labelled"), "--size-budget", "64KB",
                                   "--out", str(tmp_path / "x")])

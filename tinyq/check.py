@@ -147,6 +147,16 @@ def confusion(truth: np.ndarray, pred: np.ndarray, classes: int) -> list[list[in
     return m.tolist()
 
 
+def disagreement(keras_prob: np.ndarray, pred: np.ndarray) -> dict:
+    """How many top-1 decisions differ from Keras's, and how close to a tie Keras was on them:
+    ``keras_margin_max``, the largest gap between Keras's two highest probabilities among them
+    (a file that computes the trained integers flips only images Keras itself nearly tied)."""
+    differ = keras_prob.argmax(1) != pred
+    top2 = np.sort(keras_prob[differ], axis=1)[:, -2:] if differ.any() else np.zeros((0, 2))
+    return {"disagreements": int(differ.sum()),
+            "keras_margin_max": float((top2[:, 1] - top2[:, 0]).max()) if len(top2) else 0.0}
+
+
 def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, log: Log = lambda m: None) -> dict:
     """Accuracy in each runtime, agreement with the Keras model, LiteRT-vs-TFLM difference, arena."""
     tflite = flatbuffer.resolve(tflite)
@@ -165,7 +175,8 @@ def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, lo
         from tinyq.train import evaluate_keras
 
         log("check: Keras QAT model ...")
-        keras_pred = evaluate_keras(load_model(run.model), images, contract).argmax(1)
+        keras_prob = evaluate_keras(load_model(run.model), images, contract)
+        keras_pred = keras_prob.argmax(1)
         result["keras"] = {"accuracy": float((keras_pred == images.y).mean()), "n": len(images)}
 
     outputs = {}
@@ -182,6 +193,7 @@ def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, lo
         entry = {"accuracy": float((pred == images.y).mean()), "n": len(images)}
         if keras_pred is not None:
             entry["agreement_with_keras"] = float((pred == keras_pred).mean())
+            entry.update(disagreement(keras_prob, pred))
         result[name] = entry
     if "litert" in outputs:
         result["litert"]["kernels"] = litert_kernels

@@ -287,7 +287,12 @@ def check(tflite, data, limit, as_json):
         if "skipped" in entry:
             click.echo(f"  {rt:<7} skipped: {entry['skipped']}")
             continue
-        extra = f"  agreement with Keras {entry['agreement_with_keras']:.4f}" if "agreement_with_keras" in entry else ""
+        extra = ""
+        if "agreement_with_keras" in entry:
+            extra = f"  agreement with Keras {entry['agreement_with_keras']:.4f}"
+            if entry["disagreements"]:
+                extra += (f" ({entry['disagreements']} differ, each where Keras's top two probabilities are within "
+                          f"{entry['keras_margin_max']:.3f})")
         arena = f"  arena {entry['arena_bytes']:,} bytes" if "arena_bytes" in entry else ""
         click.echo(f"  {rt:<7} accuracy {entry['accuracy']:.4f}{extra}{arena}")
     if "litert_vs_tflm_max_abs_diff" in result:
