@@ -258,26 +258,38 @@ def to_float(model: keras.Model, latent: bool = False) -> keras.Model:
 
 
 def trained_state(model: keras.Model) -> dict[str, dict[str, np.ndarray]]:
-    """What the tinyq layers trained, by layer name: each Quant* layer's quantizer variables
-    (``scale``, ...) and ``latent_kernel``, each ``PACT``'s ``alpha``.
-    :func:`tinyq.qat.quantize_model` starts from them (``start=``), so ``tinyq quantize`` deploys
-    the grid the user trained and fine-tunes it as training left it.
+    """What the tinyq layers trained, as the BN-folded model holds it (:func:`tinyq.fold.fold_batchnorm`),
+    by layer name: each Quant* layer's quantizer variables (``scale``, ...) and ``latent_kernel``,
+    each ``PACT``'s ``alpha``. :func:`tinyq.qat.quantize_model` starts from them (``start=``), so
+    ``tinyq quantize`` deploys the grid the user trained and fine-tunes it as training left it.
 
-    ``latent_kernel`` is the latent ``w`` as :func:`tinyq.fold.fold_batchnorm` leaves a kernel
-    (BN folded in, dead channels dropped); the quantizer variables are as the layer holds them.
-    Why the latent weights and not ``Q(w)``: on the grid itself, every outer weight sits on the
-    clip, and LSQ's step gradient then shrank the carried 2-bit steps by 15-23% in 2 epochs.
+    Folding multiplies a kernel by ``k`` per output channel; a step ``s`` becomes ``s |k|`` (``k Q(w)``
+    lies on that grid, the grids being symmetric) unless it is a dead channel's, which stays under
+    the dead threshold; channels dropped as dead drop from both. Why the latent kernel and not
+    ``Q(w)``: on the grid itself, every outer weight sits on the clip, and LSQ's step gradient
+    then shrank the carried 2-bit steps by 15-23% in 2 epochs.
     """
     from tinyq.fold import fold_batchnorm
 
     latent = fold_batchnorm(to_float(model, latent=True))
     state: dict[str, dict[str, np.ndarray]] = {}
     for layer in model.layers:
-        if isinstance(layer, _QuantizedKernel):
-            state[layer.name] = {key: var.numpy() for key, var in layer.quantizer_vars.items()}
-            state[layer.name]["latent_kernel"] = latent.get_layer(layer.name).get_weights()[0]
-        elif isinstance(layer, PACT):
+        if isinstance(layer, PACT):
             state[layer.name] = {"alpha": layer.alpha.numpy()}
+        if not isinstance(layer, _QuantizedKernel):
+            continue
+        q, qvars = layer.quantizer, layer.quantizer_vars
+        k = np.abs(np.asarray(latent.fold_factors.get(layer.name, 1.0), np.float32)).ravel()
+        k = k if q.channel_axis is not None else k.max()  # a per-channel k cannot fold into one step
+        kept = latent.kept_channels.get(layer.name) if q.channel_axis is not None else None
+        steps = {id(v) for v in q.step_variables(qvars)}
+        state[layer.name] = {"latent_kernel": latent.get_layer(layer.name).get_weights()[0]}
+        for key, var in qvars.items():
+            value = var.numpy()
+            if id(var) in steps:
+                value = np.where(np.abs(value) < q.dead_scale, value, value * k)
+                value = value if kept is None else value[kept]
+            state[layer.name][key] = value
     return state
 
 

@@ -235,7 +235,7 @@ def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = No
     calibrate_scales(qat)
     if calibration is not None:
         calibrate_activations(qat, folded, calibration)
-    qat.carried, qat.restarted = start_from(qat, folded, start) if start else ([], [])
+    qat.carried, qat.restarted = start_from(qat, start) if start else ([], [])
     qat.dropped_channels = folded.dropped_channels  # {layer: outputs dropped as dead}, for the run's log
     # untracked: an attribute Keras tracks would save the folded model's weights inside the QAT model's
     object.__setattr__(qat, "_tinyq_folded", folded)
@@ -274,58 +274,39 @@ def calibrate_scales(qat: keras.Model) -> None:
         quantizer.calibrate(weight.numpy(), qvars)
 
 
-def start_from(qat: keras.Model, folded: keras.Model,
-               state: Mapping[str, Mapping[str, np.ndarray]]) -> tuple[list[str], list[str]]:
-    """Start the layers named in ``state`` from their trained quantizer variables; (carried, restarted).
+def start_from(qat: keras.Model, state: Mapping[str, Mapping[str, np.ndarray]]) -> tuple[list[str], list[str]]:
+    """Start the layers named in ``state`` (:func:`tinyq.layers.trained_state`) from what they trained;
+    returns (carried, restarted).
 
-    A step ``s`` of a layer that batch norm folded into by ``k`` (per channel) becomes ``s |k|``:
-    ``k Q(w)`` lies on that grid, the grids being symmetric; channels dropped as dead drop from
-    it, a dead channel's step stays under the dead threshold. A PACT's ``alpha`` carries as is.
-    Non-trainable variables (ramps, step counters) stay QAT's. The kernel becomes the folded latent
-    one (``latent_kernel``). A layer carries only when its quantizer then reproduces its kernel
-    exactly (the kernel is ``k Q(w)``, :func:`tinyq.layers.to_float`); failing that with ``k Q(w)``
-    as the latent kernel; failing that it keeps ``k Q(w)`` and the calibrated start and is listed
-    as restarted: SAT's codes depend on ``tanh(w)``, which ``k`` changes, and a per-tensor step
-    (Dense) cannot take a per-channel ``k``.
+    The trainable quantizer variables and a PACT's ``alpha`` take the trained values; ramps and
+    step counters stay QAT's. The latent kernel becomes ``latent_kernel`` if the quantizer then
+    reproduces the kernel ``qat`` was built with (``k Q(w)``, what the user's layer computed),
+    else ``k Q(w)`` itself if that reproduces it (SAT: ``k`` changes the codes of ``tanh(w)``);
+    failing both (a per-tensor step under a per-channel ``k``, SAT at 8 bits) the layer keeps
+    ``k Q(w)`` and its calibrated start and is listed as restarted.
     """
     carried, restarted = [], []
-    factors, kept = getattr(folded, "fold_factors", {}), getattr(folded, "kept_channels", {})
     for wrapper, weight, quantizer, qvars in quantized_layers(qat):
         name = wrapper.layer.name
         if name not in state:
             continue
         calibrated = {key: var.numpy() for key, var in qvars.items()}
-        k = np.abs(np.asarray(factors.get(name, 1.0), np.float32)).ravel()
-        steps = {id(v) for v in quantizer.step_variables(qvars)}
         for key, var in qvars.items():
-            if key not in state[name] or not var.trainable:
-                continue
-            value = np.asarray(state[name][key], np.float32)
-            if id(var) in steps:
-                factor = k.max() if quantizer.channel_axis is None else k
-                value = np.where(np.abs(value) < quantizer.dead_scale, value, value * factor)
-                if name in kept and quantizer.channel_axis is not None:
-                    value = value[kept[name]]
-            if value.shape == tuple(var.shape):
-                var.assign(value)
-        kernel = weight.numpy()  # k Q(w): what the user's layer computed
-
-        def exact() -> bool:
-            return np.abs(quantizer(weight, False, qvars).numpy() - kernel).max() <= 1e-6 * max(np.abs(kernel).max(), 1e-12)
-
-        latent = state[name].get("latent_kernel")
-        if latent is not None and latent.shape == kernel.shape:
-            weight.assign(latent)
-            if exact():
-                carried.append(name)
-                continue
-            weight.assign(kernel)  # SAT: k changes the codes of the latent weights, maybe not of k Q(w)
-        if exact():
-            carried.append(name)
-            continue
-        for key, value in calibrated.items():
-            qvars[key].assign(value)
-        restarted.append(name)
+            if var.trainable and key in state[name] and state[name][key].shape == tuple(var.shape):
+                var.assign(state[name][key])
+        kernel = weight.numpy()
+        tolerance = 1e-6 * max(np.abs(kernel).max(), 1e-12)
+        for start in (state[name].get("latent_kernel"), kernel):
+            if start is not None and start.shape == kernel.shape:
+                weight.assign(start)
+                if np.abs(quantizer(weight, False, qvars).numpy() - kernel).max() <= tolerance:
+                    carried.append(name)
+                    break
+        else:
+            weight.assign(kernel)
+            for key, value in calibrated.items():
+                qvars[key].assign(value)
+            restarted.append(name)
     for wrapper in qat.layers:
         qvars = getattr(wrapper, "_output_quantizer_vars", None) or {}
         name = getattr(getattr(wrapper, "layer", None), "name", None)

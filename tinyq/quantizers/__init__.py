@@ -15,10 +15,10 @@ def method_callbacks(model, epochs: int, steps: int) -> list:
     on people96/val as latent floats, 90% as trained; 2 epochs of ``tinyq quantize`` reach
     88.7% on people96/test in TFLM with the warm-up, 89.8% without).
     """
+    from tinyq.qat import quantized_layers
     from tinyq.quantizers.qgt import QGTRamp, WarmupRamp
 
     carried = set(getattr(model, "carried", ()))
-    settled = {id(v) for layer in model.layers if getattr(getattr(layer, "layer", None), "name", None) in carried
-               for v in layer.variables if v.name.split(":")[0].endswith(WarmupRamp.suffix)}
+    settled = {id(qvars["quant_ramp"]) for layer, _, _, qvars in quantized_layers(model) if layer.layer.name in carried}
     names = {v.name.split(":")[0] for v in model.variables if id(v) not in settled}
     return [cls(epochs, steps, skip=settled) for cls in (WarmupRamp, QGTRamp) if any(n.endswith(cls.suffix) for n in names)]
