@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 CHILD = r'''
@@ -71,6 +71,7 @@ def good_file(float_model, folders, tmp_path_factory):
 
 @settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(damage, min_size=12, max_size=12))
+@example([("cut", 0.0)] * 11 + [("splice", 0.75, b"\x01")])  # LiteRT loaded it, then invoke raised a RuntimeError
 def test_damaged_files_fail_cleanly(good_file, folders, tmp_path_factory, damages):
     folder = tmp_path_factory.mktemp("damaged")
     files = []

@@ -92,10 +92,13 @@ def litert_outputs(data: bytes, x: np.ndarray) -> tuple[np.ndarray, str]:
     it, kernels = _litert_interpreter(data)
     inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
     outs = []
-    for xi in x:
-        it.set_tensor(inp, xi[None])
-        it.invoke()
-        outs.append(it.get_tensor(out)[0].copy())
+    try:
+        for xi in x:
+            it.set_tensor(inp, xi[None])
+            it.invoke()
+            outs.append(it.get_tensor(out)[0].copy())
+    except (ValueError, RuntimeError) as e:  # a damaged file can load and still fail to run
+        raise TinyqError(f"LiteRT cannot run the model: {str(e).strip().splitlines()[0][:200]}") from None
     return np.stack(outs), kernels
 
 
