@@ -233,6 +233,32 @@ def test_a_dead_channel_whose_latent_weights_drift_deploys_as_zero():
     assert lut.shared_levels(values, 0, 2) is not None
 
 
+@pytest.mark.parametrize("method", registry.names())
+@pytest.mark.parametrize("bits", BITS)
+def test_a_constant_channel_keeps_its_bias_in_the_file(method, bits):
+    """A dead channel kept for its bias (zero weights, ReLU passes the bias: a constant) is stored
+    with a step the int32 bias fits under. Its step used to be its ~1e-9 scale, so the converter's
+    bias / (input scale x step) saturated at 2^31 - 1: vww_96 files computed 0.40 for a 0.50 constant."""
+    model = small_model()
+    qat = quantize_model(model, default_plan(model, bits, method, keep_8bit=()))
+    for layer, kernel, quantizer, qvars in quantized_layers(qat):
+        if layer.layer.name == "pw":
+            s = qvars["scale"].numpy()
+            s[3] = 1e-9
+            qvars["scale"].assign(s)
+            kernel.assign(np.where(np.arange(16) == 3, 0.0, kernel.numpy()))
+            bias = layer.layer.bias.numpy()
+            bias[3] = 2.0
+            layer.layer.bias.assign(bias)
+    x, _ = data()
+    fb = flatbuffer.parse(convert(qat, (x * 255).astype(np.uint8), InputContract(resolution=24)))
+    (op,) = [op for i, op in fb.weight_tensors().items() if layer_of(fb.tensors[i].name) == "pw"]
+    step = fb.tensors[op.inputs[0]].scales[0] * fb.tensors[op.inputs[1]].scales
+    stored = fb.tensors[op.inputs[2]].data.view(np.int32)
+    assert abs(stored[3]) < 2 ** 31 - 1
+    assert stored[3] * step[3] == pytest.approx(2.0, rel=1e-4)
+
+
 @pytest.mark.parametrize("storage", [None, 4, 8])
 def test_a_dead_2bit_channel_stays_dead_in_every_storage(storage):
     """Deadness is judged by the trained grid's container step (scale / 84 at 2 bits), so a wider
