@@ -12,6 +12,7 @@ from tinyq.contract import InputContract
 from tinyq.convert import flatbuffer
 from tinyq.data import ImageSet, layout, load_folder
 from tinyq.errors import TinyqError
+from tinyq.guard import require_runnable
 from tinyq.runfolder import Run
 
 Log = Callable[[str], None]
@@ -168,6 +169,7 @@ def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, lo
     contract = contract_for(fb, run)
     images = load_eval_data(data_dir, contract, limit, log)
     require_int8_io(fb, tflite, "tinyq checks full-integer (int8 in, int8 out) models")
+    require_runnable(data, repr(str(tflite)))
     x = model_input(fb, images.x, contract)
     result: dict = {"file": str(tflite), "file_bytes": len(data), "n": len(images), "data": str(data_dir),
                     "labels": list(contract.labels), "ops": fb.op_names}

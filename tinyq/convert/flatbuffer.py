@@ -107,32 +107,45 @@ def parse(data: bytes, what: str = "the model") -> Flatbuffer:
         sg = model.subgraphs[0]
         tensors = []
         for i, t in enumerate(sg.tensors or []):
-            buf = model.buffers[t.buffer] if t.buffer < len(model.buffers) else None
+            # TFLM trusts these indices and sizes (it has no verifier): out of range, it reads wild memory
+            if not 0 <= t.buffer < len(model.buffers or []):
+                raise bad
+            buf = model.buffers[t.buffer]
             raw = None
-            if buf is not None:
-                if buf.data is not None and len(buf.data):
-                    raw = np.asarray(buf.data, np.uint8)
-                elif buf.offset and buf.size:
-                    if buf.offset + buf.size > len(data):
-                        raise bad
-                    raw = np.frombuffer(data, np.uint8, buf.size, buf.offset)
+            if buf.data is not None and len(buf.data):
+                raw = np.asarray(buf.data, np.uint8)
+            elif buf.offset and buf.size:
+                if buf.offset + buf.size > len(data):
+                    raise bad
+                raw = np.frombuffer(data, np.uint8, buf.size, buf.offset)
+            shape = tuple(int(d) for d in (t.shape if t.shape is not None else ()))
+            if any(d < 0 for d in shape) or (raw is not None and len(raw) < _packed_bytes(t.type, shape)):
+                raise bad
             q = t.quantization
             tensors.append(Tensor(
                 i, (t.name or b"").decode(errors="replace"), TYPE_NAMES.get(t.type, str(t.type)),
-                tuple(int(d) for d in (t.shape if t.shape is not None else ())), t.buffer, raw,
+                shape, t.buffer, raw,
                 np.asarray(q.scale if q is not None and q.scale is not None else [], np.float32),
                 np.asarray(q.zeroPoint if q is not None and q.zeroPoint is not None else [], np.int64),
                 int(q.quantizedDimension) if q is not None else 0))
         ops = [Op(_op_name(model, op), [int(x) for x in op.inputs], [int(x) for x in op.outputs])
                for op in sg.operators or []]
-        for op in ops:
-            if any(x >= len(tensors) for x in op.inputs + op.outputs):
+        for op in ops:  # -1: an optional input left out
+            if any(not -1 <= x < len(tensors) for x in op.inputs + op.outputs):
                 raise bad
+        if any(not 0 <= x < len(tensors) for x in list(sg.inputs) + list(sg.outputs)):
+            raise bad
         return Flatbuffer(len(data), tensors, ops, [int(x) for x in sg.inputs], [int(x) for x in sg.outputs])
     except TinyqError:
         raise
     except Exception:  # the generated reader raises anything from IndexError to struct.error
         raise bad from None
+
+
+def _packed_bytes(type_code: int, shape: tuple[int, ...]) -> int:
+    """The bytes a constant tensor of ``shape`` needs (sub-byte types packed); 0 for types of no fixed width."""
+    bits = TYPE_BITS.get(TYPE_NAMES.get(type_code, ""), 0)
+    return -(-int(np.prod(shape, dtype=np.int64)) * bits // 8)
 
 
 def resolve(path: str | Path) -> Path:

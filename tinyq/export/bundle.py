@@ -16,6 +16,7 @@ from tinyq.check import arena_bytes, contract_for, model_input, require_int8_io,
 from tinyq.contract import InputContract
 from tinyq.convert import flatbuffer
 from tinyq.errors import TinyqError
+from tinyq.guard import require_runnable
 from tinyq.runfolder import Run
 
 ARENA_MARGIN_PERCENT = 10
@@ -108,6 +109,7 @@ def prepare(source: str | Path, name: str | None = None, sample: str | Path | No
     run = run_of(tflite)
     contract = contract_for(fb, run)
     require_int8_io(fb, tflite, "export needs a full-integer model (tinyq convert makes one)")
+    require_runnable(data, repr(str(tflite)))
     sample_source, pixels = _sample_pixels(contract, sample)
     log("export: measuring the TFLM arena and running the sample ...")
     measured = arena_bytes(data)

@@ -160,12 +160,14 @@ def build_report(run_path: str | Path, data: str | Path | None = None, reference
 def _measure(run: Run, data, references, limit, contract, tflite: bytes, float_bytes, accuracy, log) -> dict:
     """Measure this run (TFLM), its float original (Keras) and each reference file (TFLM) on ``data``."""
     from tinyq.check import confusion, load_eval_data, tflm_predictions
+    from tinyq.guard import require_runnable
     from tinyq.train import evaluate_keras
 
     images = load_eval_data(data, contract, limit, log)
     if len(images) == 0:
         raise TinyqError(f"no readable images in {str(data)!r}; give a folder with person/ and non_person/")
     name = str(data)
+    require_runnable(tflite, repr(str(run.tflite)))
     log(f"report: this run in TFLM on {len(images)} images of {name} ...")
     pred = tflm_predictions(tflite, images, contract)
     accuracy.append(_point("this run", len(tflite), float((pred == images.y).mean()), len(images), name,
@@ -181,7 +183,7 @@ def _measure(run: Run, data, references, limit, contract, tflite: bytes, float_b
             raise TinyqError(f"--reference {ref!r} does not exist; give a .tflite file")
         log(f"report: {path.name} in TFLM ...")
         rdata = path.read_bytes()
-        flatbuffer.parse(rdata, what=str(path))
+        require_runnable(rdata, repr(str(path)))
         rpred = tflm_predictions(rdata, images, contract)
         accuracy.append(_point(path.name, len(rdata), float((rpred == images.y).mean()), len(images), name,
                                "TFLM, int8"))

@@ -1,0 +1,94 @@
+"""Try a user's .tflite in a child process first, so a damaged file cannot crash or hang tinyq.
+
+TFLM has no flatbuffer verifier: it trusts every shape, index and op option in the file. One
+flipped bit in an activation's shape made it write past its arena and die with SIGSEGV in
+``tinyq export`` (found by fuzzing, tests/test_fuzz.py); :func:`tinyq.convert.flatbuffer.parse`
+rejects the indices and sizes it can see, but only running shows the rest. So the commands that
+run a file they did not write (check, export, report) first run it once here:
+
+- TFLM: load, allocate, one inference on zeros. A signal or a hang becomes a one-line error.
+- LiteRT, where it has every op (no DECODE): its kernels compute each tensor's shape when they
+  allocate; a file whose declared shapes differ from those lies about its structure (an
+  output declared 43,778 wide behind a 2-wide FULLY_CONNECTED: TFLM reads past the real values).
+"""
+from __future__ import annotations
+
+import functools
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tinyq.errors import TinyqError
+
+TIMEOUT_S = 300  # one inference of a microcontroller model takes well under a second on a host
+_CHILD = r'''
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+data = sys.stdin.buffer.read()
+from tflite_micro import runtime
+try:
+    it = runtime.Interpreter.from_bytes(data, arena_size=max(len(data) * 4, 1 << 20))
+    d = it.get_input_details(0)
+    it.set_input(np.zeros(d["shape"], d["dtype"]), 0)
+    it.invoke()
+except Exception as e:  # a clean refusal: the parent reports it as TFLM's
+    print("TFLM cannot run the model: " + (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
+    sys.exit(3)
+if sys.argv[1] == "litert":
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from tinyq.convert import flatbuffer
+    try:
+        it = Interpreter(model_content=data, num_threads=1,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it.allocate_tensors()
+    except Exception:  # what LiteRT cannot load, check reports itself
+        sys.exit(0)
+    declared = {t.index: t.shape for t in flatbuffer.parse(data).tensors}
+    for t in it.get_tensor_details():
+        shape = tuple(int(v) for v in t["shape"])
+        if t["index"] in declared and shape != declared[t["index"]]:
+            print(f"tensor {t['index']} is declared {declared[t['index']]} but its op computes {shape}")
+            sys.exit(3)
+'''
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+@functools.lru_cache(maxsize=16)
+def _verdict(data: bytes, litert: bool) -> str | None:
+    """What is wrong with running ``data``, or None; once per distinct file in a process."""
+    import tinyq
+
+    here = str(Path(tinyq.__file__).resolve().parents[1])
+    args = [sys.executable, "-c", _CHILD, "litert" if litert else "tflm", here]
+    try:  # the bytes go through a pipe: no temporary file to leave behind or to fill a disk with
+        child = subprocess.run(args, input=data, capture_output=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"TFLM did not finish one inference in {TIMEOUT_S} s"
+    out, err = child.stdout.decode(errors="replace"), child.stderr.decode(errors="replace")
+    if child.returncode == -signal.SIGINT:  # Ctrl-C reached the child first: the user's stop, not the file's fault
+        raise KeyboardInterrupt
+    if child.returncode < 0:
+        return f"TFLM crashed on it ({_signal_name(child.returncode)})"
+    if child.returncode == 3:
+        return out.strip().splitlines()[-1]
+    if child.returncode != 0:
+        return f"the runtime check failed (exit {child.returncode}): {err.strip()[-200:]}"
+    return None
+
+
+def require_runnable(data: bytes, what: str) -> None:
+    """A one-line error unless TFLM runs ``data`` once and LiteRT (if it can load it) agrees with its shapes."""
+    from tinyq.convert import flatbuffer
+
+    fb = flatbuffer.parse(data, what)
+    problem = _verdict(data, not set(flatbuffer.DECODE_OPS) & set(fb.op_names))
+    if problem:
+        raise TinyqError(f"{what} is damaged: {problem}; convert it again (tinyq convert RUN)")
