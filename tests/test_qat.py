@@ -237,8 +237,9 @@ def test_a_dead_channel_whose_latent_weights_drift_deploys_as_zero():
 @pytest.mark.parametrize("bits", BITS)
 def test_a_constant_channel_keeps_its_bias_in_the_file(method, bits):
     """A dead channel kept for its bias (zero weights, ReLU passes the bias: a constant) is stored
-    with a step the int32 bias fits under. Its step used to be its ~1e-9 scale, so the converter's
-    bias / (input scale x step) saturated at 2^31 - 1: vww_96 files computed 0.40 for a 0.50 constant."""
+    with a step its int32 bias fits under (tinyq.convert.constants). Its step used to be its ~1e-9
+    scale, so bias / (input scale x step) saturated at 2^31 - 1: vww_96 files computed 0.40 for a
+    0.50 constant."""
     model = small_model()
     qat = quantize_model(model, default_plan(model, bits, method, keep_8bit=()))
     for layer, kernel, quantizer, qvars in quantized_layers(qat):
@@ -257,6 +258,9 @@ def test_a_constant_channel_keeps_its_bias_in_the_file(method, bits):
     stored = fb.tensors[op.inputs[2]].data.view(np.int32)
     assert abs(stored[3]) < 2 ** 31 - 1
     assert stored[3] * step[3] == pytest.approx(2.0, rel=1e-4)
+    if bits == 2:  # the constant still shares its layer's one value table: a small step, not a large one
+        tables = [fb.tensors[op.inputs[1]].data for op in fb.ops if op.name == "TFLM_DECODE"]
+        assert tables and all(len(t) == 20 for t in tables)
 
 
 @pytest.mark.parametrize("storage", [None, 4, 8])

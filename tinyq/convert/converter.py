@@ -16,6 +16,7 @@ from tinyq._stderr import captured_fd2
 from tinyq._tf import tf
 from tinyq.contract import InputContract
 from tinyq.convert import flatbuffer, lut
+from tinyq.convert.constants import fit_constant_biases
 from tinyq.errors import TinyqError
 from tinyq.qat import quantized_layers
 
@@ -125,6 +126,13 @@ def verify(qat, fb: flatbuffer.Flatbuffer) -> dict[int, tuple[str, int]]:
     return found
 
 
+def _biases(qat, layers: dict[int, tuple[str, int]]) -> dict[int, np.ndarray]:
+    """{weight tensor index: the float bias of its layer}, for the layers verified in the file."""
+    bias = {layer.layer.name: layer.layer.bias.numpy().astype(np.float64)
+            for layer, _, _, _ in quantized_layers(qat) if getattr(layer.layer, "bias", None) is not None}
+    return {index: bias[name] for index, (name, _) in layers.items() if name in bias}
+
+
 def convert(qat, representative: np.ndarray, contract: InputContract, storage_bits: int | None = None,
             log: Callable[[str], None] = lambda m: None, allow_float: bool = False) -> bytes:
     """Convert, verify the integers against training, LUT-compress 2-bit tensors (not compacted)."""
@@ -142,6 +150,11 @@ def convert(qat, representative: np.ndarray, contract: InputContract, storage_bi
     log(f"convert: {len(data):,} bytes in {time.time() - t0:.1f}s; " + (
         f"weights of {len(layers)} layers verified equal to training's integers" if layers
         else "a float model: the converter chose the int8 weights (post-training quantization)"))
+    data, refitted = fit_constant_biases(data, fb, _biases(qat, layers))
+    if refitted:
+        fb = flatbuffer.parse(data)
+        log(f"convert: {refitted} constant channels (zero weights, kept for their bias) stored with a step "
+            "their int32 bias fits under")
     # a wider storage asked for (--bits 4 or 8: runtimes without DECODE) keeps the plain tensors
     two_bit = {i: name for i, (name, bits) in layers.items()
                if bits == 2 and storage_bits in (None, 2) and fb.tensors[i].type == "INT8"}

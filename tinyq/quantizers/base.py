@@ -18,10 +18,6 @@ from tinyq._tf import tf, tfmot
 from tinyq.quantizers.grid import Grid, grid
 
 DEAD_STEP = 1e-7  # a channel quantized with a smaller container step holds only weights below ~1e-6: exactly 0
-# The container step a dead channel is stored with: its int32 bias, bias / (input scale x step),
-# holds any bias up to ~800 even behind 8-bit pixels (input scale 1/255), and resolves it to
-# ~1e-4 of an output step at typical activation scales (~0.03).
-DEAD_CONTAINER_STEP = 1e-4
 
 
 def channels_last(w: tf.Tensor, channel_axis: int) -> tf.Tensor:
@@ -199,15 +195,10 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         # A channel dropped as dead but kept for its bias (tinyq.prune) starts at a step of ~1e-9; its
         # weights are exactly 0, so the channel stays the constant it is in the float model, whatever
         # its latent weights do (they get no gradient) and whatever the converter's scale floor.
-        dead = scale < self.dead_scale
-        w_q = tf.where(dead, 0.0, self.quantize(w, scale, weights, training))
+        w_q = tf.where(scale < self.dead_scale, 0.0, self.quantize(w, scale, weights, training))
         if training and "quant_ramp" in weights:  # no container op: training only, never converted
             return channels_last(w + weights["quant_ramp"] * (w_q - w), axis)
-        # A dead channel's weights are 0 on any grid, but its step is not free: the converter stores
-        # the layer's bias as int32 in units of (input scale x weight step), so a step of ~1e-9
-        # saturated a kept channel's bias above ~0.1 (vww_96 files computed 0.40 for a 0.50 constant).
-        w_q = to_container(w_q, tf.where(dead, DEAD_CONTAINER_STEP * self.grid.step_ratio, scale), self.grid,
-                           per_channel=self.channel_axis is not None)
+        w_q = to_container(w_q, scale, self.grid, per_channel=self.channel_axis is not None)
         return channels_last(w_q, axis)
 
     def regulariser(self, w: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:

@@ -1,0 +1,57 @@
+"""Constant channels keep their bias in the file: a dead channel's step is raised until its int32 bias fits.
+
+A dead channel kept for its bias (:mod:`tinyq.prune`: zero weights, a ReLU passing a positive
+bias, so a constant ``relu(b)``) trains with a step of ~1e-9, so that whatever integer a table
+gives its weights moves no output (:mod:`tinyq.convert.lut` lets it share the layer's 2-bit
+table). The converter stores biases as int32 in units of ``input scale x weight step``:
+``b / (s_in * 1e-9)`` overflows for any ``b`` above ~0.1 and saturates at ``2^31 - 1``, so
+vww_96 files computed 0.40 where Keras had 0.50. Here each such channel's step becomes
+``|b| / (s_in * 2^30)``: its bias is stored as ``+-2^30``, exact to 1e-9 of itself, and the
+weight step stays small enough (one output step is ~2^30 * s_out / |b| accumulator units)
+for the shared table's smallest level to stay far below an output step.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tinyq.convert.flatbuffer import Flatbuffer, int_values
+
+FIT = 2 ** 30  # the stored bias of a refitted channel: half of int32, room for the accumulator
+
+
+def fit_constant_biases(data: bytes, fb: Flatbuffer, biases: dict[int, np.ndarray]) -> tuple[bytes, int]:
+    """``data`` with the step of every all-zero weight channel whose int32 bias cannot hold its
+    float bias raised until it can; ``biases``: {weight tensor index: the layer's float bias}.
+    Returns the new bytes and how many channels changed."""
+    from tinyq.convert.compact import aligned, editor
+
+    ops = fb.weight_tensors()
+    fixes = []
+    for index, bias in biases.items():
+        op, w = ops[index], fb.tensors[index]
+        if len(op.inputs) < 3 or op.inputs[2] < 0 or w.scales.size != bias.size or w.scales.size < 2:
+            continue
+        s_in = float(fb.tensors[op.inputs[0]].scales[0])
+        axis = w.quantized_dimension
+        dead = ~np.moveaxis(int_values(w), axis, 0).reshape(w.scales.size, -1).any(axis=1)
+        overflow = np.abs(bias) / (s_in * w.scales.astype(np.float64)) > FIT
+        channels = np.flatnonzero(dead & overflow)
+        if channels.size:
+            fixes.append((index, op.inputs[2], channels, bias[channels], s_in))
+    if not fixes:
+        return data, 0
+    model = editor().read(data)
+    tensors = model.subgraphs[0].tensors
+    for index, bias_index, channels, b, s_in in fixes:
+        steps = np.abs(b).astype(np.float64) / (s_in * FIT)
+        w_scales = list(tensors[index].quantization.scales)
+        stored = np.frombuffer(tensors[bias_index].buffer.data, np.int32).copy()
+        for c, step, value in zip(channels, steps, b):
+            w_scales[c] = float(step)
+            stored[c] = int(np.round(value / (s_in * step)))
+        tensors[index].quantization.scales = w_scales
+        bq = tensors[bias_index].quantization
+        if bq is not None and isinstance(bq.scales, list) and len(bq.scales) == len(w_scales):
+            bq.scales = [s_in * s for s in w_scales]
+        tensors[bias_index].buffer.data = stored.tobytes()
+    return aligned(bytes(model.build())), sum(len(f[2]) for f in fixes)
