@@ -153,21 +153,50 @@ STRUCTURE = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(STRUCTURE))
-def test_lying_structure_fails_cleanly(good_file, folders, tmp_path, case):
-    expected, damage = STRUCTURE[case]
-    path = tmp_path / "m.tflite"
-    path.write_bytes(_rewritten(good_file, damage))
+def _misaligned_shape(good: bytes) -> bytes:
+    """Tensor 4's shape vector moved to an odd address holding a zero length: Python's reader sees a
+    scalar, LiteRT's verifier an unaligned vector. A one-byte change did this, and TFLM looped on it
+    for minutes."""
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    t = schema.Model.GetRootAsModel(bytearray(good), 0).Subgraphs(0).Tensors(4)
+    at = t._tab.Pos + t._tab.Offset(4)  # the uoffset of field 0, shape, relative to itself
+    target = next(i for i in range(at + 5, len(good) - 4, 2) if good[i:i + 4] == bytes(4))
+    return good[:at] + (target - at).to_bytes(4, "little") + good[at + 4:]
+
+
+def _commands_on(path, folders) -> dict:
     child = subprocess.run([sys.executable, "-c", CHILD, str(folders / "labelled"), str(path)],
                            capture_output=True, text=True, timeout=900)
     assert child.returncode == 0, f"a runtime crashed (exit {child.returncode}): {child.stderr[-800:]}"
-    row = json.loads(child.stdout.strip().splitlines()[-1])[0]
+    return json.loads(child.stdout.strip().splitlines()[-1])[0]
+
+
+def _assert_refused(row: dict, expected: str) -> None:
     for cmd, r in row.items():
         assert r["exception"] is None and not r["fw_exists"], (cmd, r)
         if cmd == "inspect" and expected.startswith("damaged"):
             assert r["code"] == 0, r  # it reads the structure, runs nothing: what it lists is what the file says
         else:
             assert r["code"] == 1 and r["last"].startswith("error: ") and expected in r["last"], (cmd, r)
+
+
+@pytest.mark.parametrize("case", sorted(STRUCTURE))
+def test_lying_structure_fails_cleanly(good_file, folders, tmp_path, case):
+    expected, damage = STRUCTURE[case]
+    path = tmp_path / "m.tflite"
+    path.write_bytes(_rewritten(good_file, damage))
+    _assert_refused(_commands_on(path, folders), expected)
+
+
+def test_a_file_that_does_not_verify_fails_cleanly(good_file, folders, tmp_path):
+    from tinyq.convert import flatbuffer
+
+    damaged = _misaligned_shape(good_file)
+    assert flatbuffer.parse(damaged).tensors[4].shape == ()  # tinyq's own reader cannot see it
+    path = tmp_path / "m.tflite"
+    path.write_bytes(damaged)
+    _assert_refused(_commands_on(path, folders), "damaged: its flatbuffer does not verify")
 
 
 def test_rewriting_keeps_a_good_file_good(good_file):

@@ -1,12 +1,14 @@
 """Try a user's .tflite in a child process first, so a damaged file cannot crash or hang tinyq.
 
-TFLM has no flatbuffer verifier: it trusts every shape, index and op option in the file. One
-flipped bit in an activation's shape made it write past its arena and die with SIGSEGV in
-``tinyq export`` (found by fuzzing, tests/test_fuzz.py); :func:`tinyq.convert.flatbuffer.parse`
-rejects the indices and sizes it can see, but only running shows the rest. So the commands that
-run a file they did not write (check, export, report) first run it once here:
+TFLM has no flatbuffer verifier: it trusts every offset, shape, index and op option in the
+file. One flipped bit in an activation's shape made it write past its arena and die with
+SIGSEGV in ``tinyq export``, and one changed offset made it loop for minutes (found by fuzzing,
+tests/test_fuzz.py). :func:`tinyq.convert.flatbuffer.parse` rejects the indices and sizes it can
+see, but only running shows the rest. So the commands that run a file they did not write
+(check, export, report) first run it once here:
 
-- TFLM: load, allocate, one inference on zeros. A signal or a hang becomes a one-line error.
+- LiteRT's flatbuffer verifier (its constructor) checks every offset and length.
+- TFLM loads the file and runs one inference on zeros. A signal or a hang becomes a one-line error.
 - LiteRT, where it has every op (no DECODE): its kernels compute each tensor's shape when they
   allocate; a file whose declared shapes differ from those lies about its structure (an
   output declared 43,778 wide behind a 2-wide FULLY_CONNECTED: TFLM reads past the real values).
@@ -25,8 +27,17 @@ TIMEOUT_S = 300  # one inference of a microcontroller model takes well under a s
 _CHILD = r'''
 import sys
 import numpy as np
-sys.path.insert(0, sys.argv[2])
+sys.path.insert(0, sys.argv[1])
 data = sys.stdin.buffer.read()
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+try:  # LiteRT verifies the flatbuffer before anything reads it; TFLM does not (one bad offset hung it)
+    lite = Interpreter(model_content=data, num_threads=1,
+                       experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+except Exception as e:  # other refusals (a DECODE op, compacted zero points) are no verdict on the bytes
+    if "not a valid Flatbuffer" in str(e):
+        print("its flatbuffer does not verify (offsets or lengths point outside it)")
+        sys.exit(3)
+    lite = None
 from tflite_micro import runtime
 try:
     it = runtime.Interpreter.from_bytes(data, arena_size=max(len(data) * 4, 1 << 20))
@@ -36,17 +47,14 @@ try:
 except Exception as e:  # a clean refusal: the parent reports it as TFLM's
     print("TFLM cannot run the model: " + (str(e).strip().splitlines() or [type(e).__name__])[0][:200])
     sys.exit(3)
-if sys.argv[1] == "litert":
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+if lite is not None:
     from tinyq.convert import flatbuffer
     try:
-        it = Interpreter(model_content=data, num_threads=1,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        it.allocate_tensors()
-    except Exception:  # what LiteRT cannot load, check reports itself
+        lite.allocate_tensors()
+    except Exception:  # what LiteRT cannot allocate, check reports itself
         sys.exit(0)
     declared = {t.index: t.shape for t in flatbuffer.parse(data).tensors}
-    for t in it.get_tensor_details():
+    for t in lite.get_tensor_details():
         shape = tuple(int(v) for v in t["shape"])
         if t["index"] in declared and shape != declared[t["index"]]:
             print(f"tensor {t['index']} is declared {declared[t['index']]} but its op computes {shape}")
@@ -62,12 +70,11 @@ def _signal_name(code: int) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _verdict(data: bytes, litert: bool) -> str | None:
+def _verdict(data: bytes) -> str | None:
     """What is wrong with running ``data``, or None; once per distinct file in a process."""
     import tinyq
 
-    here = str(Path(tinyq.__file__).resolve().parents[1])
-    args = [sys.executable, "-c", _CHILD, "litert" if litert else "tflm", here]
+    args = [sys.executable, "-c", _CHILD, str(Path(tinyq.__file__).resolve().parents[1])]
     try:  # the bytes go through a pipe: no temporary file to leave behind or to fill a disk with
         child = subprocess.run(args, input=data, capture_output=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -85,10 +92,11 @@ def _verdict(data: bytes, litert: bool) -> str | None:
 
 
 def require_runnable(data: bytes, what: str) -> None:
-    """A one-line error unless TFLM runs ``data`` once and LiteRT (if it can load it) agrees with its shapes."""
+    """A one-line error unless ``data`` verifies as a flatbuffer, TFLM runs it once, and LiteRT
+    (where it can load it) computes the shapes it declares."""
     from tinyq.convert import flatbuffer
 
-    fb = flatbuffer.parse(data, what)
-    problem = _verdict(data, not set(flatbuffer.DECODE_OPS) & set(fb.op_names))
+    flatbuffer.parse(data, what)
+    problem = _verdict(data)
     if problem:
         raise TinyqError(f"{what} is damaged: {problem}; convert it again (tinyq convert RUN)")
