@@ -54,6 +54,10 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     data = load_folder(root, 16)
     assert len(data) + len(data.skipped) == 9
     assert len(data.skipped) >= 2 and any("empty.jpg" in s for s in data.skipped)
+    note = data.skipped_note(shown=2)  # what check and train print: the count and where to look
+    assert note.startswith(f"{len(data.skipped)} unreadable skipped (") and data.skipped[0] in note
+    assert note.endswith(", ...)") == (len(data.skipped) > 2)
+    assert load_folder(make_vww(tmp_path / "ok", n=2, splits=False), 16).skipped_note() == ""
 
 
 def test_seeded_split_is_stratified_and_reproducible(tmp_path):

@@ -44,7 +44,7 @@ def load_eval_data(data_dir: str | Path, contract: InputContract, limit: int | N
         log(f"check: {data_dir} has split folders; using {name}/")
     data = load_folder(folder, contract.resolution, contract.channels, limit)
     if data.skipped:
-        log(f"check: {len(data.skipped)} unreadable images skipped")
+        log(f"check: {data.skipped_note()}")
     return data
 
 

@@ -134,7 +134,7 @@ def load_data(config: TrainConfig, contract: InputContract, log: Log) -> dict[st
     t0 = time.time()
     splits = load_splits(config.data, contract.resolution, contract.channels, config.seed, config.limit)
     for name, part in splits.items():
-        skipped = f", {len(part.skipped)} unreadable skipped" if part.skipped else ""
+        skipped = f", {part.skipped_note()}" if part.skipped else ""
         log(f"data: {name}: {len(part)} images {part.counts()}{skipped}")
     log(f"data: loaded in {time.time() - t0:.1f}s from {config.data}")
     return splits

@@ -38,6 +38,13 @@ class ImageSet:
     def counts(self) -> dict[str, int]:
         return {name: int((self.y == i).sum()) for i, name in enumerate(LABELS)}
 
+    def skipped_note(self, shown: int = 3) -> str:
+        """``"N unreadable skipped (a, b, c, ...)"``, naming the first files so a user can find them; "" if none."""
+        if not self.skipped:
+            return ""
+        more = ", ..." if len(self.skipped) > shown else ""
+        return f"{len(self.skipped)} unreadable skipped ({', '.join(self.skipped[:shown])}{more})"
+
 
 def _list_class_dirs(root: Path) -> list[tuple[Path, int]] | None:
     dirs = [(root / name, i) for i, name in enumerate(LABELS)]
