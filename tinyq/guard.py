@@ -35,7 +35,7 @@ try:  # LiteRT verifies the flatbuffer before anything reads it; TFLM does not (
                        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
 except Exception as e:  # other refusals (a DECODE op, compacted zero points) are no verdict on the bytes
     if "not a valid Flatbuffer" in str(e):
-        print("its flatbuffer does not verify (offsets or lengths point outside it)")
+        print("its flatbuffer does not verify (an offset, length or alignment is wrong)")
         sys.exit(3)
     lite = None
 from tflite_micro import runtime
