@@ -103,13 +103,27 @@ def litert_outputs(data: bytes, x: np.ndarray) -> tuple[np.ndarray, str]:
     return np.stack(outs), kernels
 
 
+def arena_sizes(data: bytes) -> list[int]:
+    """Arena sizes to try, smallest first: 1 MB (or 4x the file) up to 1 GB, x4 each time. A host has
+    the memory; a model too big for 1 MB (96x96x64 activations need 1.2 MB) is still a model to check."""
+    first = max(len(data) * 4, 1 << 20)
+    return [first << (2 * k) for k in range(8) if first << (2 * k) <= 1 << 30] or [first]
+
+
 def tflm_interpreter(data: bytes, arena: int | None = None):
     from tflite_micro import runtime
 
-    try:
-        return runtime.Interpreter.from_bytes(data, arena_size=arena or max(len(data) * 4, 1 << 20))
-    except Exception as e:
-        raise TinyqError(f"TFLM cannot load the model: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
+    error = ""
+    for size in [arena] if arena else arena_sizes(data):
+        try:
+            with captured_fd2() as text:  # TFLM prints each failed allocation; only the last failure matters
+                return runtime.Interpreter.from_bytes(data, arena_size=size)
+        except Exception as e:
+            error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "allocate" not in error:  # not a matter of arena size
+                break
+    raise TinyqError(f"TFLM cannot load the model: {error}" + (f" ({text[0].strip().splitlines()[-1]})"
+                                                               if text and text[0].strip() else ""))
 
 
 def arena_bytes(data: bytes) -> int:
