@@ -199,6 +199,32 @@ def test_a_file_that_does_not_verify_fails_cleanly(good_file, folders, tmp_path)
     _assert_refused(_commands_on(path, folders), "damaged: its flatbuffer does not verify")
 
 
+@pytest.fixture(scope="module")
+def good_2bit_file(float_model, folders, tmp_path_factory):
+    from click.testing import CliRunner
+
+    from tinyq.cli import main
+
+    out = tmp_path_factory.mktemp("fuzz2") / "run"
+    r = CliRunner().invoke(main, ["quantize", str(float_model), "--data", str(folders / "labelled"), "--bits", "2",
+                                  "--epochs", "0", "--out", str(out)])
+    assert r.exit_code == 0, r.stderr
+    return (out / "model.tflite").read_bytes()
+
+
+def test_a_2bit_file_declaring_more_outputs_fails_cleanly(good_2bit_file, folders, tmp_path):
+    """LiteRT cannot load a LUT file (DECODE), so no shapes are computed; TFLM returned 82 scores from
+    past the end of a 2-wide FULLY_CONNECTED (found by fuzzing: export's traceback, check's 0.8% accuracy)."""
+    damaged = _rewritten(good_2bit_file, STRUCTURE["output wider than its op computes"][1])
+    path = tmp_path / "m.tflite"
+    path.write_bytes(damaged)
+    row = _commands_on(path, folders)
+    for cmd in ("export", "check"):
+        r = row[cmd]
+        assert r["code"] == 1 and "not one score per label" in r["last"] and r["exception"] is None, (cmd, r)
+    assert not row["export"]["fw_exists"]
+
+
 def test_rewriting_keeps_a_good_file_good(good_file):
     """The object-API round trip above changes nothing a reader sees: the damage is all a test adds."""
     from tinyq.convert import flatbuffer

@@ -20,13 +20,23 @@ LITERT_OPS_MISSING = set(flatbuffer.DECODE_OPS)
 
 
 def contract_for(fb: flatbuffer.Flatbuffer, run: Run | None) -> InputContract:
-    """The run's contract, or one read off the model's input (RGB/grey, [0, 1], VWW labels)."""
+    """The run's contract, or one read off the model's input (RGB/grey, [0, 1], VWW labels); either
+    way the model must give one output per label."""
     if run is not None:
-        return InputContract.from_dict(run.config()["contract"])
-    shape = fb.tensors[fb.inputs[0]].shape
-    if len(shape) != 4 or shape[1] != shape[2]:
-        raise TinyqError(f"model input shape {shape} is not a square image; tinyq checks image classifiers")
-    return InputContract(resolution=shape[1], channels=shape[3])
+        contract = InputContract.from_dict(run.config()["contract"])
+    else:
+        shape = fb.tensors[fb.inputs[0]].shape
+        if len(shape) != 4 or shape[1] != shape[2]:
+            raise TinyqError(f"model input shape {shape} is not a square image; tinyq checks image classifiers")
+        contract = InputContract(resolution=shape[1], channels=shape[3])
+    out = fb.tensors[fb.outputs[0]].shape
+    if not out or int(np.prod(out)) != out[-1] or out[-1] != len(contract.labels):
+        # TFLM takes a declared output shape on trust (a damaged 2-bit file declared 82 outputs behind a
+        # 2-wide FULLY_CONNECTED, and TFLM returned 80 values from past its end)
+        raise TinyqError(f"the model's output has shape {out}, not one score per label ({', '.join(contract.labels)}): "
+                         "tinyq checks and exports only such classifiers; a tinyq file like this is damaged "
+                         "(convert it again)")
+    return contract
 
 
 def run_of(tflite: Path) -> Run | None:
