@@ -56,17 +56,22 @@ def _apply(good: bytes, d) -> bytes:
     return d[1]
 
 
-@pytest.fixture(scope="module")
-def good_file(float_model, folders, tmp_path_factory):
+def _quantized(float_model, folders, tmp_path_factory, *options) -> bytes:
+    """The .tflite of ``tinyq quantize`` of the small float model with ``options``."""
     from click.testing import CliRunner
 
     from tinyq.cli import main
 
     out = tmp_path_factory.mktemp("fuzz") / "run"
-    r = CliRunner().invoke(main, ["quantize", str(float_model), "--data", str(folders / "labelled"), "--bits", "4",
-                                  "--ptq", "tinyq", "--out", str(out)])
+    r = CliRunner().invoke(main, ["quantize", str(float_model), "--data", str(folders / "labelled"), *options,
+                                  "--out", str(out)])
     assert r.exit_code == 0, r.stderr
     return (out / "model.tflite").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def good_file(float_model, folders, tmp_path_factory):
+    return _quantized(float_model, folders, tmp_path_factory, "--bits", "4", "--ptq", "tinyq")
 
 
 @settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -202,15 +207,7 @@ def test_a_file_that_does_not_verify_fails_cleanly(good_file, folders, tmp_path)
 
 @pytest.fixture(scope="module")
 def good_2bit_file(float_model, folders, tmp_path_factory):
-    from click.testing import CliRunner
-
-    from tinyq.cli import main
-
-    out = tmp_path_factory.mktemp("fuzz2") / "run"
-    r = CliRunner().invoke(main, ["quantize", str(float_model), "--data", str(folders / "labelled"), "--bits", "2",
-                                  "--epochs", "0", "--out", str(out)])
-    assert r.exit_code == 0, r.stderr
-    return (out / "model.tflite").read_bytes()
+    return _quantized(float_model, folders, tmp_path_factory, "--bits", "2", "--epochs", "0")
 
 
 def test_a_2bit_file_declaring_more_outputs_fails_cleanly(good_2bit_file, folders, tmp_path):

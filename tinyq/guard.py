@@ -38,16 +38,9 @@ except Exception as e:  # other refusals (a DECODE op, compacted zero points) ar
         print("its flatbuffer does not verify (an offset, length or alignment is wrong)")
         sys.exit(3)
     lite = None
-from tflite_micro import runtime
-from tinyq.check import arena_sizes
+from tinyq.check import tflm_interpreter
 try:
-    for size in arena_sizes(data):  # the arenas the command itself will try
-        try:
-            it = runtime.Interpreter.from_bytes(data, arena_size=size)
-            break
-        except Exception as e:
-            if "allocate" not in str(e) or size == arena_sizes(data)[-1]:
-                raise
+    it = tflm_interpreter(data)  # the arenas the command itself will try
     d = it.get_input_details(0)
     it.set_input(np.zeros(d["shape"], d["dtype"]), 0)
     it.invoke()
