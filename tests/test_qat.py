@@ -68,7 +68,8 @@ def test_fold_keeps_bn_that_cannot_fold():
 @pytest.mark.parametrize("bits", BITS)
 def test_train_convert_verify(method, bits, tmp_path):
     model = small_model()
-    plan = default_plan(model, bits, method, keep_8bit=())
+    act_bits = 4 if registry.get(method).kind == "activations" else 8  # PACT's clip as a MINIMUM op
+    plan = default_plan(model, bits, method, keep_8bit=(), act_bits=act_bits)
     qat = quantize_model(model, plan)
     x, y = data()
     qat.compile("adam", "sparse_categorical_crossentropy")
@@ -88,6 +89,13 @@ def test_train_convert_verify(method, bits, tmp_path):
         assert tables and all(len(t) == 20 for t in tables)
     types = {fb.tensors[t].type for t in fb.weight_tensors()}
     assert types == ({"INT4"} if bits == 4 else {"UINT8"} if bits == 2 else {"INT8"})  # UINT8: LUT indices
+
+    # the file computes what the Keras model computes in integer arithmetic, to the bit
+    from tinyq.check import model_input, tflm_outputs
+    from tinyq.integer import IntegerModel
+
+    np.testing.assert_array_equal(IntegerModel(qat).predict(contract.to_float(pixels)),
+                                  tflm_outputs(tflite, model_input(fb, pixels, contract)))
 
     # the Keras model reloads with identical outputs
     qat.save(tmp_path / "m.h5")

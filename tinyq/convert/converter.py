@@ -71,21 +71,45 @@ def layer_of(tensor_name: str) -> str | None:
     return m.group(1) if m else None
 
 
+def stored_steps(quantizer, qvars) -> np.ndarray:
+    """The per-channel weight scales the converter writes for ``quantizer``, to the bit.
+
+    TensorFlow computes the container step ``s / ratio`` as ``s * (1 / ratio)`` (grappler turns
+    the division by a constant into a multiplication; the last bit differs from numpy's
+    division in ~10% of channels, which moves a requantization multiplier and, rarely, an
+    output); the converter then reads the range ``+-step * max`` back as ``range / max``,
+    and raises a range under 1e-6 (a dead channel's) to 1e-6.
+    """
+    g = quantizer.grid
+    s = (np.abs(qvars["scale"].numpy()) + np.float32(1e-12)).astype(np.float32)
+    step = (s * np.float32(1.0 / g.step_ratio)).astype(np.float32)
+    bound = (step * np.float32(g.container_max)).astype(np.float32)
+    stored = (bound.astype(np.float64) / g.container_max).astype(np.float32)
+    floor = np.float32(1e-6 / (2 * g.container_max))
+    return np.atleast_1d(np.where(s < quantizer.dead_scale, np.maximum(stored, floor), stored))
+
+
+def kernel_integers(weight, quantizer, qvars) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's container integers (Keras layout, float64) and the scales the file stores for them."""
+    w_q = quantizer(weight, False, qvars).numpy().astype(np.float64)
+    step = (np.abs(qvars["scale"].numpy()) / quantizer.grid.step_ratio).astype(np.float64)
+    axis = -1 if quantizer.channel_axis is None else quantizer.channel_axis
+    ints = np.round(np.moveaxis(w_q, axis, -1) / step)
+    return np.moveaxis(ints, -1, axis), stored_steps(quantizer, qvars)
+
+
 def expected_integers(qat) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
     """Per quantized layer: the integers and per-channel steps training used, in TFLite layout."""
     out = {}
     for layer, weight, quantizer, qvars in quantized_layers(qat):
-        name = layer.layer.name
-        w_q = quantizer(weight, False, qvars).numpy()
+        ints, _ = kernel_integers(weight, quantizer, qvars)
         step = np.abs(qvars["scale"].numpy()) / quantizer.grid.step_ratio
         axis = -1 if quantizer.channel_axis is None else quantizer.channel_axis
-        w_c = np.moveaxis(w_q, axis, -1)
-        ints = np.round(w_c / step).astype(np.int64)
         # Keras channels-last -> TFLite channels-first: [h,w,in,out] -> [out,h,w,in], [in,out] -> [out,in]
-        tfl = np.moveaxis(ints, -1, 0)
+        tfl = np.moveaxis(np.moveaxis(ints, axis, -1), -1, 0).astype(np.int64)
         if tfl.ndim == 4 and quantizer.channel_axis == 2:  # depthwise: channels are TFLite's last axis
             tfl = np.moveaxis(tfl, 0, -1)
-        out[name] = (tfl, step, quantizer.bits)
+        out[layer.layer.name] = (tfl, step, quantizer.bits)
     return out
 
 
