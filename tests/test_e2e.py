@@ -63,6 +63,9 @@ def test_check_json(runs, synthetic_eval, bits):
     tflm = result["tflm"]
     assert tflm["n"] == 40 and 0 <= tflm["accuracy"] <= 1 and tflm["arena_bytes"] > 10_000
     assert tflm["agreement_with_keras"] >= 0.9
+    # the Keras model in integer arithmetic predicts TFLM's int8 outputs exactly
+    assert result["keras_integer"]["identical_outputs"] == 1.0 and result["keras_integer"]["max_abs_diff"] == 0
+    assert result["keras_integer"]["agreement_with_tflm"] == 1.0
     assert result["file_bytes"] == (runs[bits] / "model.tflite").stat().st_size
     if bits == 2:
         assert "DECODE" in result["litert"]["skipped"]
@@ -143,6 +146,7 @@ def test_check_on_real_images(runs, people96):
     assert r.exit_code == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["tflm"]["n"] == 24 and result["litert_vs_tflm_max_abs_diff"] == 0
+    assert result["keras_integer"]["identical_outputs"] == 1.0
 
 
 def test_same_seed_same_bytes(runs, tmp_path):

@@ -185,6 +185,26 @@ def against_keras(keras_prob: np.ndarray, pred: np.ndarray) -> dict:
             "keras_margin_max": float(gaps.max(initial=0.0))}
 
 
+def keras_integer(qat, images: ImageSet, contract: InputContract) -> tuple[np.ndarray | None, dict]:
+    """The Keras model in the int8 kernels' arithmetic (:mod:`tinyq.integer`): its int8 outputs and
+    accuracy, or None and why it was skipped."""
+    from tinyq.integer import IntegerModel, NotEmulated
+
+    try:
+        out = IntegerModel(qat).predict(contract.to_float(images.x))
+    except NotEmulated as e:
+        return None, {"skipped": f"no integer version of this model: {e}"}
+    return out, {"accuracy": float((out.argmax(1) == images.y).mean()), "n": len(images)}
+
+
+def against_integer(integer_out: np.ndarray, tflm_out: np.ndarray) -> dict:
+    """How much of TFLM's output the integer Keras model predicts: top-1 agreement, and the share of
+    images whose int8 outputs are identical (1.0 for a file that holds what was trained)."""
+    return {"agreement_with_tflm": float((integer_out.argmax(1) == tflm_out.argmax(1)).mean()),
+            "identical_outputs": float((integer_out == tflm_out).all(axis=1).mean()),
+            "max_abs_diff": int(np.abs(integer_out - tflm_out.astype(np.int64)).max())}
+
+
 def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, log: Log = lambda m: None) -> dict:
     """Accuracy in each runtime, agreement with the Keras model, LiteRT-vs-TFLM difference, arena."""
     tflite = flatbuffer.resolve(tflite)
@@ -198,14 +218,16 @@ def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, lo
     result: dict = {"file": str(tflite), "file_bytes": len(data), "n": len(images), "data": str(data_dir),
                     "labels": list(contract.labels), "ops": fb.op_names}
 
-    keras_prob = None
+    keras_prob = integer_out = None
     if run is not None and run.model.exists():
         from tinyq.qat import load_model
         from tinyq.train import evaluate_keras
 
         log("check: Keras QAT model ...")
-        keras_prob = evaluate_keras(load_model(run.model), images, contract)
+        qat = load_model(run.model)
+        keras_prob = evaluate_keras(qat, images, contract)
         result["keras"] = {"accuracy": float((keras_prob.argmax(1) == images.y).mean()), "n": len(images)}
+        integer_out, result["keras_integer"] = keras_integer(qat, images, contract)
 
     outputs = {}
     missing = LITERT_OPS_MISSING & set(fb.op_names)
@@ -222,6 +244,8 @@ def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, lo
         if keras_prob is not None:
             entry.update(against_keras(keras_prob, pred))
         result[name] = entry
+    if integer_out is not None:
+        result["keras_integer"].update(against_integer(integer_out, outputs["tflm"]))
     if "litert" in outputs:
         result["litert"]["kernels"] = litert_kernels
     result["tflm"]["arena_bytes"] = arena_bytes(data)

@@ -295,6 +295,14 @@ def check(tflite, data, limit, as_json):
                           f"{entry['keras_margin_max']:.3f})")
         arena = f"  arena {entry['arena_bytes']:,} bytes" if "arena_bytes" in entry else ""
         click.echo(f"  {rt:<7} accuracy {entry['accuracy']:.4f}{extra}{arena}")
+    integer = result.get("keras_integer")
+    if integer is not None:
+        if "skipped" in integer:
+            click.echo(f"  Keras in integer arithmetic: skipped ({integer['skipped']})")
+        else:
+            click.echo(f"  Keras in integer arithmetic: accuracy {integer['accuracy']:.4f}, agreement with TFLM "
+                       f"{integer['agreement_with_tflm']:.4f}, int8 outputs identical on "
+                       f"{integer['identical_outputs']:.1%} of images")
     if "litert_vs_tflm_max_abs_diff" in result:
         click.echo(f"  LiteRT vs TFLM: max |int8 output difference| = {result['litert_vs_tflm_max_abs_diff']}")
 
