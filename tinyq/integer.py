@@ -38,10 +38,15 @@ class NotEmulated(Exception):
 
 
 class Tensor:
-    """An int8 activation: integers ``q`` (int64 array) with ``real = scale * (q - zero_point)``."""
+    """An int8 activation: integers ``q`` (int64 array) with ``real = scale * (q - zero_point)``.
 
-    def __init__(self, q: np.ndarray, scale: np.float32, zero_point: int) -> None:
+    ``exact``: the float64 scale the converter derived ``scale`` (float32, in the file) from;
+    it quantizes the next layer's bias with it.
+    """
+
+    def __init__(self, q: np.ndarray, scale: np.float32, zero_point: int, exact: float | None = None) -> None:
         self.q, self.scale, self.zero_point = q, np.float32(scale), int(zero_point)
+        self.exact = np.float64(self.scale if exact is None else exact)
 
 
 class Accumulator:
@@ -51,32 +56,33 @@ class Accumulator:
         self.acc, self.scale, self.activation, self.top = acc, scale, activation, top
 
 
-def nudged(lo: float, hi: float) -> tuple[np.float32, int]:
-    """``(scale, zero_point)`` of an int8 tensor whose FakeQuant range is ``[lo, hi]``, as the converter
-    stores it: ``s = (hi - lo) / 255``, ``z = round(-128 - lo / s)`` clamped to int8 (the range made to hold 0)."""
+def nudged(lo: float, hi: float) -> tuple[np.float32, int, float]:
+    """``(scale, zero_point, exact)`` of an int8 tensor whose FakeQuant range is ``[lo, hi]``, as the
+    converter derives it: ``exact = (hi - lo) / 255`` in double, stored as float32 ``scale``,
+    ``z = round(-128 - lo / s)`` clamped to int8 (the range made to hold 0)."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if hi - lo <= 0:
         raise NotEmulated("an activation range is empty: the model has not seen data (train or calibrate it)")
     scale = (hi - lo) / 255.0
     z = -128 - lo / scale
-    return np.float32(scale), int(np.clip(np.round(z), -128, 127))
+    return np.float32(scale), int(np.clip(np.round(z), -128, 127)), scale
 
 
-def requantize(acc: Accumulator, scale: np.float32, zero_point: int) -> Tensor:
+def requantize(acc: Accumulator, scale: np.float32, zero_point: int, exact: float | None = None) -> Tensor:
     """``acc`` onto the int8 grid ``(scale, zero_point)``, clamped as the fused activation clamps it
     (ReLU at the zero point; ReLU6 and PACT's MINIMUM at ``acc.top``)."""
     q, shift = quantize_multiplier(acc.scale / np.float64(scale))
     y = mbqm(acc.acc, q, shift) + zero_point
     lo = zero_point if acc.activation == "relu" else -128
     hi = 127 if acc.top is None else min(127, zero_point + int(np.round(acc.top / np.float64(scale))))
-    return Tensor(np.clip(y, max(lo, -128), hi), scale, zero_point)
+    return Tensor(np.clip(y, max(lo, -128), hi), scale, zero_point, exact)
 
 
 def _vars(wrapper) -> dict[str, np.ndarray]:
     return {v.name.split("/")[-1].split(":")[0]: v.numpy() for v in wrapper.weights}
 
 
-def _output_range(wrapper) -> tuple[np.float32, int] | None:
+def _output_range(wrapper) -> tuple[np.float32, int, float] | None:
     v = _vars(wrapper)
     return nudged(v["output_min"], v["output_max"]) if "output_min" in v else None
 
@@ -102,7 +108,7 @@ def _weight_layer(model: "IntegerModel", wrapper, x: Tensor):
     if layer.name not in model.quantizers:
         raise NotEmulated(f"layer {layer.name!r} keeps float weights (the converter quantizes them after training)")
     weight, quantizer, qvars = model.quantizers[layer.name]
-    ints, step = kernel_integers(weight, quantizer, qvars)
+    ints, step, step64 = kernel_integers(weight, quantizer, qvars)
     xin = (x.q - x.zero_point).astype(np.float64)  # integers below 2^53: float64 sums them exactly
     if isinstance(layer, L.DepthwiseConv2D):
         acc = tf.nn.depthwise_conv2d(xin, ints, [1, *layer.strides, 1], layer.padding.upper(),
@@ -117,12 +123,15 @@ def _weight_layer(model: "IntegerModel", wrapper, x: Tensor):
     w_scale = step.astype(np.float64)
     bias = layer.bias.numpy().astype(np.float64) if layer.use_bias else np.zeros(step.size)
     in_scale = np.float64(x.scale)
-    # a dead channel kept for its bias: the converter's step for it (tinyq.convert.constants)
+    bias_unit = x.exact * step64  # the converter divides by the unrounded scales
+    # a dead channel kept for its bias: the step tinyq.convert.constants gives it, from the file's scales
     dead = ~np.moveaxis(ints, -1 if not isinstance(layer, L.DepthwiseConv2D) else 2, 0).reshape(
         len(bias), -1).any(axis=1)
     fit = dead & (np.abs(bias) / (in_scale * w_scale) > FIT) & (step.size > 1)
-    w_scale = np.where(fit, np.float32(np.abs(bias) / (in_scale * FIT)), w_scale)
-    acc = np.round(acc).astype(np.int64) + np.round(bias / (in_scale * w_scale)).astype(np.int64)
+    refit = np.abs(bias) / (in_scale * FIT)
+    w_scale = np.where(fit, np.float32(refit), w_scale)
+    bias_unit = np.where(fit, in_scale * refit, bias_unit)
+    acc = np.round(acc).astype(np.int64) + np.round(bias / bias_unit).astype(np.int64)
     kind, top = _activation_of(layer)
     if kind == "softmax":
         raise NotEmulated(f"layer {layer.name!r}: a softmax inside a weight layer")
@@ -172,11 +181,11 @@ def _average_pool(model: "IntegerModel", wrapper, x: Tensor) -> Tensor:
     b, h, w, c = x.q.shape
     h, w = h // kh, w // kw
     total = x.q[:, :h * kh, :w * kw].reshape(b, h, kh, w, kw, c).sum(axis=(2, 4))
-    pooled = Tensor(np.clip(_divide_rounding(total, kh * kw), -128, 127), x.scale, x.zero_point)
+    pooled = Tensor(np.clip(_divide_rounding(total, kh * kw), -128, 127), x.scale, x.zero_point, x.exact)
     return _quantize(pooled, _output_range(wrapper))
 
 
-def _quantize(x: Tensor, out: tuple[np.float32, int] | None) -> Tensor:
+def _quantize(x: Tensor, out: tuple[np.float32, int, float] | None) -> Tensor:
     """The QUANTIZE op (int8 to int8) the converter puts where a layer's range differs from its input's."""
     if out is None or (out[0] == x.scale and out[1] == x.zero_point):
         return x
@@ -188,13 +197,13 @@ def _mean(model: "IntegerModel", wrapper, x: Tensor) -> Tensor:
     """MEAN over height and width (GlobalAveragePooling2D), as the int8 reference kernel computes it:
     the multiplier of ``s_in / s_out`` shifted left by ``floor(log2 n)`` and divided by ``n``
     (integer division), then ``sum(x - z_in)`` requantized by it, plus ``z_out``."""
-    scale, zero_point = _output_range(wrapper)
+    scale, zero_point, exact = _output_range(wrapper)
     n = x.q.shape[1] * x.q.shape[2]
     q, shift = quantize_multiplier(np.float64(x.scale) / np.float64(scale))
     bits = min(int(n).bit_length() - 1, 32, 31 + int(shift))
     q, shift = (q << bits) // n, shift - bits
     total = (x.q - x.zero_point).sum(axis=(1, 2))
-    return Tensor(np.clip(mbqm(total, q, shift) + zero_point, -128, 127), scale, zero_point)
+    return Tensor(np.clip(mbqm(total, q, shift) + zero_point, -128, 127), scale, zero_point, exact)
 
 
 def _reshape(model: "IntegerModel", wrapper, x):
@@ -202,7 +211,7 @@ def _reshape(model: "IntegerModel", wrapper, x):
         raise NotEmulated(f"layer {wrapper.layer.name!r} reshapes an unquantized output")
     if isinstance(wrapper.layer, L.Dropout):
         return x
-    return Tensor(x.q.reshape((x.q.shape[0], *wrapper.output_shape[1:])), x.scale, x.zero_point)
+    return Tensor(x.q.reshape((x.q.shape[0], *wrapper.output_shape[1:])), x.scale, x.zero_point, x.exact)
 
 
 LAYERS: dict[type, Callable] = {
@@ -249,9 +258,9 @@ class IntegerModel:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """int8 outputs (int64 array) for the model-ready float inputs ``x``."""
-        scale, zero_point = self.input_range
+        scale, zero_point, exact = self.input_range
         q = np.round(np.asarray(x, np.float64) / np.float64(scale)) + zero_point  # as tinyq.check quantizes
-        t = Tensor(np.clip(q, -128, 127).astype(np.int64), scale, zero_point)
+        t = Tensor(np.clip(q, -128, 127).astype(np.int64), scale, zero_point, exact)
         for wrapper, handler in self.steps:
             t = handler(self, wrapper, t)
         if isinstance(t, Accumulator):

@@ -16,7 +16,7 @@ from tinyq._stderr import captured_fd2
 from tinyq._tf import tf
 from tinyq.contract import InputContract
 from tinyq.convert import flatbuffer, lut
-from tinyq.convert.constants import fit_constant_biases
+from tinyq.convert.constants import center_constant_biases, fit_constant_biases
 from tinyq.errors import TinyqError
 from tinyq.qat import quantized_layers
 
@@ -35,6 +35,23 @@ def storage(qat, bits: int | None) -> Iterator[None]:
     finally:
         for _, _, quantizer, _ in layers:
             quantizer.storage_bits = None
+
+
+def storage_of(qat, fb: flatbuffer.Flatbuffer) -> int | None:
+    """The storage width ``fb`` was converted with (``tinyq convert RUN --bits``), from its tensor types.
+
+    Only 2-bit grids in INT4 (``--bits 4``) and 3-4-bit grids in INT8 (``--bits 8``) hold
+    other integers than the default file: a 2-bit grid in INT8 is what the LUT decodes to.
+    """
+    bits = {quantizer.bits for _, _, quantizer, _ in quantized_layers(qat)}
+    types = {fb.tensors[t].type for t in fb.weight_tensors()}
+    if set(flatbuffer.DECODE_OPS) & set(fb.op_names):
+        return None
+    if 2 in bits and "INT4" in types:
+        return 4
+    if bits & {3, 4} and "INT4" not in types:
+        return 8
+    return None
 
 
 def to_tflite(qat, representative: np.ndarray, contract: InputContract, storage_bits: int | None = None,
@@ -71,38 +88,41 @@ def layer_of(tensor_name: str) -> str | None:
     return m.group(1) if m else None
 
 
-def stored_steps(quantizer, qvars) -> np.ndarray:
-    """The per-channel weight scales the converter writes for ``quantizer``, to the bit.
+def converter_steps(quantizer, qvars) -> tuple[np.ndarray, np.ndarray]:
+    """The per-channel weight scales the converter uses for ``quantizer``, to the bit: the float32
+    ones it writes, and the float64 ones it quantizes the int32 biases with.
 
     TensorFlow computes the container step ``s / ratio`` as ``s * (1 / ratio)`` (grappler turns
     the division by a constant into a multiplication; the last bit differs from numpy's
     division in ~10% of channels, which moves a requantization multiplier and, rarely, an
-    output); the converter then reads the range ``+-step * max`` back as ``range / max``,
-    and raises a range under 1e-6 (a dead channel's) to 1e-6.
+    output); the converter reads the range ``+-step * max`` back as ``range / max`` in double,
+    raises a range under 1e-6 (a dead channel's) to 1e-6, and divides the bias by that double,
+    not by the float32 it stores (a bias integer near a half moves by one otherwise).
     """
     g = quantizer.grid
     s = (np.abs(qvars["scale"].numpy()) + np.float32(1e-12)).astype(np.float32)
     step = (s * np.float32(1.0 / g.step_ratio)).astype(np.float32)
     bound = (step * np.float32(g.container_max)).astype(np.float32)
-    stored = (bound.astype(np.float64) / g.container_max).astype(np.float32)
-    floor = np.float32(1e-6 / (2 * g.container_max))
-    return np.atleast_1d(np.where(s < quantizer.dead_scale, np.maximum(stored, floor), stored))
+    exact = bound.astype(np.float64) / g.container_max
+    exact = np.atleast_1d(np.where(s < quantizer.dead_scale, np.maximum(exact, 1e-6 / (2 * g.container_max)), exact))
+    return exact.astype(np.float32), exact
 
 
-def kernel_integers(weight, quantizer, qvars) -> tuple[np.ndarray, np.ndarray]:
-    """The kernel's container integers (Keras layout, float64) and the scales the file stores for them."""
+def kernel_integers(weight, quantizer, qvars) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kernel's container integers (Keras layout, float64) and the scales the converter uses
+    for them (:func:`converter_steps`: stored float32, and float64 for the biases)."""
     w_q = quantizer(weight, False, qvars).numpy().astype(np.float64)
     step = (np.abs(qvars["scale"].numpy()) / quantizer.grid.step_ratio).astype(np.float64)
     axis = -1 if quantizer.channel_axis is None else quantizer.channel_axis
     ints = np.round(np.moveaxis(w_q, axis, -1) / step)
-    return np.moveaxis(ints, -1, axis), stored_steps(quantizer, qvars)
+    return (np.moveaxis(ints, -1, axis), *converter_steps(quantizer, qvars))
 
 
 def expected_integers(qat) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
     """Per quantized layer: the integers and per-channel steps training used, in TFLite layout."""
     out = {}
     for layer, weight, quantizer, qvars in quantized_layers(qat):
-        ints, _ = kernel_integers(weight, quantizer, qvars)
+        ints = kernel_integers(weight, quantizer, qvars)[0]
         step = np.abs(qvars["scale"].numpy()) / quantizer.grid.step_ratio
         axis = -1 if quantizer.channel_axis is None else quantizer.channel_axis
         # Keras channels-last -> TFLite channels-first: [h,w,in,out] -> [out,h,w,in], [in,out] -> [out,in]
@@ -194,7 +214,8 @@ def compress_2bit(data: bytes, fb: flatbuffer.Flatbuffer, tensors: dict[int, str
     from tinyq.check import model_input, tflm_outputs
 
     exact = lut.compress(data, fb, tensors, shared_tables=False)
-    shared = lut.compress(data, fb, tensors)
+    centered, _ = center_constant_biases(data, fb, list(tensors))  # a shared table gives dead channels weights
+    shared = lut.compress(centered, flatbuffer.parse(centered), tensors)
     chosen, kept = exact, "per-channel value tables"
     if shared != exact:
         x = model_input(fb, pixels[:n], contract)
