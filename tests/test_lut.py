@@ -94,3 +94,49 @@ def test_channels_with_different_integers_keep_a_table_each(two_bit):
     strides = sorted(tb[lut.DCM_STRIDE] for tb in tables.values())
     assert strides == [0, 0, 0, 4]
     np.testing.assert_array_equal(tflm_outputs(shared, x), tflm_outputs(per_channel, x))
+
+
+def test_dead_channel_biases_are_centered_so_a_shared_table_moves_no_output(two_bit):
+    """A dead channel reads the shared table's smallest level: its constant output gains a small
+    accumulator term. Its bias is moved to the middle of its output's rounding interval: the
+    output without the term is unchanged, and no term under half a step moves it."""
+    from tinyq.check import tflm_outputs
+    from tinyq.convert.compact import aligned, editor
+    from tinyq.convert.constants import center_constant_biases
+    from tinyq.fixedpoint import multiply_by_quantized_multiplier as mbqm
+    from tinyq.fixedpoint import quantize_multiplier
+
+    run, raw, fb, tensors, x = two_bit
+    index = min(tensors)
+    op, t = fb.weight_tensors()[index], fb.tensors[index]
+    values = t.data.view(np.int8).reshape(t.shape).copy()
+    np.moveaxis(values, t.quantized_dimension, 0)[0] = 0  # channel 0 dead: zero weights ...
+    step = np.float32(1e-6 / 254)  # ... the converter's floor step ...
+    s_in, s_out = (np.float64(fb.tensors[i].scales[0]) for i in (op.inputs[0], op.outputs[0]))
+    q, shift = quantize_multiplier(s_in * np.float64(step) / s_out)
+    m = q * 2.0 ** (shift - 31)
+    edge = int(3.5 / m)  # ... and a bias on the edge between outputs 3 and 4
+    while mbqm(edge + 1, q, shift) == 3:
+        edge += 1
+    while mbqm(edge, q, shift) == 4:
+        edge -= 1
+    model = editor().read(lut._edited(raw, {index: values}))
+    tensors_t = model.subgraphs[0].tensors
+    tensors_t[index].quantization.scales = [float(step)] + list(tensors_t[index].quantization.scales[1:])
+    bias = np.frombuffer(tensors_t[op.inputs[2]].buffer.data, np.int32).copy()
+    bias[0] = edge
+    tensors_t[op.inputs[2]].buffer.data = bias.tobytes()
+    edited = aligned(bytes(model.build()))
+    assert mbqm(edge + 1, q, shift) == 4  # one accumulator unit of weight term moves the old output
+
+    centered, changed = center_constant_biases(edited, flatbuffer.parse(edited), [index])
+    assert changed == 1
+    new = np.frombuffer(flatbuffer.parse(centered).tensors[op.inputs[2]].data, np.int32).astype(np.int64)
+    np.testing.assert_array_equal(new[1:], bias[1:])  # live channels untouched
+    assert mbqm(new[0], q, shift) == 3  # the same output without the term
+    margin = int(0.45 / m)
+    assert mbqm(new[0] - margin, q, shift) == mbqm(new[0] + margin, q, shift) == 3
+    fb2 = flatbuffer.parse(centered)
+    np.testing.assert_array_equal(tflm_outputs(lut.compress(centered, fb2, tensors), x),
+                                  tflm_outputs(lut.compress(edited, flatbuffer.parse(edited), tensors,
+                                                            shared_tables=False), x))

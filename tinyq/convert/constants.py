@@ -55,3 +55,48 @@ def fit_constant_biases(data: bytes, fb: Flatbuffer, biases: dict[int, np.ndarra
             bq.scales = [s_in * s for s in w_scales]
         tensors[bias_index].buffer.data = stored.tobytes()
     return aligned(bytes(model.build())), sum(len(f[2]) for f in fixes)
+
+
+def center_constant_biases(data: bytes, fb: Flatbuffer, tensors: list[int]) -> tuple[bytes, int]:
+    """``data`` with the int32 bias of every all-zero channel of ``tensors`` moved to the middle of
+    the accumulator interval that requantizes to the same output. Returns the new bytes and how many
+    channels changed.
+
+    A shared 2-bit value table has no 0 (:func:`tinyq.convert.lut.shared_levels`): a dead channel
+    decodes to the smallest level times its ~4e-9 step and its constant output gains an
+    accumulator term ``sum(w x)`` of some 1e-3 output steps. Where the constant lay that close to
+    a rounding boundary it moved by a step on some images (1 of 477 vww-dev images, a 2-bit
+    ``daq`` file). With ``acc = round(k / M)`` for the output ``k = MBQM(bias, M)``, the term
+    must reach half a step to move it; without it the channel computes ``k`` as before, so the
+    file still equals training's integer arithmetic (:mod:`tinyq.integer`).
+    """
+    from tinyq.convert.compact import aligned, editor
+    from tinyq.fixedpoint import multiply_by_quantized_multiplier as mbqm
+    from tinyq.fixedpoint import quantize_multiplier
+
+    ops = fb.weight_tensors()
+    fixes = []
+    for index in tensors:
+        op, w = ops[index], fb.tensors[index]
+        if len(op.inputs) < 3 or op.inputs[2] < 0 or w.scales.size < 2:
+            continue
+        dead = ~np.moveaxis(int_values(w), w.quantized_dimension, 0).reshape(w.scales.size, -1).any(axis=1)
+        if not dead.any():
+            continue
+        bias = np.frombuffer(fb.tensors[op.inputs[2]].data, np.int32).astype(np.int64)
+        s_in, s_out = (np.float64(fb.tensors[t].scales[0]) for t in (op.inputs[0], op.outputs[0]))
+        # the kernels' multiplier: float32 scales multiplied in double (TFLM's effective_output_scale)
+        q, shift = quantize_multiplier(s_in * w.scales.astype(np.float64) / s_out)
+        k = mbqm(bias, q, shift)
+        centered = np.clip(np.round(k / (q * np.exp2(shift.astype(np.float64) - 31))), -(2 ** 31), 2 ** 31 - 1)
+        centered = np.where(np.isfinite(centered), centered, bias).astype(np.int64)
+        keep = dead & (q > 0) & (mbqm(centered, q, shift) == k) & (centered != bias)
+        if keep.any():
+            fixes.append((op.inputs[2], np.where(keep, centered, bias)))
+    if not fixes:
+        return data, 0
+    model = editor().read(data)
+    for bias_index, stored in fixes:
+        model.subgraphs[0].tensors[bias_index].buffer.data = stored.astype(np.int32).tobytes()
+    changed = sum(int((stored != np.frombuffer(fb.tensors[b].data, np.int32)).sum()) for b, stored in fixes)
+    return aligned(bytes(model.build())), changed
