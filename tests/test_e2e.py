@@ -44,6 +44,9 @@ def test_run_folder_contents(runs, bits):
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["tflm_test_accuracy"] <= 1.0 and metrics["test_n"] == 30
     assert 0.0 <= metrics["float_test_accuracy"] <= 1.0
+    # convert ran the file in TFLM against the Keras model's integer arithmetic: equal to the bit
+    assert metrics["integer_check"] == {"images": 32, "identical_outputs": 1.0, "agreement_with_tflm": 1.0,
+                                        "max_abs_diff": 0}
     report = json.loads((run / "report.json").read_text())
     assert report["kind"] == "train" and set(report["history"]) == {"float", "qat"}
     assert {h["bits"] for h in report["histograms"]} == ({8} if bits == 8 else {8, bits})
@@ -101,8 +104,13 @@ def test_convert_widens_storage_losslessly(runs, tmp_path):
     out = tmp_path / "w4-as-int8.tflite"
     r = invoke("convert", runs[4], "--bits", 8, "--out", out)
     assert r.exit_code == 0, r.stderr
+    assert "integer arithmetic on 32 images, bit for bit" in r.stderr  # the 4-bit grid spread in INT8
     _, fb = flatbuffer.read(out)
     assert {fb.tensors[t].type for t in fb.weight_tensors()} == {"INT8"}
+    from tinyq.convert.converter import storage_of
+    from tinyq.qat import load_model
+
+    assert storage_of(load_model(runs[4] / "model.h5"), fb) == 8
     assert out.stat().st_size > (runs[4] / "model.tflite").stat().st_size
     r = invoke("convert", runs[4], "--bits", 2, "--out", tmp_path / "x.tflite")
     assert r.exit_code == 1 and "below the 4 bits" in r.stderr and not (tmp_path / "x.tflite").exists()
@@ -111,21 +119,56 @@ def test_convert_widens_storage_losslessly(runs, tmp_path):
 @pytest.mark.parametrize("storage, weight_types", [(4, {"INT4", "INT8"}), (8, {"INT8"})])
 def test_convert_2bit_run_for_runtimes_without_decode(runs, tmp_path, synthetic_eval, storage, weight_types):
     """--bits 4 / 8 on a 2-bit run: plain INT4 / INT8 tensors and no DECODE, so LiteRT runs it
-    too; TFLM's outputs equal the LUT file's (the same integers, stored wider)."""
+    too. The same real weights, but not the same integers: the LUT file spreads the 2-bit grid
+    to -126, -42, 42, 126 (steps s / 84), INT4 holds -6, -2, 2, 6 (s / 2), so the requantization
+    multipliers and int32 biases differ and TFLM's outputs may differ from the LUT file's by a
+    step. Each file computes exactly what the Keras model computes in its own integers."""
     import numpy as np
 
     from tinyq.check import tflm_outputs
+    from tinyq.convert.converter import storage as stored_as
+    from tinyq.convert.converter import storage_of
+    from tinyq.integer import IntegerModel
+    from tinyq.qat import load_model
 
     out = tmp_path / f"w2-as-{storage}.tflite"
     r = invoke("convert", runs[2], "--bits", storage, "--out", out)
     assert r.exit_code == 0, r.stderr
+    assert "integer arithmetic on 32 images, bit for bit" in r.stderr
     data, fb = flatbuffer.read(out)
     assert {fb.tensors[t].type for t in fb.weight_tensors()} == weight_types
     assert not set(flatbuffer.DECODE_OPS) & set(fb.op_names)
     result = json.loads(invoke("check", out, "--data", synthetic_eval, "--json").stdout)
     assert result["litert"]["n"] == 40 and result["litert_vs_tflm_max_abs_diff"] == 0
+
+    qat = load_model(runs[2] / "model.h5")
+    assert storage_of(qat, fb) == {4: 4, 8: None}[storage]  # 2-bit in INT8: the LUT file's integers
+    assert storage_of(qat, flatbuffer.read(runs[2] / "model.tflite")[1]) is None
     x = np.random.default_rng(0).integers(-128, 128, (8, 96, 96, 3), dtype=np.int8)
-    np.testing.assert_array_equal(tflm_outputs(data, x), tflm_outputs((runs[2] / "model.tflite").read_bytes(), x))
+    model = IntegerModel(qat)
+    scale, zero_point, _ = model.input_range
+    for path, bits in ((out, storage), (runs[2] / "model.tflite", None)):
+        with stored_as(qat, bits):
+            expected = model((x.astype(np.float64) - zero_point) * scale)
+        np.testing.assert_array_equal(tflm_outputs(path.read_bytes(), x), expected)
+    assert np.abs(tflm_outputs(data, x).astype(int) - tflm_outputs((runs[2] / "model.tflite").read_bytes(), x)).max() <= 1
+
+
+def test_convert_warns_when_the_file_is_not_what_was_trained(runs):
+    """The integer check can fail: the 2-bit run's Keras model against the 4-bit run's file."""
+    import numpy as np
+
+    from tinyq.contract import InputContract
+    from tinyq.convert import against_integer_model
+    from tinyq.qat import load_model
+
+    config = json.loads((runs[2] / "config.json").read_text())
+    logged = []
+    result = against_integer_model(load_model(runs[2] / "model.h5"), (runs[4] / "model.tflite").read_bytes(),
+                                   np.load(runs[2] / "representative.npy"),
+                                   InputContract.from_dict(config["contract"]), log=logged.append)
+    assert result["identical_outputs"] < 1.0 and result["max_abs_diff"] > 0
+    assert any(m.startswith("warning: TFLM's int8 outputs differ") for m in logged), logged
 
 
 @pytest.mark.parametrize("bits", BITS)

@@ -45,11 +45,16 @@ def convert_run(run: Run | str | Path, storage_bits: int | None = None, out: str
     else:
         save_representative(run, representative)
     # converter PTQ: the float model goes to the converter, which picks every scale itself
-    data = convert(load_model(source), representative, contract, storage_bits, log,
+    model = load_model(source)
+    data = convert(model, representative, contract, storage_bits, log,
                    allow_float=bool(config["train"].get("allow_float")))
     target = Path(out) if out is not None else run.tflite
     if compact:
         data = compact_file(data, representative, contract, target, keep_uncompacted, log)
+    if not converter_ptq:
+        outputs = against_integer_model(model, data, representative, contract, storage_bits, log)
+        if target == run.tflite:
+            run.update_metrics(integer_check=outputs)
     write_bytes(target, data)
     log(f"wrote {target} ({len(data):,} bytes)")
     return target
@@ -82,3 +87,41 @@ def compact_verified(data: bytes, pixels: np.ndarray, contract: InputContract, n
     from tinyq.convert.compact import compact
 
     return compact(data, model_input(flatbuffer.parse(data), pixels[:n], contract), log)
+
+
+def against_integer_model(qat, data: bytes, pixels: np.ndarray, contract: InputContract,
+                          storage_bits: int | None = None, log: Callable[[str], None] = lambda m: None,
+                          n: int = 32) -> dict:
+    """TFLM's int8 outputs of ``data`` against the QAT model's in integer arithmetic
+    (:mod:`tinyq.integer`) on the first ``n`` of ``pixels``: equal on every image for a file
+    that computes what was trained.
+
+    Returns ``{images, identical_outputs, agreement_with_tflm, max_abs_diff}``, or ``{skipped}``
+    for a model the integer version does not cover (the conversion itself stands).
+    """
+    from tinyq.check import against_integer, model_input, tflm_outputs
+    from tinyq.convert import flatbuffer
+    from tinyq.convert.converter import storage
+    from tinyq.integer import IntegerModel, NotEmulated
+
+    try:
+        with storage(qat, storage_bits):  # the integers as this file stores them
+            expected = IntegerModel(qat).predict(contract.to_float(pixels[:n]))
+    except NotEmulated as e:
+        log(f"convert: outputs not checked against the Keras model's integer arithmetic ({e})")
+        return {"skipped": str(e)}
+    except Exception as e:  # an advisory check: a gap in tinyq.integer must not cost the user the file
+        log(f"warning: the Keras model's integer arithmetic could not be computed ({type(e).__name__}: {e}); "
+            "outputs not checked, please report it")
+        return {"skipped": f"{type(e).__name__}: {e}"}
+    got = tflm_outputs(data, model_input(flatbuffer.parse(data), pixels[:n], contract))
+    result = {"images": len(expected), **against_integer(expected, got)}
+    differ = round((1 - result["identical_outputs"]) * len(expected))
+    if not differ:
+        log(f"convert: TFLM's int8 outputs equal the Keras model's integer arithmetic on {len(expected)} images, "
+            "bit for bit")
+    else:
+        log(f"warning: TFLM's int8 outputs differ from the Keras model's integer arithmetic on {differ} of "
+            f"{len(expected)} images (up to {result['max_abs_diff']} steps): the file does not compute exactly "
+            "what was trained; please report it with the run folder")
+    return result
