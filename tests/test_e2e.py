@@ -47,6 +47,8 @@ def test_run_folder_contents(runs, bits):
     # convert ran the file in TFLM against the Keras model's integer arithmetic: equal to the bit
     assert metrics["integer_check"] == {"images": 32, "identical_outputs": 1.0, "agreement_with_tflm": 1.0,
                                         "max_abs_diff": 0}
+    assert "in integer arithmetic (TFLM, 32 calibration images): int8 outputs identical on 32\n" in (
+        run / "report.md").read_text()
     report = json.loads((run / "report.json").read_text())
     assert report["kind"] == "train" and set(report["history"]) == {"float", "qat"}
     assert {h["bits"] for h in report["histograms"]} == ({8} if bits == 8 else {8, bits})

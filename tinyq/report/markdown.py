@@ -24,6 +24,14 @@ def _card(report: dict) -> list[str]:
              "- dead channels dropped at folding (outputs unchanged): " + (", ".join(
                  f"{name} {n}" for name, n in c.get("dead_channels_dropped", {}).items()) or "none"),
              f"- float ops in the file: {', '.join(c['float_layers']) or 'none (full integer)'}"]
+    check = report["metrics"].get("integer_check")
+    if check and "skipped" in check:
+        lines.append(f"- file against the Keras model in integer arithmetic: not checked ({check['skipped']})")
+    elif check:
+        same = round(check["identical_outputs"] * check["images"])
+        lines.append(f"- file against the Keras model in integer arithmetic (TFLM, {check['images']} calibration "
+                     f"images): int8 outputs identical on {same}" + ("" if same == check["images"] else
+                                                                     f", up to {check['max_abs_diff']} steps apart"))
     if c["distillation"] is not None:
         lines.append(f"- distillation weight (teacher: the float original): {c['distillation']}")
     if c.get("distillation_features"):
