@@ -88,7 +88,8 @@ def center_constant_biases(data: bytes, fb: Flatbuffer, tensors: list[int]) -> t
         # the kernels' multiplier: float32 scales multiplied in double (TFLM's effective_output_scale)
         q, shift = quantize_multiplier(s_in * w.scales.astype(np.float64) / s_out)
         k = mbqm(bias, q, shift)
-        centered = np.clip(np.round(k / (q * np.exp2(shift.astype(np.float64) - 31))), -(2 ** 31), 2 ** 31 - 1)
+        with np.errstate(divide="ignore", invalid="ignore"):  # q = 0 (a multiplier under 2^-31): kept as is
+            centered = np.clip(np.round(k / (q * np.exp2(shift.astype(np.float64) - 31))), -(2 ** 31), 2 ** 31 - 1)
         centered = np.where(np.isfinite(centered), centered, bias).astype(np.int64)
         keep = dead & (q > 0) & (mbqm(centered, q, shift) == k) & (centered != bias)
         if keep.any():
