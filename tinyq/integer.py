@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from tinyq._tf import keras, tf
-from tinyq.convert.constants import FIT
+from tinyq.convert.constants import FIT, dead_channels
 from tinyq.convert.converter import kernel_integers
 from tinyq.fixedpoint import multiply_by_quantized_multiplier as mbqm
 from tinyq.fixedpoint import quantize_multiplier, softmax_int8
@@ -125,8 +125,7 @@ def _weight_layer(model: "IntegerModel", wrapper, x: Tensor):
     in_scale = np.float64(x.scale)
     bias_unit = x.exact * step64  # the converter divides by the unrounded scales
     # a dead channel kept for its bias: the step tinyq.convert.constants gives it, from the file's scales
-    dead = ~np.moveaxis(ints, -1 if not isinstance(layer, L.DepthwiseConv2D) else 2, 0).reshape(
-        len(bias), -1).any(axis=1)
+    dead = dead_channels(ints, 2 if isinstance(layer, L.DepthwiseConv2D) else -1)
     fit = dead & (np.abs(bias) / (in_scale * w_scale) > FIT) & (step.size > 1)
     refit = np.abs(bias) / (in_scale * FIT)
     w_scale = np.where(fit, np.float32(refit), w_scale)

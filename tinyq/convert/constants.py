@@ -19,6 +19,11 @@ from tinyq.convert.flatbuffer import Flatbuffer, int_values
 FIT = 2 ** 30  # the stored bias of a refitted channel: half of int32, room for the accumulator
 
 
+def dead_channels(values: np.ndarray, axis: int) -> np.ndarray:
+    """Per channel along ``axis`` of a weight tensor's integers: True where every integer is 0."""
+    return ~np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1).any(axis=1)
+
+
 def fit_constant_biases(data: bytes, fb: Flatbuffer, biases: dict[int, np.ndarray]) -> tuple[bytes, int]:
     """``data`` with the step of every all-zero weight channel whose int32 bias cannot hold its
     float bias raised until it can; ``biases``: {weight tensor index: the layer's float bias}.
@@ -33,7 +38,7 @@ def fit_constant_biases(data: bytes, fb: Flatbuffer, biases: dict[int, np.ndarra
             continue
         s_in = float(fb.tensors[op.inputs[0]].scales[0])
         axis = w.quantized_dimension
-        dead = ~np.moveaxis(int_values(w), axis, 0).reshape(w.scales.size, -1).any(axis=1)
+        dead = dead_channels(int_values(w), axis)
         overflow = np.abs(bias) / (s_in * w.scales.astype(np.float64)) > FIT
         channels = np.flatnonzero(dead & overflow)
         if channels.size:
@@ -80,7 +85,7 @@ def center_constant_biases(data: bytes, fb: Flatbuffer, tensors: list[int]) -> t
         op, w = ops[index], fb.tensors[index]
         if len(op.inputs) < 3 or op.inputs[2] < 0 or w.scales.size < 2:
             continue
-        dead = ~np.moveaxis(int_values(w), w.quantized_dimension, 0).reshape(w.scales.size, -1).any(axis=1)
+        dead = dead_channels(int_values(w), w.quantized_dimension)
         if not dead.any():
             continue
         bias = np.frombuffer(fb.tensors[op.inputs[2]].data, np.int32).astype(np.int64)
