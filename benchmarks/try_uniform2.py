@@ -90,7 +90,7 @@ class Oscillations(keras.callbacks.Callback):
         self.items, self.log, self.steps = [], [], 0
         for _, weight, q, qvars in quantized_layers(qat):
             if q.bits == 2:
-                it = {"w": weight, "s": qvars["scale"], "axis": -1 if q.channel_axis is None else q.channel_axis,
+                it = {"w": weight, "s": qvars["scale"], "axis": q.kernel_axis,
                       "g": q.grid}
                 c = self.codes(it)
                 it.update(prev=c, dir=np.zeros_like(c), f=np.zeros(c.shape), ema=c.astype(float),

@@ -112,7 +112,7 @@ def kernel_integers(weight, quantizer, qvars) -> tuple[np.ndarray, np.ndarray, n
     """The kernel's container integers (Keras layout, float64) and the scales the converter uses
     for them (:func:`converter_steps`: stored float32, and float64 for the biases)."""
     w_q = quantizer(weight, False, qvars).numpy().astype(np.float64)
-    axis = _kernel_axis(quantizer)
+    axis = quantizer.kernel_axis
     ints = np.round(np.moveaxis(w_q, axis, -1) / _keras_steps(quantizer, qvars))
     return (np.moveaxis(ints, -1, axis), *converter_steps(quantizer, qvars))
 
@@ -122,17 +122,13 @@ def _keras_steps(quantizer, qvars) -> np.ndarray:
     return (np.abs(qvars["scale"].numpy()) / quantizer.grid.step_ratio).astype(np.float64)
 
 
-def _kernel_axis(quantizer) -> int:
-    return -1 if quantizer.channel_axis is None else quantizer.channel_axis
-
-
 def expected_integers(qat) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
     """Per quantized layer: the integers and per-channel steps training used, in TFLite layout."""
     out = {}
     for layer, weight, quantizer, qvars in quantized_layers(qat):
         ints = kernel_integers(weight, quantizer, qvars)[0]
         # Keras channels-last -> TFLite channels-first: [h,w,in,out] -> [out,h,w,in], [in,out] -> [out,in]
-        tfl = np.moveaxis(np.moveaxis(ints, _kernel_axis(quantizer), -1), -1, 0).astype(np.int64)
+        tfl = np.moveaxis(np.moveaxis(ints, quantizer.kernel_axis, -1), -1, 0).astype(np.int64)
         if tfl.ndim == 4 and quantizer.channel_axis == 2:  # depthwise: channels are TFLite's last axis
             tfl = np.moveaxis(tfl, 0, -1)
         out[layer.layer.name] = (tfl, _keras_steps(quantizer, qvars), quantizer.bits)

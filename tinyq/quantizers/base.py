@@ -140,6 +140,11 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         return grid(self.bits, self.storage_bits)
 
     @property
+    def kernel_axis(self) -> int:
+        """The kernel axis the per-channel scales run along (-1 for a per-tensor scale)."""
+        return -1 if self.channel_axis is None else self.channel_axis
+
+    @property
     def dead_scale(self) -> float:
         """The scale under which a channel computes with exactly 0: a step of ``DEAD_STEP`` in the
         trained grid's container, whatever the storage (a wider one must not revive a channel)."""
@@ -185,7 +190,7 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         """Quantized ``w`` (channels last), on ``(code + offset) * scale`` when not training."""
 
     def __call__(self, inputs, training, weights, **kwargs):
-        axis = -1 if self.channel_axis is None else self.channel_axis
+        axis = self.kernel_axis
         w = channels_last(inputs, axis)
         scale = tf.abs(weights["scale"]) + 1e-12
         owner = getattr(self, "_owner", lambda: None)()
@@ -212,7 +217,7 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         ``1/(2 pi^2) = 0.051`` for weights spread uniformly between levels, 0 on the grid):
         layers that stay high resist quantization (candidates for more bits).
         """
-        axis = -1 if self.channel_axis is None else self.channel_axis
+        axis = self.kernel_axis
         scale = tf.abs(weights["scale"]) + 1e-12
         return {"grid_distance": float(self.regulariser(channels_last(w, axis), scale))}
 

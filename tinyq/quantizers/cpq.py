@@ -214,7 +214,7 @@ class CPQ(WeightQuantizer):
         """Adds ``cpq_confidence``: the mean probability of each weight's nearest level (1 = clustered)."""
         from tinyq.quantizers.base import channels_last
 
-        axis = -1 if self.channel_axis is None else self.channel_axis
+        axis = self.kernel_axis
         scale = tf.abs(weights["scale"]) + 1e-12
         _, p = level_probabilities(channels_last(w, axis) / scale - self.grid.offset, self.grid)
         out = {**super().diagnostics(w, weights), "cpq_confidence": float(np.mean(p.numpy()[..., WINDOW // 2]))}

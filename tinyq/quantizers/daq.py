@@ -75,7 +75,7 @@ class DAQ(WeightQuantizer):
     def diagnostics(self, w, weights) -> dict[str, float]:
         from tinyq.quantizers.base import channels_last
 
-        axis = -1 if self.channel_axis is None else self.channel_axis
+        axis = self.kernel_axis
         scale = tf.abs(weights["scale"]) + 1e-12
         u = channels_last(w, axis) / scale - self.grid.offset
         beta = temperature(u, self.grid)

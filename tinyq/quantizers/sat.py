@@ -40,7 +40,7 @@ class SAT(WeightQuantizer):
         return sat_codes(w, self.grid) * scale
 
     def init_scale(self, w: np.ndarray) -> np.ndarray:
-        axis = -1 if self.channel_axis is None else self.channel_axis
+        axis = self.kernel_axis
         wc = np.moveaxis(w, axis, -1).reshape(-1, w.shape[axis]) if self.channel_axis is not None \
             else w.reshape(-1, 1)
         levels = sat_codes(tf.constant(wc, tf.float32), self.grid).numpy()

@@ -48,8 +48,7 @@ def _histograms(qat) -> list[dict]:
 
     out = []  # a list, in model order: report.json sorts object keys
     for layer, weight, quantizer, qvars in quantized_layers(qat):
-        axis = -1 if quantizer.channel_axis is None else quantizer.channel_axis
-        w = channels_last(weight, axis).numpy()
+        w = channels_last(weight, quantizer.kernel_axis).numpy()
         scale = np.abs(qvars["scale"].numpy()) + 1e-12
         zero = np.abs(w) < 1e-7
         units = (w / scale)[~zero]
