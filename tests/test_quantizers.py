@@ -110,6 +110,22 @@ def test_depthwise_channel_axis(method, bits):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("bits", BITS)
+def test_depthwise_diagnostics_match_channels_last(method, bits):
+    """A depthwise kernel's diagnostics are those of the same channels laid out last."""
+    dw, dw_vars = _build(method, bits, shape=(3, 3, 6, 1), channel_axis=2)
+    last, last_vars = _build(method, bits, shape=(3, 3, 1, 6), channel_axis=-1)
+    w = tf.random.stateless_normal((3, 3, 6, 1), seed=(3, bits))
+    dw_vars["scale"].assign(mse_scale(w.numpy(), bits, channel_axis=2))
+    for name, v in dw_vars.items():
+        last_vars[name].assign(v)
+    got, want = dw.diagnostics(w, dw_vars), last.diagnostics(tf.transpose(w, (0, 1, 3, 2)), last_vars)
+    assert set(got) == set(want) and "grid_distance" in got
+    assert got == pytest.approx(want, rel=1e-6)
+    assert got["grid_distance"] > 0  # normal weights are off the grid
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bits", BITS)
 def test_get_config_round_trip(method, bits):
     q = registry.parse(method).weight_quantizer(bits, 2)
     cls = type(q)

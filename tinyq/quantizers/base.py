@@ -29,6 +29,12 @@ def channels_last(w: tf.Tensor, channel_axis: int) -> tf.Tensor:
     return tf.transpose(w, perm)
 
 
+def positive_scale(s: tf.Tensor) -> tf.Tensor:
+    """``|s| + 1e-12``: the step a weight quantizer computes with (the trained variable may change
+    sign; the floor keeps ``w / s`` finite for a dead channel)."""
+    return tf.abs(s) + 1e-12
+
+
 def to_container(w_q: tf.Tensor, scale: tf.Tensor, g: Grid, per_channel: bool = True) -> tf.Tensor:
     """Per-channel fake-quant onto the container grid; the identity on ``w_q``'s levels.
 
@@ -189,10 +195,13 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
     def quantize(self, w: tf.Tensor, scale: tf.Tensor, weights: dict, training) -> tf.Tensor:
         """Quantized ``w`` (channels last), on ``(code + offset) * scale`` when not training."""
 
+    def latent(self, w: tf.Tensor, weights: dict) -> tuple[tf.Tensor, tf.Tensor]:
+        """The kernel with its channels last, and the per-channel :func:`positive_scale` it is quantized with."""
+        return channels_last(w, self.kernel_axis), positive_scale(weights["scale"])
+
     def __call__(self, inputs, training, weights, **kwargs):
         axis = self.kernel_axis
-        w = channels_last(inputs, axis)
-        scale = tf.abs(weights["scale"]) + 1e-12
+        w, scale = self.latent(inputs, weights)
         owner = getattr(self, "_owner", lambda: None)()
         if owner is not None and _in_layer_call():
             for loss in self.layer_losses(w, scale, weights):
@@ -217,9 +226,7 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         ``1/(2 pi^2) = 0.051`` for weights spread uniformly between levels, 0 on the grid):
         layers that stay high resist quantization (candidates for more bits).
         """
-        axis = self.kernel_axis
-        scale = tf.abs(weights["scale"]) + 1e-12
-        return {"grid_distance": float(self.regulariser(channels_last(w, axis), scale))}
+        return {"grid_distance": float(self.regulariser(*self.latent(w, weights)))}
 
     def get_config(self) -> dict:
         return {"bits": self.bits, "channel_axis": self.channel_axis, "qgt": self.qgt}

@@ -34,7 +34,7 @@ import zlib
 import numpy as np
 
 from tinyq._tf import tf
-from tinyq.quantizers.base import WeightQuantizer, mse_scale
+from tinyq.quantizers.base import WeightQuantizer, mse_scale, positive_scale
 from tinyq.quantizers.grid import Grid, grid
 from tinyq.quantizers.uniform import scale_grad, uniform_quantize
 
@@ -189,7 +189,7 @@ class CPQ(WeightQuantizer):
         return nest(levels, hard + keep - tf.stop_gradient(keep))  # straight-through: d out / d pi = d out / d z
 
     def _scales(self, scale, weights) -> list:
-        return [tf.abs(weights[f"scale_w{c}"]) + 1e-12 for c in self.choices[:-1]] + [scale]
+        return [positive_scale(weights[f"scale_w{c}"]) for c in self.choices[:-1]] + [scale]
 
     @staticmethod
     def _quantize(w, scale, g: Grid, seeds):
@@ -212,11 +212,8 @@ class CPQ(WeightQuantizer):
 
     def diagnostics(self, w, weights) -> dict[str, float]:
         """Adds ``cpq_confidence``: the mean probability of each weight's nearest level (1 = clustered)."""
-        from tinyq.quantizers.base import channels_last
-
-        axis = self.kernel_axis
-        scale = tf.abs(weights["scale"]) + 1e-12
-        _, p = level_probabilities(channels_last(w, axis) / scale - self.grid.offset, self.grid)
+        latent, scale = self.latent(w, weights)
+        _, p = level_probabilities(latent / scale - self.grid.offset, self.grid)
         out = {**super().diagnostics(w, weights), "cpq_confidence": float(np.mean(p.numpy()[..., WINDOW // 2]))}
         if self.learn_bits:
             keep = self.keep_probabilities(weights).numpy()

@@ -73,11 +73,8 @@ class DAQ(WeightQuantizer):
         return tf.stop_gradient(hard) + soft - tf.stop_gradient(soft)
 
     def diagnostics(self, w, weights) -> dict[str, float]:
-        from tinyq.quantizers.base import channels_last
-
-        axis = self.kernel_axis
-        scale = tf.abs(weights["scale"]) + 1e-12
-        u = channels_last(w, axis) / scale - self.grid.offset
+        latent, scale = self.latent(w, weights)
+        u = latent / scale - self.grid.offset
         beta = temperature(u, self.grid)
         return {**super().diagnostics(w, weights), "daq_beta_median": float(_median(beta)),
                 "daq_at_beta_max": float(tf.reduce_mean(tf.cast(beta >= BETA_MAX, tf.float32)))}
