@@ -299,3 +299,18 @@ def test_quantize_model_starts_from_what_the_layers_trained(method, bits):
         warmup.set_model(qat)
         warmup.on_epoch_begin(0)
         assert sorted({v.name.split("/")[0].removeprefix("quant_") for v in warmup.ramps}) == sorted(qat.restarted)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_to_float_computes_what_the_layers_do_but_activation_rounding(bits):
+    """The teacher of ``tinyq quantize``: PACT's clip stays (a ReLU at alpha), only its rounding goes."""
+    user = _trained_user_model("ste", bits)
+    teacher = tl.to_float(user)
+    x = 3.0 * tf.random.stateless_normal((8, 12, 12, 3), seed=(1, bits))
+    pre = keras.Model(user.input, user.get_layer("bn2").output)(x).numpy()
+    assert pre.max() > 2.5  # the clip is in play
+    got = keras.Model(teacher.input, teacher.get_layer("act").output)(x).numpy()
+    want = keras.Model(user.input, user.get_layer("act").output)(x).numpy()
+    assert got.max() <= 2.5 + 1e-5
+    np.testing.assert_allclose(got, want, atol=2.5 / 15 / 2 + 1e-5)  # within half of the 4-bit PACT's step
+    np.testing.assert_allclose(teacher(x).numpy(), user(x).numpy(), atol=0.1)

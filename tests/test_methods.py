@@ -424,3 +424,31 @@ def test_activation_quantizer_config_round_trip(name, bits):
     q = registry.parse(name).activation_quantizer(bits)
     again = type(q).from_config(q.get_config())
     assert again == q and again.clip_gradient == (name == "cgpact") and again.bits == bits
+
+
+@pytest.mark.parametrize("method", [m for m in registry.names() if registry.parse(m).activation_quantizer(8)])
+def test_pact_alpha_is_the_only_clip(method):
+    """Under PACT the ReLU before it loses its fixed clip (ReLU6 here): alpha may train past it."""
+    import sys
+    from pathlib import Path
+
+    from tinyq.plan import default_plan
+    from tinyq.qat import quantize_model
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_qat import data, small_model
+
+    model = small_model()
+    x, _ = data(16)
+    qat = quantize_model(model, default_plan(model, 8, method, keep_8bit=(), act_bits=8), calibration=x)
+    pacts = [w for w in qat.layers if "alpha" in getattr(w, "_output_quantizer_vars", {})]
+    assert len(pacts) == 3 and all(w.layer.max_value is None for w in pacts)
+    conv, first = qat.get_layer("quant_c1"), pacts[0]
+    pre = keras.Model(qat.input, conv.output)
+    factor = 12.0 / float(pre(x).numpy().max())
+    for v in conv.weights:  # a conv whose outputs pass 6: weights, bias and step scaled alike
+        if v.name.split("/")[-1].split(":")[0] in ("kernel", "bias", "kernel_scale"):
+            v.assign(v * factor)
+    assert pre(x).numpy().max() > 11.5
+    first._output_quantizer_vars["alpha"].assign(100.0)
+    assert keras.Model(qat.input, first.output)(x).numpy().max() > 11

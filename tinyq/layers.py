@@ -232,10 +232,12 @@ def quantized_kernel(layer: _QuantizedKernel) -> np.ndarray:
 def to_float(model: keras.Model, latent: bool = False) -> keras.Model:
     """The plain Keras model under the tinyq layers: Quant* layers become the layer they extend,
     holding the kernel the model computes with, ``Q(w)`` (``latent=True``: the latent ``w``), and
-    a ``PACT`` a ``ReLU`` (what :func:`declared` reads stays with the weight layers' plan).
+    a ``PACT`` a ``ReLU`` clipped at its trained ``alpha`` (what :func:`declared` reads stays with
+    the weight layers' plan).
 
     With ``Q(w)`` the float model computes what the tinyq model does but for activation
-    rounding and PACT's clip: the teacher, and the start, of ``tinyq quantize``.
+    rounding: the teacher, and the start, of ``tinyq quantize``. (An unclipped ReLU would teach
+    the student activations the user's model never had: above ``alpha`` it saturates.)
     """
     kernels = {layer.name: quantized_kernel(layer) for layer in model.layers
                if isinstance(layer, _QuantizedKernel) and not latent}
@@ -248,7 +250,8 @@ def to_float(model: keras.Model, latent: bool = False) -> keras.Model:
         elif isinstance(layer, PACT):
             lc["class_name"] = "ReLU"
             lc["config"] = {"name": lc["config"]["name"], "trainable": True, "dtype": lc["config"].get("dtype"),
-                            "max_value": None, "negative_slope": 0.0, "threshold": 0.0}
+                            "max_value": float(np.abs(layer.alpha.numpy())) + 1e-6, "negative_slope": 0.0,
+                            "threshold": 0.0}
 
     new = _rebuilt(model, rewrite)
     for name, kernel in kernels.items():

@@ -215,7 +215,11 @@ def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = No
             spec = plan.get(source.name, default)
             act = registry.parse(spec.method).activation_quantizer(spec.act_bits)
             if act is not None:  # PACT / CG-PACT after this weight layer
-                return tfq.quantize_annotate_layer(layer, quantize_config=OutputQuantizeConfig(act))
+                # PACT's learned alpha is the clip: a fixed one (ReLU6, or a user's PACT as the float
+                # model holds it, tinyq.layers.to_float) would cap alpha where it started
+                relu = L.ReLU.from_config({**layer.get_config(), "max_value": None}) if isinstance(layer, L.ReLU) \
+                    else L.ReLU(name=layer.name)
+                return tfq.quantize_annotate_layer(relu, quantize_config=OutputQuantizeConfig(act))
         if isinstance(layer, WEIGHT_LAYERS):
             spec = plan.get(layer.name, default)
             options = ({"learn_bits": True, "size_weight": learning[layer.name] / sum(learning.values()),
