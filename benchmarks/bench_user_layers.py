@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 
-def train_user_model(data: str, bits: int, method: str, epochs: int, seed: int, path: Path) -> None:
+def train_user_model(data: str, bits: int, method: str, epochs: int, seed: int, path: Path, act_bits: int = 8) -> None:
     from tinyq import optim, recipes
     from tinyq._tf import keras
     from tinyq.data import load_splits
@@ -27,7 +27,7 @@ def train_user_model(data: str, bits: int, method: str, epochs: int, seed: int, 
 
     recipe = recipes.get("person-detect")
     keras.utils.set_random_seed(seed)
-    model = quantize_layers(recipe.model(), bits=bits, method=method)
+    model = quantize_layers(recipe.model(), bits=bits, method=method, act_bits=act_bits)
     splits = load_splits(data, recipe.resolution, 3, seed)
     model.compile(optim.Adam(1e-3, relative=optim.step_variables(model)), "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vww", required=True)
     p.add_argument("--bits", type=int, default=2)
     p.add_argument("--method", default="ste")
+    p.add_argument("--act-bits", type=int, default=8, help="the PACT layers' bits, with an activation method")
     p.add_argument("--epochs", type=int, default=8, help="the user's model.fit epochs")
     p.add_argument("--deploy-epochs", default="0,2", help="tinyq quantize --epochs, comma-separated")
     p.add_argument("--seed", type=int, default=0)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     user_h5 = out / "user.h5"
     if not user_h5.exists():
-        train_user_model(a.data, a.bits, a.method, a.epochs, a.seed, user_h5)
+        train_user_model(a.data, a.bits, a.method, a.epochs, a.seed, user_h5, a.act_bits)
     user = load_model(user_h5)
     contract = contract_of(user, (0.0, 1.0), None)
     runs = {}
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         if not (run / "model.tflite").exists():
             quantize(QuantizeJob(model=str(user_h5), data=a.data, epochs=e, seed=a.seed), run, log=log_stderr)
         runs[e] = run
-    print(f"user model: person-detect via quantize_layers, {a.bits}-bit {a.method}, model.fit {a.epochs} epochs\n")
+    print(f"user model: person-detect via quantize_layers, {a.bits}-bit {a.method} (activations {a.act_bits}-bit), "
+          f"model.fit {a.epochs} epochs\n")
     print("| images | user's Keras | tinyq quantize --epochs | TFLM | TFLM vs user's model | run's Keras vs TFLM | file bytes |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, folder in (("test", Path(a.data)), ("vww-dev", Path(a.vww))):
