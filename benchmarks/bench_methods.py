@@ -49,18 +49,24 @@ def measured(folder: Path, tflite: Path, vww: str) -> dict:
     return row
 
 
-def tinyq_row(args, method: str, bits: int, seed: int, budget: int | None = None, train: bool = True) -> dict | None:
-    """One run of ``tinyq quantize``; a method written ``cpq/learn`` adds ``--learn-bits``."""
+def tinyq_row(args, method: str, bits: int, seed: int, budget: int | None = None, train: bool = True,
+              act_bits: int | None = None) -> dict | None:
+    """One run of ``tinyq quantize``; a method written ``cpq/learn`` adds ``--learn-bits``; activations
+    at ``act_bits`` (default ``--act-bits``; budget rows 8)."""
     method, _, learn = method.partition("/")
-    name = f"w{bits}-{method.replace('+', '-')}{'-learn' if learn else ''}" if budget is None else f"budget{budget}"
+    act_bits = 8 if budget is not None else args.act_bits if act_bits is None else act_bits
+    acts = f"-a{act_bits}" if act_bits < 8 else ""
+    name = f"w{bits}-{method.replace('+', '-')}{'-learn' if learn else ''}{acts}" if budget is None else f"budget{budget}"
     folder = Path(args.out) / f"{name}-s{seed}"
     if not (folder / "model.tflite").exists():
         if not train:
             return None
         job = QuantizeJob(model=args.model, data=args.data, bits=bits, method=method, unlabeled=True,
-                          epochs=args.epochs, limit=args.limit, seed=seed, learn_bits=bool(learn), size_budget=budget)
+                          epochs=args.epochs, limit=args.limit, seed=seed, learn_bits=bool(learn), size_budget=budget,
+                          act_bits=act_bits)
         quantize(job, folder, resume=(folder / "config.json").exists(), log=log_stderr)
-    label = f"budget {budget:,} bytes (2/4/8 mixed)" if budget else method + (" --learn-bits" if learn else "")
+    label = f"budget {budget:,} bytes (2/4/8 mixed)" if budget else \
+        method + (" --learn-bits" if learn else "") + (f" --act-bits {act_bits}" if acts else "")
     return {"bits": "mixed" if budget else bits, "method": label, "seed": seed,
             **measured(folder, folder / "model.tflite", args.vww)}
 
@@ -173,6 +179,7 @@ def main() -> None:
     parser.add_argument("--bits", default="2,4")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--budgets", default="", help="file sizes in bytes for --size-budget rows, e.g. 37952")
+    parser.add_argument("--act-bits", type=int, default=8, help="activation bits of the --methods rows (below 8: pact, cgpact)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--report", action="store_true", help="measure and print the rows that exist; train none")
@@ -189,7 +196,7 @@ def main() -> None:
     rows = []
     for seed in seeds:
         if not args.skip_baselines:
-            rows += [tinyq_row(args, "ste", 8, seed, train=train), tfmot_row(args, seed, train=train)]
+            rows += [tinyq_row(args, "ste", 8, seed, train=train, act_bits=8), tfmot_row(args, seed, train=train)]
         rows += [tinyq_row(args, m, b, seed, train=train) for b in bits for m in methods]
         rows += [tinyq_row(args, "ste", 8, seed, budget=b, train=train) for b in budgets]
     rows = [r for r in rows if r is not None]

@@ -426,9 +426,11 @@ def test_activation_quantizer_config_round_trip(name, bits):
     assert again == q and again.clip_gradient == (name == "cgpact") and again.bits == bits
 
 
+@pytest.mark.parametrize("relu6", ["layer", "activation"])
 @pytest.mark.parametrize("method", [m for m in registry.names() if registry.parse(m).activation_quantizer(8)])
-def test_pact_alpha_is_the_only_clip(method):
-    """Under PACT the ReLU before it loses its fixed clip (ReLU6 here): alpha may train past it."""
+def test_pact_alpha_is_the_only_clip(method, relu6):
+    """Under PACT the ReLU before it loses its fixed clip (``ReLU(6)`` or ``Activation("relu6")``):
+    alpha may train past it."""
     import sys
     from pathlib import Path
 
@@ -439,6 +441,11 @@ def test_pact_alpha_is_the_only_clip(method):
     from test_qat import data, small_model
 
     model = small_model()
+    if relu6 == "activation":
+        model = keras.models.clone_model(model, clone_function=lambda layer: L.Activation("relu6", name=layer.name)
+                                         if isinstance(layer, L.ReLU) else layer.__class__.from_config(layer.get_config()))
+        model.set_weights(small_model().get_weights())
+        assert sum(isinstance(layer, L.Activation) for layer in model.layers) == 3
     x, _ = data(16)
     qat = quantize_model(model, default_plan(model, 8, method, keep_8bit=(), act_bits=8), calibration=x)
     pacts = [w for w in qat.layers if "alpha" in getattr(w, "_output_quantizer_vars", {})]
