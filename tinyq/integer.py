@@ -29,6 +29,7 @@ from tinyq.convert.constants import FIT, dead_channels
 from tinyq.convert.converter import kernel_integers
 from tinyq.fixedpoint import multiply_by_quantized_multiplier as mbqm
 from tinyq.fixedpoint import quantize_multiplier, softmax_int8
+from tinyq.quantizers.pact import clip
 
 L = keras.layers
 
@@ -157,7 +158,7 @@ def _activation(model: "IntegerModel", wrapper, x):
     qvars = getattr(wrapper, "_output_quantizer_vars", None) or {}
     if "alpha" in qvars:  # PACT: the 8-bit range [0, 255 alpha / n], then the MINIMUM op at alpha
         n = 2 ** wrapper._output_quantizers[0].bits - 1
-        alpha = np.float32(abs(qvars["alpha"].numpy()) + np.float32(1e-6))
+        alpha = np.float32(clip(qvars["alpha"]).numpy())
         out, top = nudged(0.0, np.float32(alpha * np.float32(255.0 / n))), min(float(alpha), top or np.inf)
     else:
         out = _output_range(wrapper)

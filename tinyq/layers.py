@@ -32,7 +32,7 @@ import numpy as np
 from tinyq._tf import keras, tf
 from tinyq.errors import TinyqError
 from tinyq.quantizers import registry
-from tinyq.quantizers.pact import deployable_pact
+from tinyq.quantizers.pact import clip, deployable_pact
 from tinyq.spec import QuantSpec
 
 L = keras.layers
@@ -126,7 +126,7 @@ class PACT(_Scoped, L.Layer):
         super().build(input_shape)
 
     def call(self, inputs):
-        return deployable_pact(inputs, tf.abs(self.alpha) + 1e-6, self.bits, self.clip_gradient)
+        return deployable_pact(inputs, clip(self.alpha), self.bits, self.clip_gradient)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "bits": self.bits, "clip_gradient": self.clip_gradient,
@@ -250,7 +250,7 @@ def to_float(model: keras.Model, latent: bool = False) -> keras.Model:
         elif isinstance(layer, PACT):
             lc["class_name"] = "ReLU"
             lc["config"] = {"name": lc["config"]["name"], "trainable": True, "dtype": lc["config"].get("dtype"),
-                            "max_value": float(np.abs(layer.alpha.numpy())) + 1e-6, "negative_slope": 0.0,
+                            "max_value": float(clip(layer.alpha)), "negative_slope": 0.0,
                             "threshold": 0.0}
 
     new = _rebuilt(model, rewrite)

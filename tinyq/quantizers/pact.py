@@ -31,6 +31,11 @@ def pact_quantize(x: tf.Tensor, alpha: tf.Tensor, bits: int, clip_gradient: bool
     return y + tf.stop_gradient(alpha * tf.round(y / alpha * n) / n - y)
 
 
+def clip(alpha: tf.Tensor) -> tf.Tensor:
+    """The clip PACT computes with, ``|alpha| + 1e-6`` (the trained variable may change sign)."""
+    return tf.abs(alpha) + 1e-6
+
+
 def deployable_pact(x: tf.Tensor, alpha: tf.Tensor, bits: int, clip_gradient: bool = False) -> tf.Tensor:
     """:func:`pact_quantize`'s values and gradients, computed by the ops TFLite deploys (see module doc)."""
     n = float(2 ** bits - 1)
@@ -86,7 +91,7 @@ class PACTQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantizer
         return {"alpha": alpha}
 
     def __call__(self, inputs, training, weights, **kwargs):
-        return deployable_pact(inputs, tf.abs(weights["alpha"]) + 1e-6, self.bits, self.clip_gradient)
+        return deployable_pact(inputs, clip(weights["alpha"]), self.bits, self.clip_gradient)
 
     def get_config(self) -> dict:
         return {"bits": self.bits, "clip_gradient": self.clip_gradient}

@@ -44,12 +44,10 @@ def _histograms(qat) -> list[dict]:
     not drawn: they would hide the live ones.
     """
     from tinyq.qat import quantized_layers
-    from tinyq.quantizers.base import channels_last
 
     out = []  # a list, in model order: report.json sorts object keys
     for layer, weight, quantizer, qvars in quantized_layers(qat):
-        w = channels_last(weight, quantizer.kernel_axis).numpy()
-        scale = np.abs(qvars["scale"].numpy()) + 1e-12
+        w, scale = (t.numpy() for t in quantizer.latent(weight, qvars))
         zero = np.abs(w) < 1e-7
         units = (w / scale)[~zero]
         g = quantizer.grid
