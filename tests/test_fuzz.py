@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -154,8 +155,9 @@ STRUCTURE = {
                                                                                    [1, 16, 16, 1979711504])),
     "output wider than its op computes": ("not one score per label", lambda m: _set(
         m.subgraphs[0].tensors[m.subgraphs[0].outputs[0]], "shape", [1, 43778])),
-    "pool window wider than its input": ("damaged: tensor", lambda m: _set(
-        _op(m, "AVERAGE_POOL_2D").builtinOptions, "filterWidth", 528)),
+    "mean over an axis its input lacks": ("damaged: TFLM reported an error running it", lambda m: _set(
+        m.buffers[m.subgraphs[0].tensors[_op(m, "MEAN").inputs[1]].buffer], "data",
+        np.array([1, 9], np.int32).view(np.uint8))),
 }
 
 

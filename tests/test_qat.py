@@ -302,3 +302,43 @@ def test_a_dead_2bit_channel_stays_dead_in_every_storage(storage):
         (pw,) = [fb.tensors[i] for i in fb.weight_tensors() if layer_of(fb.tensors[i].name) == "pw"]
         values = flatbuffer.int_values(pw).reshape(pw.shape)
         assert not values[3].any() and values[[0, 1, 2, 4]].any()
+
+
+@pytest.mark.parametrize("act_bits", [4, 8])
+def test_a_whole_map_average_pool_deploys_as_mean(act_bits):
+    """vww_96.h5's head, AveragePooling2D over the whole 3x3 map then Flatten, becomes a MEAN: the
+    same values in Keras, and the file requantizes the sum instead of averaging on the 4-bit
+    activations' grid (AVERAGE_POOL_2D's round(sum(q) / n) put pooled values up to 18 output steps off)."""
+    from tinyq.check import model_input, tflm_outputs
+    from tinyq.integer import IntegerModel
+
+    keras.utils.set_random_seed(0)
+    i = L.Input((12, 12, 3))
+    x = L.ReLU(6.0)(L.Conv2D(8, 3, strides=2, padding="same", name="c1")(i))
+    x = L.ReLU(6.0)(L.Conv2D(16, 3, strides=2, padding="same", name="c2")(x))
+    x = L.Flatten()(L.AveragePooling2D(3, name="pool")(x))
+    model = keras.Model(i, L.Dense(2, activation="softmax", name="out")(x))
+    folded = fold_batchnorm(model)
+    pool = folded.get_layer("pool")
+    assert isinstance(pool, L.GlobalAveragePooling2D) and pool.output_shape == (None, 1, 1, 16)
+    xs, y = data(32, 12)
+    np.testing.assert_allclose(model.predict(xs, verbose=0), folded.predict(xs, verbose=0), atol=1e-6)
+
+    plan = default_plan(model, 4, "pact" if act_bits < 8 else "ste", keep_8bit=(), act_bits=act_bits)
+    qat = quantize_model(model, plan, calibration=xs)
+    qat.compile("adam", "sparse_categorical_crossentropy")
+    qat.fit(xs, y, epochs=1, batch_size=16, verbose=0)
+    contract = InputContract(resolution=12)
+    pixels = (xs * 255).astype(np.uint8)
+    tflite = convert(qat, pixels, contract)
+    fb = flatbuffer.parse(tflite)
+    assert "MEAN" in fb.op_names and "AVERAGE_POOL_2D" not in fb.op_names
+    np.testing.assert_array_equal(IntegerModel(qat).predict(contract.to_float(pixels)),
+                                  tflm_outputs(tflite, model_input(fb, pixels, contract)))
+
+
+def test_an_average_pool_that_is_not_whole_map_stays():
+    i = L.Input((12, 12, 3))
+    x = L.AveragePooling2D(2)(L.Conv2D(4, 3, padding="same")(i))
+    model = keras.Model(i, L.Dense(2)(L.GlobalAveragePooling2D()(x)))
+    assert sum(isinstance(l, L.AveragePooling2D) for l in fold_batchnorm(model).layers) == 1

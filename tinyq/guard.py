@@ -8,7 +8,9 @@ see, but only running shows the rest. So the commands that run a file they did n
 (check, export, report) first run it once here:
 
 - LiteRT's flatbuffer verifier (its constructor) checks every offset and length.
-- TFLM loads the file and runs one inference on zeros. A signal or a hang becomes a one-line error.
+- TFLM loads the file and runs one inference on zeros. A signal or a hang becomes a one-line error,
+  and so does anything a kernel prints: a MEAN over an axis its input lacks prints a failed
+  check and TFLM's invoke still returns OK, with outputs of zeros.
 - LiteRT, where it has every op (no DECODE): its kernels compute each tensor's shape when they
   allocate; a file whose declared shapes differ from those lies about its structure (an
   output declared 43,778 wide behind a 2-wide FULLY_CONNECTED: TFLM reads past the real values).
@@ -38,14 +40,18 @@ except Exception as e:  # other refusals (a DECODE op, compacted zero points) ar
         print("its flatbuffer does not verify (an offset, length or alignment is wrong)")
         sys.exit(3)
     lite = None
-from tinyq.check import tflm_interpreter
+from tinyq.check import captured_fd2, tflm_interpreter
 try:
     it = tflm_interpreter(data)  # the arenas the command itself will try
     d = it.get_input_details(0)
     it.set_input(np.zeros(d["shape"], d["dtype"]), 0)
-    it.invoke()
+    with captured_fd2() as said:
+        it.invoke()
 except Exception:  # a clean refusal (an arena too small, an op TFLM lacks): the command reports it itself
     sys.exit(0)
+if said[0].strip():  # a kernel's failed check is printed, yet invoke returns OK with outputs of zeros
+    print(f"TFLM reported an error running it ({said[0].strip().splitlines()[-1].strip()})")
+    sys.exit(3)
 if lite is not None:
     from tinyq.convert import flatbuffer
     try:

@@ -203,7 +203,8 @@ def _mean(model: "IntegerModel", wrapper, x: Tensor) -> Tensor:
     bits = min(int(n).bit_length() - 1, 32, 31 + int(shift))
     q, shift = (q << bits) // n, shift - bits
     total = (x.q - x.zero_point).sum(axis=(1, 2))
-    return Tensor(np.clip(mbqm(total, q, shift) + zero_point, -128, 127), scale, zero_point, exact)
+    y = np.clip(mbqm(total, q, shift) + zero_point, -128, 127)
+    return Tensor(y.reshape((y.shape[0], *wrapper.output_shape[1:])), scale, zero_point, exact)  # keepdims
 
 
 def _reshape(model: "IntegerModel", wrapper, x):
