@@ -342,3 +342,16 @@ def test_an_average_pool_that_is_not_whole_map_stays():
     x = L.AveragePooling2D(2)(L.Conv2D(4, 3, padding="same")(i))
     model = keras.Model(i, L.Dense(2)(L.GlobalAveragePooling2D()(x)))
     assert sum(isinstance(l, L.AveragePooling2D) for l in fold_batchnorm(model).layers) == 1
+
+
+def test_a_shared_pool_is_left_as_is():
+    """One AveragePooling2D over a 12x12 and a 24x24 map: whole-map on one input only, and Keras
+    has no single input shape for it."""
+    i = L.Input((12, 12, 3))
+    pool = L.AveragePooling2D(12, name="pool")
+    a, b = L.Conv2D(4, 3, padding="same")(i), L.Conv2D(4, 1)(L.UpSampling2D(2)(i))
+    model = keras.Model(i, L.Dense(2)(L.Concatenate()([L.Flatten()(pool(a)), L.Flatten()(pool(b))])))
+    folded = fold_batchnorm(model)
+    assert isinstance(folded.get_layer("pool"), L.AveragePooling2D)
+    x, _ = data(4, res=12)
+    np.testing.assert_allclose(model.predict(x, verbose=0), folded.predict(x, verbose=0), atol=1e-6)

@@ -72,8 +72,9 @@ def global_pools(config: dict, layers: dict) -> dict:
     config = copy.deepcopy(config)
     for lc in config["layers"]:
         layer = layers.get(lc["name"])
-        if (not isinstance(layer, L.AveragePooling2D) or layer.data_format != "channels_last"
-                or layer.padding != "valid" or tuple(layer.pool_size) != tuple(layer.input_shape[1:3])):
+        if (not isinstance(layer, L.AveragePooling2D) or len(lc["inbound_nodes"]) != 1  # a shared pool: left as is
+                or layer.data_format != "channels_last" or layer.padding != "valid"
+                or tuple(layer.pool_size) != tuple(layer.input_shape[1:3])):
             continue
         lc["class_name"] = "GlobalAveragePooling2D"
         lc["config"] = {"name": lc["name"], "trainable": lc["config"].get("trainable", True),

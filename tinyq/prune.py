@@ -40,6 +40,14 @@ def _relu_of(lc: dict | None):
     return None
 
 
+def _output_shape(layer) -> tuple | None:
+    """The layer's output shape; None for a layer shared by calls whose shapes differ."""
+    try:
+        return layer.output_shape
+    except AttributeError:
+        return None
+
+
 def drop_dead_channels(model: keras.Model) -> tuple[keras.Model, dict[str, int], dict[str, np.ndarray]]:
     """``model`` (functional, BN folded) without its dead channels, how many each Conv2D lost, and
     the channels kept of each layer that lost some (indices into its old per-channel axis: a
@@ -53,7 +61,7 @@ def drop_dead_channels(model: keras.Model) -> tuple[keras.Model, dict[str, int],
                 consumers[inbound[0]].append(lc["name"])
     outputs = {o[0] for o in config["output_layers"]}
     weights = {layer.name: [w.copy() for w in layer.get_weights()] for layer in model.layers}
-    shapes = {layer.name: layer.output_shape for layer in model.layers}
+    shapes = {layer.name: _output_shape(layer) for layer in model.layers}
 
     def sole(name: str) -> dict | None:
         nxt = consumers[name]
@@ -68,7 +76,7 @@ def drop_dead_channels(model: keras.Model) -> tuple[keras.Model, dict[str, int],
     def dense_after_pool(lc: dict | None) -> str | None:
         """The Dense reached from a global pooling (or a pooling to 1x1) through Dropout / Flatten."""
         if lc is None or not (lc["class_name"].startswith("Global") or (
-                lc["class_name"].endswith("Pooling2D") and tuple(shapes[lc["name"]][1:3]) == (1, 1))):
+                lc["class_name"].endswith("Pooling2D") and tuple((shapes[lc["name"]] or ())[1:3]) == (1, 1))):
             return None
         nxt = sole(lc["name"])
         while nxt is not None and nxt["class_name"] in _PASS:
