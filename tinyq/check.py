@@ -79,7 +79,9 @@ def _litert_interpreter(data: bytes):
 
     Reference kernels, no delegate: XNNPACK's requantisation rounds differently from TFLM's,
     and so, rarely, does the optimized builtin FULLY_CONNECTED (off by 1 on 2 of 477 vww-dev
-    images with vww_96.h5 at 8 bits); the reference kernels match TFLM on every op. The
+    images with vww_96.h5 at 8 bits). The reference kernels match TFLM on every op but
+    FULLY_CONNECTED, which requantizes with one rounding where TFLM rounds twice: near ties
+    part by 1-2 output steps (2 of 477 vww-dev images in one file; benchmarks/litert_fc.py). The
     reference set lacks some int4 versions (DEPTHWISE_CONV_2D v7): then the builtin kernels.
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
