@@ -257,11 +257,15 @@ class IntegerModel:
         if self.input_range is None:
             raise NotEmulated("the model has no input quantization")
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """int8 outputs (int64 array) for the model-ready float inputs ``x``."""
+    def input_tensor(self, x: np.ndarray) -> Tensor:
+        """The model-ready float inputs ``x`` on the input's int8 grid."""
         scale, zero_point, exact = self.input_range
         q = np.round(np.asarray(x, np.float64) / np.float64(scale)) + zero_point  # as tinyq.check quantizes
-        t = Tensor(np.clip(q, -128, 127).astype(np.int64), scale, zero_point, exact)
+        return Tensor(np.clip(q, -128, 127).astype(np.int64), scale, zero_point, exact)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """int8 outputs (int64 array) for the model-ready float inputs ``x``."""
+        t = self.input_tensor(x)
         for wrapper, handler in self.steps:
             t = handler(self, wrapper, t)
         if isinstance(t, Accumulator):
