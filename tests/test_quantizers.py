@@ -126,6 +126,30 @@ def test_depthwise_diagnostics_match_channels_last(method, bits):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("bits", BITS)
+def test_dead_channels_leave_diagnostics_and_qgt_alone(method, bits):
+    """A dead channel (scale under dead_scale) whose latent weights drifted changes neither the
+    layer's diagnostics nor QGT's loss: they are those of the live channels alone."""
+    q, qvars = _build(method, bits, shape=(3, 3, 4, 5))
+    live, live_vars = _build(method, bits, shape=(3, 3, 4, 3))
+    w = tf.random.stateless_normal((3, 3, 4, 5), seed=(4, bits)).numpy()
+    w[..., 3:] = 2e-4  # a warm-up's drift, against a step of ~1e-9
+    scale = mse_scale(w, bits)
+    scale[3:] = 1e-9
+    qvars["scale"].assign(scale)
+    live_vars["scale"].assign(scale[:3])
+    got, want = q.diagnostics(tf.constant(w), qvars), live.diagnostics(tf.constant(w[..., :3]), live_vars)
+    assert set(got) == set(want)
+    assert got == pytest.approx(want, rel=1e-5)
+    assert 0 < got["grid_distance"] < 1
+    reg = float(q.regulariser(*q.latent(tf.constant(w), qvars)))
+    assert reg == pytest.approx(float(live.regulariser(*live.latent(tf.constant(w[..., :3]), live_vars))), rel=1e-5)
+    qvars["scale"].assign(np.full(5, 1e-9, np.float32))  # every channel dead: finite, and 0 for QGT
+    assert float(q.regulariser(*q.latent(tf.constant(w), qvars))) == 0.0
+    assert all(np.isfinite(v) for v in q.diagnostics(tf.constant(w), qvars).values())
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bits", BITS)
 def test_get_config_round_trip(method, bits):
     q = registry.parse(method).weight_quantizer(bits, 2)
     cls = type(q)

@@ -216,15 +216,35 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         return channels_last(w_q, axis)
 
     def regulariser(self, w: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
-        """QGT's value for this layer: the mean :func:`grid_distance` of its weights (channels last)."""
-        return tf.reduce_mean(grid_distance(w, scale, self.grid))
+        """QGT's value for this layer: the mean :func:`grid_distance` of its live channels' weights
+        (channels last; 0 when every channel is dead).
+
+        A dead channel (scale under :attr:`dead_scale`) computes with exactly 0 whatever its latent
+        weights; measured in its ~1e-9 step, the drift they take during the warm-up reads as
+        1e9-1e11 and made the layer's value (vww_96's deep 2-bit layers) say nothing of the rest.
+        """
+        live = scale >= self.dead_scale
+        d = grid_distance(w, tf.where(live, scale, tf.ones_like(scale)), self.grid)
+        d = tf.where(tf.broadcast_to(live, tf.shape(d)), d, tf.zeros_like(d))
+        n = tf.reduce_sum(tf.cast(live, d.dtype)) * tf.cast(tf.size(d) // tf.size(live), d.dtype)
+        return tf.reduce_sum(d) / tf.maximum(n, 1.0)
+
+    def live_latent(self, w: tf.Tensor, weights: dict) -> tuple[tf.Tensor, tf.Tensor]:
+        """:meth:`latent` without the dead channels, or whole when none is live (for diagnostics:
+        eager, shapes vary)."""
+        latent, scale = self.latent(w, weights)
+        live = scale >= self.dead_scale
+        if scale.shape[0] != latent.shape[-1] or not bool(tf.reduce_any(live)):  # per-tensor scale, or all dead
+            return latent, scale
+        return tf.boolean_mask(latent, live, axis=latent.shape.rank - 1), tf.boolean_mask(scale, live)
 
     def diagnostics(self, w: tf.Tensor, weights: dict) -> dict[str, float]:
         """Numbers that show how the layer takes quantization (report.json, ``tinyq report``).
 
         ``grid_distance``: QGT's regulariser value (mean squared distance to the grid in steps;
         ``1/(2 pi^2) = 0.051`` for weights spread uniformly between levels, 0 on the grid):
-        layers that stay high resist quantization (candidates for more bits).
+        layers that stay high resist quantization (candidates for more bits). Dead channels are
+        left out (:meth:`regulariser`).
         """
         return {"grid_distance": float(self.regulariser(*self.latent(w, weights)))}
 

@@ -212,7 +212,7 @@ class CPQ(WeightQuantizer):
 
     def diagnostics(self, w, weights) -> dict[str, float]:
         """Adds ``cpq_confidence``: the mean probability of each weight's nearest level (1 = clustered)."""
-        latent, scale = self.latent(w, weights)
+        latent, scale = self.live_latent(w, weights)
         _, p = level_probabilities(latent / scale - self.grid.offset, self.grid)
         out = {**super().diagnostics(w, weights), "cpq_confidence": float(np.mean(p.numpy()[..., WINDOW // 2]))}
         if self.learn_bits:

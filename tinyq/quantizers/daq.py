@@ -73,7 +73,7 @@ class DAQ(WeightQuantizer):
         return tf.stop_gradient(hard) + soft - tf.stop_gradient(soft)
 
     def diagnostics(self, w, weights) -> dict[str, float]:
-        latent, scale = self.latent(w, weights)
+        latent, scale = self.live_latent(w, weights)
         u = latent / scale - self.grid.offset
         beta = temperature(u, self.grid)
         return {**super().diagnostics(w, weights), "daq_beta_median": float(_median(beta)),
