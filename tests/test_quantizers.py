@@ -141,10 +141,10 @@ def test_dead_channels_leave_diagnostics_and_qgt_alone(method, bits):
     assert set(got) == set(want)
     assert got == pytest.approx(want, rel=1e-5)
     assert 0 < got["grid_distance"] < 1
-    reg = float(q.regulariser(*q.latent(tf.constant(w), qvars)))
-    assert reg == pytest.approx(float(live.regulariser(*live.latent(tf.constant(w[..., :3]), live_vars))), rel=1e-5)
+    reg = float(q.regulariser(*q.latent(tf.constant(w), qvars), qvars))
+    assert reg == pytest.approx(float(live.regulariser(*live.latent(tf.constant(w[..., :3]), live_vars), live_vars)), rel=1e-5)
     qvars["scale"].assign(np.full(5, 1e-9, np.float32))  # every channel dead: finite, and 0 for QGT
-    assert float(q.regulariser(*q.latent(tf.constant(w), qvars))) == 0.0
+    assert float(q.regulariser(*q.latent(tf.constant(w), qvars), qvars)) == 0.0
     assert all(np.isfinite(v) for v in q.diagnostics(tf.constant(w), qvars).values())
 
 

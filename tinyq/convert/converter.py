@@ -28,6 +28,11 @@ _LAYER_IN_NAME = re.compile(r"(?:^|/)quant_([^/;]+)/")
 def storage(qat, bits: int | None) -> Iterator[None]:
     """While converting, store weights in the container ``bits`` asks for (lossless widening)."""
     layers = list(quantized_layers(qat))
+    unfit = [layer.layer.name for layer, _, quantizer, _ in layers if not quantizer.storable(bits)]
+    if unfit:
+        raise TinyqError(f"{len(unfit)} layers ({', '.join(unfit[:3])}{', ...' if len(unfit) > 3 else ''}) have "
+                         f"2-bit levels that {bits}-bit storage cannot hold (method levels: -126, -k, k, 126 in int8); "
+                         f"convert with --bits 2 (value tables) or 8, or train with another --method")
     for _, _, quantizer, _ in layers:
         quantizer.storage_bits = bits
     try:

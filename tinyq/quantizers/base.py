@@ -189,7 +189,7 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
 
     def layer_losses(self, w: tf.Tensor, scale: tf.Tensor, weights: dict) -> list[tf.Tensor]:
         """Loss terms this quantizer adds to its layer while training (QGT's regulariser when ``qgt``)."""
-        return [self.qgt * weights["qgt_ramp"] * self.regulariser(w, scale)] if self.qgt else []
+        return [self.qgt * weights["qgt_ramp"] * self.regulariser(w, scale, weights)] if self.qgt else []
 
     @abc.abstractmethod
     def quantize(self, w: tf.Tensor, scale: tf.Tensor, weights: dict, training) -> tf.Tensor:
@@ -215,8 +215,20 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         w_q = to_container(w_q, scale, self.grid, per_channel=self.channel_axis is not None)
         return channels_last(w_q, axis)
 
-    def regulariser(self, w: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
-        """QGT's value for this layer: the mean :func:`grid_distance` of its live channels' weights
+    def distance(self, w: tf.Tensor, scale: tf.Tensor, weights: dict | None) -> tf.Tensor:
+        """Per weight (channels last), QGT's distance to this quantizer's levels: :func:`grid_distance`."""
+        return grid_distance(w, scale, self.grid)
+
+    def level_values(self, weights: dict) -> list[float]:
+        """The levels a channel's weights take, in units of its scale: the grid's."""
+        return self.grid.levels
+
+    def storable(self, storage_bits: int | None) -> bool:
+        """Whether a container of ``storage_bits`` (``tinyq convert --bits``) holds this quantizer's levels."""
+        return True
+
+    def regulariser(self, w: tf.Tensor, scale: tf.Tensor, weights: dict | None = None) -> tf.Tensor:
+        """QGT's value for this layer: the mean :meth:`distance` of its live channels' weights
         (channels last; 0 when every channel is dead).
 
         A dead channel (scale under :attr:`dead_scale`) computes with exactly 0 whatever its latent
@@ -224,7 +236,7 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         1e9-1e11 and made the layer's value (vww_96's deep 2-bit layers) say nothing of the rest.
         """
         live = scale >= self.dead_scale
-        d = grid_distance(w, tf.where(live, scale, tf.ones_like(scale)), self.grid)
+        d = self.distance(w, tf.where(live, scale, tf.ones_like(scale)), weights)
         d = tf.where(tf.broadcast_to(live, tf.shape(d)), d, tf.zeros_like(d))
         n = tf.reduce_sum(tf.cast(live, d.dtype)) * tf.cast(tf.size(d) // tf.size(live), d.dtype)
         return tf.reduce_sum(d) / tf.maximum(n, 1.0)
@@ -246,7 +258,7 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         layers that stay high resist quantization (candidates for more bits). Dead channels are
         left out (:meth:`regulariser`).
         """
-        return {"grid_distance": float(self.regulariser(*self.latent(w, weights)))}
+        return {"grid_distance": float(self.regulariser(*self.latent(w, weights), weights))}
 
     def get_config(self) -> dict:
         return {"bits": self.bits, "channel_axis": self.channel_axis, "qgt": self.qgt}

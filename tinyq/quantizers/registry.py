@@ -14,6 +14,7 @@ from tinyq.errors import TinyqError, expected_one_of
 from tinyq.quantizers.base import WeightQuantizer
 from tinyq.quantizers.cpq import CPQ
 from tinyq.quantizers.daq import DAQ
+from tinyq.quantizers.levels import LearnedLevels
 from tinyq.quantizers.pact import PACTQuantizer
 from tinyq.quantizers.sat import SAT
 from tinyq.quantizers.uniform import UniformSTE
@@ -40,6 +41,10 @@ METHODS: dict[str, Method] = {
                "weights: DoReFa tanh clamp per channel, uniform rounding, scale-adjusted (learned, BN-folded)", SAT),
         Method("cpq", "weights", "Cluster-Promoting Quantization with DropBits (Lee et al. 2021, arXiv 2109.02100)",
                "weights: levels sampled from a distance-based categorical, multi-class STE, DropBits", CPQ),
+        Method("levels", "weights", "learned quantizer levels (LQ-Nets, Zhang et al. 2018, arXiv 1807.10029), "
+               "free in TFLM's LUT value tables",
+               "weights: 2-bit levels -1.5, -r, r, 1.5 per channel scale, r learned per layer (other widths: ste)",
+               LearnedLevels),
         Method("qgt", "regulariser", "Quantization Guided Training (Ghamari et al. 2021, arXiv 2103.06231)",
                "weights: pulls each weight to its grid level (a loss term, ramped); combines with any "
                "weight method"),
