@@ -31,7 +31,7 @@ from tinyq.check import check
 from tinyq.quantize import QuantizeJob, quantize
 from tinyq.train import log_stderr
 
-METHODS = ("ste", "qgt", "daq", "qgt+daq", "sat", "cpq")
+METHODS = ("ste", "qgt", "daq", "qgt+daq", "sat", "cpq", "levels")
 
 
 def measured(folder: Path, tflite: Path, vww: str) -> dict:
