@@ -105,3 +105,36 @@ def test_file_holds_the_learned_levels_and_int4_storage_is_refused():
     with pytest.raises(TinyqError, match="4-bit storage cannot hold"):
         convert(qat, pixels, contract, storage_bits=4)
     assert len(convert(qat, pixels, contract, storage_bits=8)) > 0
+
+
+def test_weights_on_the_threshold_convert_as_trained():
+    """STE training leaves weights on the inner/outer threshold; each must take the same level in
+    Keras and in the file (the converter's verify raises otherwise). Every channel holds the
+    float32 weights around ``(126 + k) / 168 * s``, both signs."""
+    from test_qat import data, small_model
+    from tinyq.contract import InputContract
+    from tinyq.convert.converter import convert
+    from tinyq.plan import default_plan
+    from tinyq.qat import quantize_model, quantized_layers
+
+    model = small_model()
+    qat = quantize_model(model, default_plan(model, 2, "levels", keep_8bit=()))
+    rng = np.random.default_rng(1)
+    for layer, kernel, q, qvars in quantized_layers(qat):
+        if layer.layer.name != "pw":
+            continue
+        k = 33
+        qvars["inner"].assign(k / RATIO)
+        w = kernel.numpy()
+        scale = rng.uniform(0.02, 0.2, w.shape[-1]).astype(np.float32)
+        qvars["scale"].assign(scale)
+        t = ((126 + k) / 168 * scale).astype(np.float32)
+        near = np.stack([np.nextafter(t, np.float32(np.inf * d)) if d else t for d in (-1, 0, 1)])
+        cells = w.reshape(-1, w.shape[-1])
+        cells[:len(near)] = near
+        cells[len(near):2 * len(near)] = -near
+        kernel.assign(cells.reshape(w.shape))
+    x, y = data()
+    qat.compile(tf.keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
+    qat.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    convert(qat, (x * 255).astype(np.uint8), InputContract(resolution=24))  # verify raises if any differs

@@ -28,17 +28,22 @@ import numpy as np
 
 from tinyq._tf import tf
 from tinyq.quantizers.base import WeightQuantizer, grid_distance
-from tinyq.quantizers.uniform import round_ste, scale_grad, uniform_quantize
+from tinyq.quantizers.uniform import scale_grad, uniform_quantize
 
 OUTER = 1.5  # the outer level in units of the scale: the clip, as ste's 2-bit grid
 RATIO = 84  # container integers per unit of scale at 2 bits (tinyq.quantizers.grid: 1.5 -> 126)
 K_CHOICES = range(2, 125, 2)  # inner integers the start searches
 
 
+def inner_integer(inner: tf.Tensor) -> tf.Tensor:
+    """``k = round(84 r)`` clipped to ``1..125``: the inner level's int8 value (no gradient)."""
+    return tf.stop_gradient(tf.clip_by_value(tf.round(inner * RATIO), 1.0, OUTER * RATIO - 1))
+
+
 def inner_level(inner: tf.Tensor) -> tf.Tensor:
-    """``round(84 r) / 84`` clipped to ``1..125`` container steps: the inner level the file holds
-    (straight-through for ``r``)."""
-    return tf.clip_by_value(round_ste(inner * RATIO), 1.0, OUTER * RATIO - 1) / RATIO
+    """``k / 84``: the inner level the file holds, exactly (``k / 84 + (r - r)``), with a
+    straight-through gradient for ``r``."""
+    return inner_integer(inner) / RATIO + (inner - tf.stop_gradient(inner))
 
 
 def levels_quantize(w: tf.Tensor, scale: tf.Tensor, inner: tf.Tensor) -> tf.Tensor:
@@ -47,16 +52,22 @@ def levels_quantize(w: tf.Tensor, scale: tf.Tensor, inner: tf.Tensor) -> tf.Tens
     for d in w.shape[:-1]:
         n *= int(d)
     s = scale_grad(scale, 1.0 / (n * 2) ** 0.5)
-    u = w / s
     r = inner_level(inner)
-    a, zero = tf.abs(u), tf.stop_gradient(0.0 * u)
+    zero = tf.stop_gradient(0.0 * w)
+    # The level is chosen by 168 |w / scale| >= 126 + k: an integer right side and one division of
+    # the plain variables, as ste's rounding. STE training leaves weights on that threshold, and
+    # written as |w| >= (1.5 + r) / 2 * s (LSQ's and r's straight-through forms x + (y - x) are an
+    # ulp off, and tf.function's graph reassociates) it moved one of 40,443 weights of a vww_96 run
+    # across: the file differed from training.
+    outer = tf.abs(w / scale) * (2 * RATIO) >= OUTER * RATIO + inner_integer(inner)
     # Selects between full-size tensors, no casts of booleans: the converter's constant folding
     # skips an op whose result is over 8 KB and over twice its operands (a bool -> float cast, a
     # scalar broadcast), and an unfolded kernel leaves FakeQuantWithMinMaxVarsPerChannel as a flex op.
-    magnitude = tf.where(a >= (OUTER + r) / 2, OUTER + zero, r + zero)
-    level = tf.where(u >= 0, magnitude, -magnitude)
+    magnitude = tf.where(outer, OUTER + zero, r + zero)
+    level = tf.where(w >= 0, magnitude, -magnitude)
     # straight-through for w inside the range (and LSQ's -u/s for s); r's gradient is s * sign on the inner levels
-    return (level + tf.where(a <= OUTER, u - tf.stop_gradient(u), zero)) * s
+    u = w / s
+    return (level + tf.where(tf.abs(u) <= OUTER, u - tf.stop_gradient(u), zero)) * s
 
 
 def levels_numpy(w: np.ndarray, s: np.ndarray, k: int) -> np.ndarray:
@@ -139,5 +150,5 @@ class LearnedLevels(WeightQuantizer):
         """Adds ``inner_level``: the inner level's int8 value ``k`` (ste's grid: 42; the outer is 126)."""
         out = super().diagnostics(w, weights)
         if self.lut:
-            out["inner_level"] = float(inner_level(weights["inner"]) * RATIO)
+            out["inner_level"] = float(inner_integer(weights["inner"]))
         return out
