@@ -11,8 +11,8 @@ layer's levels are ``{-1.5, -r, r, 1.5} * s_c`` (per-channel scale ``s_c``, one 
 In the int8 container (steps of ``s / 84``) they are -126, -k, k, 126 with ``k = round(84 r)``;
 the forward pass uses ``k / 84`` so training computes what the file holds. ste's grid is
 ``k = 42``; the MSE-best four symmetric levels of a Gaussian put ``k`` near 38, of a Laplacian
-near 29, and the deep layers of ``vww_96.h5`` start at 8-20: heavy tails want the inner levels
-near zero and the outer ones far out.
+near 29, and the last five pointwise convs of ``vww_96.h5`` start at 4-14: heavy tails want the
+inner levels near zero and the outer ones far out.
 
 Gradients: straight-through for ``w`` inside the range, LSQ's for ``s`` (Esser et al. 2020,
 arXiv 1902.08153), ``dQ/dr = s * sign(w)`` over the weights on the inner levels (learned
@@ -55,10 +55,10 @@ def levels_quantize(w: tf.Tensor, scale: tf.Tensor, inner: tf.Tensor) -> tf.Tens
     r = inner_level(inner)
     zero = tf.stop_gradient(0.0 * w)
     # The level is chosen by 168 |w / scale| >= 126 + k: an integer right side and one division of
-    # the plain variables, as ste's rounding. STE training leaves weights on that threshold, and
-    # written as |w| >= (1.5 + r) / 2 * s (LSQ's and r's straight-through forms x + (y - x) are an
-    # ulp off, and tf.function's graph reassociates) it moved one of 40,443 weights of a vww_96 run
-    # across: the file differed from training.
+    # the plain variables, as ste's rounding. STE training leaves weights on that threshold; computed
+    # from LSQ's and r's straight-through forms (x + (y - x)), the threshold came out an ulp apart in
+    # eager TensorFlow and in the graph, and one of 40,443 weights of a vww_96 run took another level
+    # in the file than in training.
     outer = tf.abs(w / scale) * (2 * RATIO) >= OUTER * RATIO + inner_integer(inner)
     # Selects between full-size tensors, no casts of booleans: the converter's constant folding
     # skips an op whose result is over 8 KB and over twice its operands (a bool -> float cast, a
