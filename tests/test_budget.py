@@ -88,6 +88,10 @@ def test_plan_command_and_impossible_budgets(float_model, folders, tmp_path):
     r = _invoke("quantize", float_model, "--data", folders / "labelled", "--size-budget", "8KB", "--learn-bits",
                 "--method", "cpq", "--out", tmp_path / "x")
     assert r.exit_code == 1 and "pass one of them" in r.stderr and not (tmp_path / "x").exists()
+    r = _invoke("quantize", float_model, "--data", folders / "labelled", "--size-budget", "8KB", "--bits", "2",
+                "--out", tmp_path / "w2")  # one width per layer: nothing for the budget to choose
+    assert r.exit_code == 1 and "leaves every layer one width" in r.stderr and not (tmp_path / "w2").exists()
+    assert len(r.stderr.strip().splitlines()) == 1
     r = _invoke("quantize", float_model, "--data", folders / "labelled", "--plan", tmp_path / "nope.json",
                 "--out", tmp_path / "y")
     assert r.exit_code == 1 and "does not exist" in r.stderr

@@ -100,8 +100,9 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
     from tinyq.mixed.sensitivity import loss_increase
 
     bits = tuple(b for b in CHOICES if b <= max_bits)
-    if not bits:
-        raise TinyqError(f"--size-budget chooses among {CHOICES} bits; --bits {max_bits} leaves none")
+    if len(bits) < 2:
+        raise TinyqError(f"--size-budget chooses among {', '.join(map(str, CHOICES))} bits per layer; --bits {max_bits} "
+                         f"leaves {'none' if not bits else 'one'}: pass --bits 8 (or 4)")
     log(f"plan: sensitivity ({estimator}) on {len(x)} images")
     table = loss_increase(float_model, x, bits, estimator)
     rows = [{"name": name, "params": t["params"], "channels": t["channels"], "curvature": t["curvature"],
