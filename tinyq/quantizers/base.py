@@ -227,6 +227,13 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         """Whether a container of ``storage_bits`` (``tinyq convert --bits``) holds this quantizer's levels."""
         return True
 
+    def set_own_table(self, weights: dict, index: int) -> None:
+        """Give this layer (the ``index``-th quantized one) a value table no other layer holds,
+        where its levels are learned per layer and so, once trained, are its own; a no-op for a
+        fixed grid, whose table every layer shares. Only for measuring a trained file's size before
+        training (:func:`tinyq.mixed.budget.planned_file`): layers that start alike would share
+        one table in the untrained file."""
+
     def regulariser(self, w: tf.Tensor, scale: tf.Tensor, weights: dict | None = None) -> tf.Tensor:
         """QGT's value for this layer: the mean :meth:`distance` of its live channels' weights
         (channels last; 0 when every channel is dead).

@@ -136,6 +136,11 @@ class LearnedLevels(WeightQuantizer):
         # INT4 holds the 2-bit grid as -6, -2, 2, 6: an inner level of k / 84 fits only for k = 42
         return not (self.lut and storage_bits == 4)
 
+    def set_own_table(self, weights: dict, index: int) -> None:
+        # one k per layer (odd: no start takes it, starts are even), so no two tables coincide
+        if self.lut:
+            weights["inner"].assign((1 + 2 * (index % 62)) / RATIO)
+
     def distance(self, w, scale, weights):
         """QGT's distance: ``d^2`` to the nearest of the four levels in steps of ``s`` (ste's
         ``sin^2(pi d) / pi^2`` near a level), as ste's beyond the clip."""
