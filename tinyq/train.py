@@ -73,12 +73,10 @@ def validate_quant(method: str, bits: int, act_bits: int, learn_bits: bool, size
     if learn_bits and bits <= 2:
         raise TinyqError("--learn-bits with --bits 2 has nothing to learn: --bits is the most a layer may keep; "
                          "pass --bits 4 or 8")
-    if size_budget is not None and bits < 4:
-        # one width to choose: every layer, first, depthwise and last included, at 2 bits (70% on
-        # vww-dev for vww_96.h5, against 78% for --bits 2 alone), whatever the budget
-        raise TinyqError(f"--size-budget with --bits {bits} leaves every layer one width (2 bits): --bits is the most "
-                         "a layer may keep; pass --bits 8 (the budget chooses 2, 4 or 8 per layer) or 4, "
-                         "or drop --size-budget")
+    if size_budget is not None:
+        from tinyq.mixed.budget import require_choice
+
+        require_choice(bits)
 
 
 class EpochLog(keras.callbacks.Callback):
