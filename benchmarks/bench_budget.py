@@ -18,12 +18,12 @@ import argparse
 import json
 from pathlib import Path
 
-from tinyq.check import arena_bytes
-from tinyq.convert.breakdown import inspect_model
+from tinyq.runtimes import arena_bytes
+from tinyq.tflite.breakdown import inspect_model
 from tinyq.errors import TinyqError
-from tinyq.quantize import QuantizeJob, quantize
+from tinyq.pipeline.quantize import QuantizeJob, quantize
 from tinyq.report import write_report
-from tinyq.train import log_stderr
+from tinyq.logs import log_stderr
 
 
 def row(args, name: str, **fields) -> dict:

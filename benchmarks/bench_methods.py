@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyq.check import check
-from tinyq.quantize import QuantizeJob, quantize
-from tinyq.train import log_stderr
+from tinyq.verify import check
+from tinyq.pipeline.quantize import QuantizeJob, quantize
+from tinyq.logs import log_stderr
+
 
 METHODS = ("ste", "qgt", "daq", "qgt+daq", "sat", "cpq", "levels")
 
@@ -78,7 +79,7 @@ def tfmot_row(args, seed: int, train: bool = True) -> dict | None:
     from tinyq.data.pipeline import training_batches
     from tinyq.distill import Distiller
     from tinyq.qat import load_model
-    from tinyq.quantize import contract_of
+    from tinyq.graph import contract_of
 
     folder = Path(args.out) / f"tfmot-default-8bit-s{seed}"
     target = folder / "model.tflite"
@@ -110,10 +111,10 @@ def tfmot_row(args, seed: int, train: bool = True) -> dict | None:
 
 
 def float_vww(model_path: str, vww: str) -> float:
-    from tinyq.check import load_eval_data
+    from tinyq.verify import load_eval_data
     from tinyq.qat import load_model
-    from tinyq.quantize import contract_of
-    from tinyq.train import evaluate_keras
+    from tinyq.graph import contract_of
+    from tinyq.fit import evaluate_keras
 
     model = load_model(model_path)
     contract = contract_of(model, (0.0, 1.0), None)

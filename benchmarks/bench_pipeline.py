@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyq.check import check, load_eval_data
+from tinyq.verify import check, load_eval_data
 from tinyq.contract import InputContract
-from tinyq.convert.breakdown import inspect_model
+from tinyq.tflite.breakdown import inspect_model
 from tinyq.qat import load_model
-from tinyq.train import TrainConfig, evaluate_keras, log_stderr, train
+from tinyq.pipeline.train import TrainConfig, train
+from tinyq.fit import evaluate_keras
+from tinyq.logs import log_stderr
 
 
 def float_row(run: Path, sets: dict[str, Path]) -> dict:

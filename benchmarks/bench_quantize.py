@@ -15,9 +15,10 @@ import json
 import time
 from pathlib import Path
 
-from tinyq.quantize import QuantizeJob, quantize
+from tinyq.pipeline.quantize import QuantizeJob, quantize
 from tinyq.report import write_report
-from tinyq.train import log_stderr
+from tinyq.logs import log_stderr
+
 
 MODES = {  # name -> QuantizeJob fields
     "qat, unlabelled": {"unlabeled": True},

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from bench_pipeline import float_row
-from tinyq.check import check
-from tinyq.train import TrainConfig, log_stderr, train
+from tinyq.verify import check
+from tinyq.pipeline.train import TrainConfig, train
+from tinyq.logs import log_stderr
+
 
 METHODS = ("ste", "qgt", "daq", "qgt+daq", "sat", "cpq")
 

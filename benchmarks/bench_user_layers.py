@@ -49,11 +49,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
 
-    from tinyq.check import load_eval_data, model_input, tflm_outputs
-    from tinyq.convert import flatbuffer
+    from tinyq.verify import load_eval_data
+
+    from tinyq.runtimes import model_input, tflm_outputs
+    from tinyq.tflite import flatbuffer
     from tinyq.qat import load_model
-    from tinyq.quantize import QuantizeJob, contract_of, quantize
-    from tinyq.train import evaluate_keras, log_stderr
+    from tinyq.pipeline.quantize import QuantizeJob, quantize
+    from tinyq.graph import contract_of
+    from tinyq.fit import evaluate_keras
+    from tinyq.logs import log_stderr
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

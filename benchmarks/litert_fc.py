@@ -12,36 +12,9 @@ difference is LiteRT's reference FULLY_CONNECTED rounding once.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).parent))
-from agreement_causes import _once  # noqa: E402  (one rounding of acc * M, as that script defines it)
-
-
-@contextlib.contextmanager
-def dense_rounds_once():
-    """:mod:`tinyq.integer` with Dense layers requantized by one rounding."""
-    from tinyq import integer
-
-    saved = integer.LAYERS[integer.L.Dense]
-
-    def dense(model, wrapper, t):
-        mbqm, integer.mbqm = integer.mbqm, _once
-        try:
-            return saved(model, wrapper, t)
-        finally:
-            integer.mbqm = mbqm
-
-    integer.LAYERS[integer.L.Dense] = dense
-    try:
-        yield integer
-    finally:
-        integer.LAYERS[integer.L.Dense] = saved
-
 
 def _differing(a: np.ndarray, b: np.ndarray) -> str:
     d = np.abs(a.astype(np.int64) - b.astype(np.int64)).max(axis=1)
@@ -55,11 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=None, help="use the first N images")
     args = p.parse_args(argv)
 
-    from tinyq.check import litert_outputs, load_eval_data, model_input, tflm_outputs
-    from tinyq.convert import flatbuffer
-    from tinyq.integer import IntegerModel
-    from tinyq.qat import load_model
-    from tinyq.quantize import contract_of
+    from tinyq.api import IntegerModel, contract_of, load_eval_data, load_model
+    from tinyq.runtimes import litert_outputs, model_input, tflm_outputs
+    from tinyq.tflite import flatbuffer
 
     data = Path(args.run, "model.tflite").read_bytes()
     fb = flatbuffer.parse(data)
@@ -71,8 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     tflm = tflm_outputs(data, x_int)
     x = contract.to_float(images.x)
     exact = IntegerModel(qat).predict(x)
-    with dense_rounds_once():
-        once = IntegerModel(qat).predict(x)
+    once = IntegerModel(qat, rounding="litert").predict(x)
     print(f"{args.run}: {len(x)} images from {args.data}; LiteRT with {kernels} kernels")
     print("| compared | int8 outputs |")
     print("|---|---|")

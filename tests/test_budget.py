@@ -7,7 +7,8 @@ from click.testing import CliRunner
 
 from tinyq.cli import main
 from tinyq.errors import TinyqError
-from tinyq.mixed.budget import check_trained_file, layer_bytes, parse_size
+from tinyq.pipeline.budget import check_trained_file
+from tinyq.mixed.budget import layer_bytes, parse_size
 from tinyq.runfolder import Run
 
 
@@ -209,8 +210,8 @@ def test_a_learned_value_table_is_sized_per_layer(method, tables, tmp_path):
 
     from tinyq._tf import keras
     from tinyq.contract import InputContract
-    from tinyq.convert.breakdown import inspect_model
-    from tinyq.mixed.budget import file_bytes, planned_file
+    from tinyq.tflite.breakdown import inspect_model
+    from tinyq.pipeline.budget import file_bytes, planned_file
     from tinyq.quantizers.levels import best_start
 
     L = keras.layers

@@ -1,7 +1,7 @@
 """`tinyq check`'s account of where Keras and the file disagree."""
 import numpy as np
 
-from tinyq.check import against_keras
+from tinyq.verify import against_keras
 
 
 def test_against_keras_counts_the_flips_and_how_close_keras_was_to_a_tie():
@@ -19,7 +19,7 @@ def test_a_model_whose_arena_passes_1mb_is_checked_and_exported(folders, tmp_pat
     """Two 96x96x64 int8 activations live at once need 1.18 MB: TFLM's first arena (1 MB) is too
     small, so check and export try larger ones instead of failing ('TFLM failed to allocate tensors')."""
     from tinyq._tf import keras, tf
-    from tinyq.check import check
+    from tinyq.verify import check
     from tinyq.export.bundle import prepare
 
     L = keras.layers

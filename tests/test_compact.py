@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from tinyq.cli import main
-from tinyq.convert import flatbuffer
+from tinyq.tflite import flatbuffer
 
 
 def _invoke(*args):
@@ -35,7 +35,7 @@ def ptq_run(request, float_model, folders, tmp_path_factory):
 
 
 def test_compacted_file_runs_identically_and_is_smaller(ptq_run, folders):
-    from tinyq.check import model_input, tflm_outputs
+    from tinyq.runtimes import model_input, tflm_outputs
     from tinyq.data import load_splits
 
     bits, run = ptq_run

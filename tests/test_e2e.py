@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from tinyq.cli import main
-from tinyq.convert import flatbuffer
+from tinyq.tflite import flatbuffer
+
 
 BITS = (2, 4, 8)
 
@@ -127,11 +128,10 @@ def test_convert_2bit_run_for_runtimes_without_decode(runs, tmp_path, synthetic_
     step. Each file computes exactly what the Keras model computes in its own integers."""
     import numpy as np
 
-    from tinyq.check import tflm_outputs
-    from tinyq.convert.converter import storage as stored_as
+    from tinyq.runtimes import tflm_outputs
     from tinyq.convert.converter import storage_of
     from tinyq.integer import IntegerModel
-    from tinyq.qat import load_model
+    from tinyq.qat import load_model, with_storage
 
     out = tmp_path / f"w2-as-{storage}.tflite"
     r = invoke("convert", runs[2], "--bits", storage, "--out", out)
@@ -147,11 +147,10 @@ def test_convert_2bit_run_for_runtimes_without_decode(runs, tmp_path, synthetic_
     assert storage_of(qat, fb) == {4: 4, 8: None}[storage]  # 2-bit in INT8: the LUT file's integers
     assert storage_of(qat, flatbuffer.read(runs[2] / "model.tflite")[1]) is None
     x = np.random.default_rng(0).integers(-128, 128, (8, 96, 96, 3), dtype=np.int8)
-    model = IntegerModel(qat)
-    scale, zero_point, _ = model.input_range
     for path, bits in ((out, storage), (runs[2] / "model.tflite", None)):
-        with stored_as(qat, bits):
-            expected = model((x.astype(np.float64) - zero_point) * scale)
+        model = IntegerModel(with_storage(qat, bits))
+        scale, zero_point, _ = model.input_range
+        expected = model((x.astype(np.float64) - zero_point) * scale)
         np.testing.assert_array_equal(tflm_outputs(path.read_bytes(), x), expected)
     assert np.abs(tflm_outputs(data, x).astype(int) - tflm_outputs((runs[2] / "model.tflite").read_bytes(), x)).max() <= 1
 
@@ -161,7 +160,7 @@ def test_convert_warns_when_the_file_is_not_what_was_trained(runs):
     import numpy as np
 
     from tinyq.contract import InputContract
-    from tinyq.convert import against_integer_model
+    from tinyq.verify import against_integer_model
     from tinyq.qat import load_model
 
     config = json.loads((runs[2] / "config.json").read_text())

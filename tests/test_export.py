@@ -80,9 +80,9 @@ def test_model_sources_compile_for_host_and_cortex_m4(exported, runs, target, bi
 @pytest.mark.parametrize("bits", BITS)
 def test_c11_sources_and_the_preprocessing_match_python_and_tflm(runs, tmp_path, bits):
     """The C table preprocessing gives Python's int8 input, and TFLM on it gives the embedded scores."""
-    from tinyq.check import model_input, tflm_outputs
+    from tinyq.runtimes import model_input, tflm_outputs
     from tinyq.contract import InputContract
-    from tinyq.convert import flatbuffer
+    from tinyq.tflite import flatbuffer
     from tinyq.runfolder import Run
 
     out = tmp_path / "src"

@@ -198,7 +198,7 @@ def test_lying_structure_fails_cleanly(good_file, folders, tmp_path, case):
 
 
 def test_a_file_that_does_not_verify_fails_cleanly(good_file, folders, tmp_path):
-    from tinyq.convert import flatbuffer
+    from tinyq.tflite import flatbuffer
 
     damaged = _misaligned_shape(good_file)
     assert flatbuffer.parse(damaged).tensors[4].shape == ()  # tinyq's own reader cannot see it
@@ -227,7 +227,7 @@ def test_a_2bit_file_declaring_more_outputs_fails_cleanly(good_2bit_file, folder
 
 def test_rewriting_keeps_a_good_file_good(good_file):
     """The object-API round trip above changes nothing a reader sees: the damage is all a test adds."""
-    from tinyq.convert import flatbuffer
+    from tinyq.tflite import flatbuffer
 
     a, b = flatbuffer.parse(good_file), flatbuffer.parse(_rewritten(good_file, lambda m: None))
     assert [(t.type, t.shape, t.nbytes) for t in a.tensors] == [(t.type, t.shape, t.nbytes) for t in b.tensors]

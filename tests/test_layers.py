@@ -194,9 +194,9 @@ def test_quantize_deploys_what_the_layers_declare(folders, tmp_path):
     """A model a user trained with tinyq layers deploys as trained: ``--epochs 0`` ships its
     grids (steps, BN folded in) and PACT clip, not a fresh calibration of its latent weights."""
     from tinyq import optim
-    from tinyq.check import tflm_predictions
+    from tinyq.verify import tflm_predictions
     from tinyq.contract import InputContract
-    from tinyq.convert.breakdown import inspect_model
+    from tinyq.tflite.breakdown import inspect_model
     from tinyq.data import load_folder
     from tinyq.qat import load_model, quantized_layers
 
@@ -267,39 +267,40 @@ def _trained_user_model(method, bits):
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("method", WEIGHT_METHODS)
 def test_quantize_model_starts_from_what_the_layers_trained(method, bits):
-    from tinyq.qat import quantize_model, quantized_layers
-    from tinyq.quantizers import method_callbacks
+    from tinyq.fit import method_callbacks
+    from tinyq.qat import build_qat, quantized_layers
 
     user = _trained_user_model(method, bits)
-    qat = quantize_model(tl.to_float(user), tl.apply_declared({}, tl.declared(user)), start=tl.trained_state(user))
+    built = build_qat(tl.to_float(user), tl.apply_declared({}, tl.declared(user)), start=tl.trained_state(user))
+    qat = built.model
     k = {name: (lambda g, v, e: g / np.sqrt(v + e))(bn.gamma.numpy(), bn.moving_variance.numpy(), bn.epsilon)
          for name, bn in (("conv", user.get_layer("bn1")), ("dw", user.get_layer("bn2")))}
     live = [0, 1, 3, 4, 5]  # conv channel 2 is dead: dropped from conv, dw and head's inputs
     expected = {"conv": (tl.quantized_kernel(user.get_layer("conv")) * k["conv"])[..., live],
                 "dw": (tl.quantized_kernel(user.get_layer("dw")) * k["dw"][None, None, :, None])[:, :, live],
                 "head": tl.quantized_kernel(user.get_layer("head"))[live]}
-    assert qat.dropped_channels == {"conv": 1}
+    assert built.dropped_channels == {"conv": 1}
     latent = {"conv": (user.get_layer("conv").kernel.numpy() * k["conv"])[..., live],
               "dw": (user.get_layer("dw").depthwise_kernel.numpy() * k["dw"][None, None, :, None])[:, :, live],
               "head": user.get_layer("head").kernel.numpy()[live]}
     got = {w.layer.name: quantizer(weight, False, qvars).numpy() for w, weight, quantizer, qvars in quantized_layers(qat)}
     kernels = {w.layer.name: weight.numpy() for w, weight, quantizer, qvars in quantized_layers(qat)}
-    assert sorted(qat.carried) == ["act", "conv", "dw", "head"] or (method == "sat" and qat.restarted)
-    for name in qat.carried:
+    assert sorted(built.carried) == ["act", "conv", "dw", "head"] or (method == "sat" and built.restarted)
+    for name in built.carried:
         if name != "act":  # what the user's layers computed with, BN folded in; latent weights as trained
             np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6 * np.abs(expected[name]).max())
             start = expected[name] if method == "sat" and not np.allclose(kernels[name], latent[name]) else latent[name]
             np.testing.assert_allclose(kernels[name], start, rtol=1e-5, atol=1e-7)  # SAT may need k Q(w)
     assert float(qat.get_layer("quant_act")._output_quantizer_vars["alpha"].numpy()) == 2.5
-    for name in qat.restarted:  # the calibrated start for the kernel the user's layer computed with
+    for name in built.restarted:  # the calibrated start for the kernel the user's layer computed with
         np.testing.assert_allclose(kernels[name], expected[name], rtol=1e-5, atol=1e-7)
-    warmup = next(c for c in method_callbacks(qat, 2, 2) if type(c).__name__ == "WarmupRamp") if qat.restarted \
-        else None
-    assert warmup is not None or not any(type(c).__name__ == "WarmupRamp" for c in method_callbacks(qat, 2, 2))
+    callbacks = method_callbacks(qat, 2, 2, built.carried)
+    warmup = next(c for c in callbacks if type(c).__name__ == "WarmupRamp") if built.restarted else None
+    assert warmup is not None or not any(type(c).__name__ == "WarmupRamp" for c in callbacks)
     if warmup is not None:  # only the restarted layers warm up: the carried ones are quantized already
         warmup.set_model(qat)
         warmup.on_epoch_begin(0)
-        assert sorted({v.name.split("/")[0].removeprefix("quant_") for v in warmup.ramps}) == sorted(qat.restarted)
+        assert sorted({v.name.split("/")[0].removeprefix("quant_") for v in warmup.ramps}) == sorted(built.restarted)
 
 
 @pytest.mark.parametrize("bits", BITS)

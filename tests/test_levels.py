@@ -79,9 +79,9 @@ def test_file_holds_the_learned_levels_and_int4_storage_is_refused():
     """The 2-bit file's one value table is -126, -k, k, 126 with the k training learned; TFLM equals the
     integer model; INT4 storage, which holds only -6, -2, 2, 6, fails with one line."""
     from test_qat import data, small_model
-    from tinyq.check import model_input, tflm_outputs
+    from tinyq.runtimes import model_input, tflm_outputs
     from tinyq.contract import InputContract
-    from tinyq.convert import flatbuffer
+    from tinyq.tflite import flatbuffer
     from tinyq.convert.converter import convert
     from tinyq.integer import IntegerModel
     from tinyq.plan import default_plan

@@ -4,7 +4,8 @@ import pytest
 from click.testing import CliRunner
 
 from tinyq.cli import main
-from tinyq.convert import flatbuffer, lut
+from tinyq.tflite import flatbuffer
+from tinyq.convert import lut
 
 
 def test_shared_levels_sets_dead_channels_to_the_smallest_level():
@@ -33,7 +34,7 @@ def _tables(data: bytes) -> list[bytes]:
 @pytest.fixture(scope="module")
 def two_bit(float_model, folders, tmp_path_factory):
     """A 2-bit file of every layer, its converter output and the images to run."""
-    from tinyq.check import model_input
+    from tinyq.runtimes import model_input
     from tinyq.contract import InputContract
     from tinyq.convert import converter
     from tinyq.data import load_splits
@@ -54,7 +55,7 @@ def two_bit(float_model, folders, tmp_path_factory):
 
 
 def test_tinyq_grid_gets_one_table_per_tensor_with_the_same_outputs(two_bit):
-    from tinyq.check import tflm_outputs
+    from tinyq.runtimes import tflm_outputs
 
     run, raw, fb, tensors, x = two_bit
     shared = lut.compress(raw, fb, tensors)
@@ -72,14 +73,14 @@ def test_tinyq_grid_gets_one_table_per_tensor_with_the_same_outputs(two_bit):
     # the run's own file went the same way
     assert all(t[lut.DCM_STRIDE] == 0 for t in _tables((run / "model.tflite").read_bytes()))
     # inspect counts a LUT tensor's channels from the decoded tensor's scales (compaction drops the indices')
-    from tinyq.convert.breakdown import inspect_model
+    from tinyq.tflite.breakdown import inspect_model
 
     rows = [r for r in inspect_model(run / "model.tflite")["tensors"] if r["type"] == "LUT2"]
     assert len(rows) == 4 and sorted(r["channels"] for r in rows) == [1, 8, 8, 16]
 
 
 def test_channels_with_different_integers_keep_a_table_each(two_bit):
-    from tinyq.check import tflm_outputs
+    from tinyq.runtimes import tflm_outputs
 
     run, raw, fb, tensors, x = two_bit
     index = min(tensors)
@@ -100,8 +101,8 @@ def test_dead_channel_biases_are_centered_so_a_shared_table_moves_no_output(two_
     """A dead channel reads the shared table's smallest level: its constant output gains a small
     accumulator term. Its bias is moved to the middle of its output's rounding interval: the
     output without the term is unchanged, and no term under half a step moves it."""
-    from tinyq.check import tflm_outputs
-    from tinyq.convert.compact import aligned, editor
+    from tinyq.runtimes import tflm_outputs
+    from tinyq.tflite.edit import aligned, editor
     from tinyq.convert.constants import center_constant_biases
     from tinyq.fixedpoint import multiply_by_quantized_multiplier as mbqm
     from tinyq.fixedpoint import quantize_multiplier

@@ -6,7 +6,8 @@ import pytest
 
 from tinyq._tf import keras, tf
 from tinyq.errors import TinyqError
-from tinyq.quantizers import grid, method_callbacks, registry
+from tinyq.quantizers import grid, registry
+from tinyq.fit import method_callbacks
 from tinyq.quantizers.base import grid_distance
 from tinyq.spec import QuantSpec
 
@@ -187,9 +188,9 @@ def test_pact_deploys_as_b_bit_levels_in_int8(act_bits):
 
     from tflite_micro import runtime
 
-    from tinyq.check import model_input
+    from tinyq.runtimes import model_input
     from tinyq.contract import InputContract
-    from tinyq.convert import flatbuffer
+    from tinyq.tflite import flatbuffer
     from tinyq.convert.converter import convert
     from tinyq.plan import default_plan
     from tinyq.qat import diagnostics, quantize_model

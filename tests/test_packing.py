@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyq.convert.packing import pack_indices, pack_int4, unpack_indices, unpack_int4
+from tinyq.tflite.packing import pack_indices, pack_int4, unpack_indices, unpack_int4
 
 
 def test_int4_golden_bytes():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from tinyq._tf import keras
-from tinyq.fold import fold_batchnorm
+from tinyq.fold import fold, fold_batchnorm
 
 L = keras.layers
 
@@ -46,8 +46,9 @@ def _model(tail: str, relu6: bool):
 def test_dead_channels_dropped_outputs_unchanged(tail, relu6):
     model = _model(tail, relu6)
     kept = fold_batchnorm(model, drop_dead=False)
-    pruned = fold_batchnorm(model)
-    assert pruned.dropped_channels == {"pw": 3}
+    folding = fold(model)
+    pruned = folding.model
+    assert folding.dropped_channels == {"pw": 3}
     assert pruned.get_layer("pw").kernel.shape[-1] == 7
     assert pruned.count_params() < kept.count_params()
     x = np.random.default_rng(2).random((16, 12, 12, 3)).astype(np.float32)
@@ -58,7 +59,7 @@ def test_nothing_dead_nothing_changes():
     i = L.Input((8, 8, 3))
     x = L.ReLU()(L.Conv2D(4, 3)(i))
     model = keras.Model(i, L.Dense(2)(L.GlobalAveragePooling2D()(x)))
-    assert fold_batchnorm(model).dropped_channels == {}
+    assert fold(model).dropped_channels == {}
 
 
 def test_a_run_logs_and_records_what_it_dropped(folders, tmp_path):

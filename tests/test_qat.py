@@ -4,13 +4,14 @@ import pytest
 
 from tinyq._tf import keras
 from tinyq.contract import InputContract
-from tinyq.convert import flatbuffer
+from tinyq.tflite import flatbuffer
 from tinyq.convert.converter import convert, expected_integers, layer_of
 from tinyq.errors import TinyqError
 from tinyq.plan import default_plan
 from tinyq.fold import fold_batchnorm
 from tinyq.qat import load_model, quantize_model, quantized_layers
-from tinyq.quantizers import method_callbacks, registry
+from tinyq.fit import method_callbacks
+from tinyq.quantizers import registry
 from tinyq.spec import QuantSpec
 
 L = keras.layers
@@ -91,7 +92,7 @@ def test_train_convert_verify(method, bits, tmp_path):
     assert types == ({"INT4"} if bits == 4 else {"UINT8"} if bits == 2 else {"INT8"})  # UINT8: LUT indices
 
     # the file computes what the Keras model computes in integer arithmetic, to the bit
-    from tinyq.check import model_input, tflm_outputs
+    from tinyq.runtimes import model_input, tflm_outputs
     from tinyq.integer import IntegerModel
 
     np.testing.assert_array_equal(IntegerModel(qat).predict(contract.to_float(pixels)),
@@ -111,7 +112,7 @@ def test_tflm_computes_what_keras_does_elementwise(bits):
     3.3% of this model's outputs a step high, spread to -126, -42, 42, 126 it is 0.1%. INT4
     levels already fill their container (no spread), so 4 bits keep about 1.3% here.
     """
-    from tinyq.check import model_input, tflm_outputs
+    from tinyq.runtimes import model_input, tflm_outputs
 
     keras.utils.set_random_seed(0)
     i = L.Input((12, 12, 3))
@@ -309,7 +310,7 @@ def test_a_whole_map_average_pool_deploys_as_mean(act_bits):
     """vww_96.h5's head, AveragePooling2D over the whole 3x3 map then Flatten, becomes a MEAN: the
     same values in Keras, and the file requantizes the sum instead of averaging on the 4-bit
     activations' grid (AVERAGE_POOL_2D's round(sum(q) / n) put pooled values up to 18 output steps off)."""
-    from tinyq.check import model_input, tflm_outputs
+    from tinyq.runtimes import model_input, tflm_outputs
     from tinyq.integer import IntegerModel
 
     keras.utils.set_random_seed(0)

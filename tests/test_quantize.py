@@ -78,12 +78,12 @@ def test_distillation_loss_formula(alpha):
 @pytest.mark.parametrize("features", [0.0, 2.0])
 def test_feature_distillation_formula(float_model, features):
     """loss = KL + f * mean over ReLU layers of mean((s - t)^2) / mean(t^2), t from the folded float model."""
-    from tinyq.qat import folded_model, load_model, quantize_model
+    from tinyq.qat import build_qat, load_model
     from tinyq.spec import QuantSpec
 
     teacher = load_model(float_model)
-    student = quantize_model(teacher, default=QuantSpec(weight_bits=2))
-    folded = folded_model(student)
+    built = build_qat(teacher, default=QuantSpec(weight_bits=2))
+    student, folded = built.model, built.folded
     x = np.random.default_rng(0).uniform(0, 1, (4, RES, RES, 3)).astype(np.float32)
     distiller = Distiller(student, teacher, 1.0, features=features, folded=folded)
     loss, _ = distiller._loss(tf.constant(x), tf.constant(np.zeros(4, np.int32)), training=False)
@@ -143,7 +143,9 @@ def test_mlperf_model_runs_identically_up_to_the_classifier(tmp_path, people96, 
     from conftest import shared_path
     from tflite_micro import runtime
 
-    from tinyq.check import load_eval_data, quantize_input
+    from tinyq.verify import load_eval_data
+
+    from tinyq.runtimes import quantize_input
     from tinyq.contract import InputContract
 
     out = tmp_path / "vww"

@@ -13,7 +13,7 @@ import warnings  # noqa: E402
 
 def _import_quietly():
     """Import TensorFlow with its C++ start-up chatter (CUDA probing, absl) kept off stderr."""
-    from tinyq._stderr import captured_fd2
+    from tinyq.logs import captured_fd2
 
     with captured_fd2():
         import tensorflow

@@ -117,9 +117,8 @@ def train(recipe, bits, method, act_bits, keep_8bit, learn_bits, size_budget, pl
           synthetic_images, limit, init, out, resume):
     """Train RECIPE (see tinyq models) with QAT; writes a run folder with model.tflite."""
     from tinyq import recipes
-    from tinyq.plan import parse_keep
-    from tinyq.train import TrainConfig, log_stderr
-    from tinyq.train import train as run_training
+    from tinyq.api import TrainConfig, log_stderr, parse_keep
+    from tinyq.api import train as run_training
 
     recipes.get(recipe)
     config = TrainConfig(recipe=recipe, bits=bits, method=method, act_bits=act_bits, keep_8bit=parse_keep(keep_8bit),
@@ -179,10 +178,8 @@ def _summary(run, synthetic: bool) -> None:
 def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_budget, plan_file, unlabeled, distill,
              distill_features, epochs, batch, lr, seed, limit, value_range, labels, allow_float, ptq, out, resume):
     """Quantize a float Keras classifier (.h5, .keras, SavedModel) with QAT and distillation."""
-    from tinyq.plan import parse_keep
-    from tinyq.quantize import QuantizeJob, ptq_kind
-    from tinyq.quantize import quantize as run_quantize
-    from tinyq.train import log_stderr
+    from tinyq.api import QuantizeJob, log_stderr, parse_keep, ptq_kind
+    from tinyq.api import quantize as run_quantize
 
     lo, hi = _range(value_range)
     job = QuantizeJob(model=model, data=data, bits=bits, method=method, act_bits=act_bits,
@@ -210,8 +207,7 @@ def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_bu
 @click.option("--keep-uncompacted", is_flag=True, help="Also write X.uncompacted.tflite beside the output, for debugging.")
 def convert(run, bits, out, no_compact, keep_uncompacted):
     """Convert a run's QAT model to a full-integer .tflite (compacted; see tinyq inspect)."""
-    from tinyq.convert import convert_run
-    from tinyq.train import log_stderr
+    from tinyq.api import convert_run, log_stderr
 
     click.echo(str(convert_run(run, storage_bits=bits, out=out, log=log_stderr, compact=not no_compact,
                                keep_uncompacted=keep_uncompacted)))
@@ -231,8 +227,8 @@ def convert(run, bits, out, no_compact, keep_uncompacted):
 @click.option("--json", "as_json", is_flag=True, help="Print files, arena and flash bytes as JSON.")
 def export(source, target, out, lang, name, sample, as_json):
     """Firmware sources or a project for a run folder or .tflite; reports arena and flash bytes."""
-    from tinyq.export import export as do_export
-    from tinyq.train import log_stderr
+    from tinyq.api import export as do_export
+    from tinyq.api import log_stderr
 
     result = do_export(source, out, target=target, lang=lang, name=name, sample=sample, log=log_stderr)
     if as_json:
@@ -247,14 +243,13 @@ def export(source, target, out, lang, name, sample, as_json):
 @main.command()
 @click.argument("run", type=click.Path())
 @click.option("--data", type=click.Path(), default=None,
-              help="Also measure this run, its float original and each --reference on this folder (e.g. vww-dev).")
+              help="Also measure this run, its float original and each --reference on this folder (e.g. Visual Wake Words images).")
 @click.option("--reference", "references", multiple=True, type=click.Path(),
               help="A .tflite to compare against on --data (repeatable), e.g. the MLPerf int8 model.")
 @click.option("--limit", type=int, default=None, help="Use at most N images of --data.")
 def report(run, data, references, limit):
     """Write RUN/report.md, RUN/report.json and RUN/plots/*.png."""
-    from tinyq.report import write_report
-    from tinyq.train import log_stderr
+    from tinyq.api import log_stderr, write_report
 
     if references and data is None:
         raise TinyqError("--reference needs --data DIR: references are measured on the same images as the run")
@@ -272,8 +267,8 @@ def report(run, data, references, limit):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout, nothing else.")
 def check(tflite, data, limit, as_json):
     """Run TFLITE in LiteRT and TFLM on a data folder: accuracy, agreement, arena, size."""
-    from tinyq.check import check as do_check
-    from tinyq.train import log_stderr
+    from tinyq.api import check as do_check
+    from tinyq.api import log_stderr
 
     result = do_check(tflite, data, limit=limit, log=log_stderr)
     if as_json:
@@ -312,7 +307,7 @@ def check(tflite, data, limit, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout, nothing else.")
 def inspect(tflite, as_json):
     """Per-tensor types, bits and bytes, and where the file's bytes go."""
-    from tinyq.convert.breakdown import format_table, inspect_model
+    from tinyq.api import format_table, inspect_model
 
     info = inspect_model(tflite)
     click.echo(json.dumps(info) if as_json else format_table(info))
@@ -344,8 +339,7 @@ def models():
               help="Plan file, for train/quantize --plan.")
 def plan(target, size_budget, data, init, bits, method, act_bits, estimator, value_range, limit, out):
     """Per-layer bits for TARGET (a recipe or a model file) within --size-budget; no training."""
-    from tinyq.mixed.target import plan_target
-    from tinyq.train import log_stderr
+    from tinyq.api import log_stderr, plan_target
 
     result = plan_target(target, _size(size_budget), data=data, init=init, bits=bits, method=method,
                          act_bits=act_bits, estimator=estimator, value_range=_range(value_range), limit=limit,

@@ -8,7 +8,7 @@ the models' softmax outputs (Hinton et al. 2015, arXiv 1503.02531, at temperatur
 student's output at the same layer, ``F = mean_l ||s_l - t_l||^2 / mean(t_l^2)`` (each layer's
 squared error relative to its mean square over the batch, so every layer weighs alike). Why:
 a person / no-person softmax gives about one number per image to learn from, and on
-distillation images unlike the target scenes (people96 for vww) the student learns to agree
+distillation images unlike the target scenes the student learns to agree
 with the teacher on those images only; matching every layer's activations is a much denser
 signal (feature imitation as in FitNets, Romero et al. 2015, arXiv 1412.6550, and block-wise
 reconstruction in low-bit PTQ, BRECQ, Li et al. 2021, arXiv 2102.05426).
@@ -16,6 +16,7 @@ reconstruction in low-bit PTQ, BRECQ, Li et al. 2021, arXiv 2102.05426).
 from __future__ import annotations
 
 from tinyq._tf import keras, tf
+from tinyq.graph import is_relu
 
 
 def relative_feature_error(student: tf.Tensor, teacher: tf.Tensor) -> tf.Tensor:
@@ -26,10 +27,8 @@ def relative_feature_error(student: tf.Tensor, teacher: tf.Tensor) -> tf.Tensor:
 
 def matched_features(student: keras.Model, folded: keras.Model) -> dict[str, keras.layers.Layer]:
     """The folded model's ReLU layers that the student has too: ``{name: the student's wrapper}``."""
-    from tinyq.qat import _is_relu
-
     wrappers = {layer.layer.name: layer for layer in student.layers if hasattr(layer, "layer")}
-    return {layer.name: wrappers[layer.name] for layer in folded.layers if _is_relu(layer) and layer.name in wrappers}
+    return {layer.name: wrappers[layer.name] for layer in folded.layers if is_relu(layer) and layer.name in wrappers}
 
 
 class Distiller(keras.Model):

@@ -60,6 +60,26 @@ def multiply_by_quantized_multiplier(x, q, shift) -> np.ndarray:
     return rounding_divide_by_pot(srdhm(_i64(x) << np.maximum(shift, 0), q), np.maximum(-shift, 0))
 
 
+def _half_away(v: np.ndarray) -> np.ndarray:
+    return (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(np.int64)
+
+
+def multiply_rounded_once(x, q, shift) -> np.ndarray:
+    """``x * q * 2^(shift - 31)`` rounded once, half away from zero (what a float requantization
+    computes; not what the int8 kernels do, see :func:`multiply_by_quantized_multiplier`)."""
+    return _half_away(np.asarray(x, np.float64) * np.asarray(q, np.float64)
+                      * np.power(2.0, np.asarray(shift, np.float64) - 31))
+
+
+def multiply_real_by_quantized_multiplier(x, q, shift) -> np.ndarray:
+    """:func:`multiply_by_quantized_multiplier`'s two roundings on a real ``x``: ``x 2^left q / 2^31``
+    rounded (ties up), then divided by ``2^right`` rounded half away from zero."""
+    shift = np.asarray(shift, np.float64)
+    high = np.floor(np.asarray(x, np.float64) * np.power(2.0, np.maximum(shift, 0)) * np.asarray(q, np.float64)
+                    / 2.0 ** 31 + 0.5)
+    return _half_away(high / np.power(2.0, np.maximum(-shift, 0)))
+
+
 def _saturate(x: np.ndarray) -> np.ndarray:
     return np.clip(x, INT32_MIN, INT32_MAX)
 

@@ -6,13 +6,26 @@ The rewrites edit the functional model's config and copy weights by layer name.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from tinyq._tf import keras
+from tinyq.graph import L, WEIGHT_LAYERS
 
-L = keras.layers
-WEIGHT_LAYERS = (L.Conv2D, L.DepthwiseConv2D, L.Dense)
+
+@dataclass(frozen=True)
+class Folded:
+    """A folded model and what maps the original's per-channel values onto it.
+
+    ``fold_factors``: each folded layer's ``k`` (below); ``kept_channels``: the channels kept
+    where some were dropped as dead; ``dropped_channels``: how many each layer lost.
+    """
+
+    model: keras.Model
+    dropped_channels: dict[str, int] = field(default_factory=dict)
+    fold_factors: dict[str, np.ndarray] = field(default_factory=dict)
+    kept_channels: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def as_functional(model: keras.Model) -> keras.Model:
@@ -65,9 +78,9 @@ def global_pools(config: dict, layers: dict) -> dict:
 
     The same values, the same name and output shape, ``mean(x)`` over height and width. Why:
     TFLite's AVERAGE_POOL_2D averages on its input's int8 grid, ``round(sum(q) / n)``, before
-    requantizing to the output range; behind a 4-bit activation that grid has 16 levels, and
-    64% of a MobileNet head's pooled values landed up to 18 output steps from what training
-    computed. MEAN requantizes the integer sum straight to the output range.
+    requantizing to the output range; behind a 4-bit activation that grid has 16 levels, and the
+    pooled values land many output steps from what training computed. MEAN requantizes the
+    integer sum straight to the output range.
     """
     config = copy.deepcopy(config)
     for lc in config["layers"]:
@@ -84,13 +97,16 @@ def global_pools(config: dict, layers: dict) -> dict:
 
 
 def fold_batchnorm(model: keras.Model, drop_dead: bool = True) -> keras.Model:
+    """The model of :func:`fold`."""
+    return fold(model, drop_dead).model
+
+
+def fold(model: keras.Model, drop_dead: bool = True) -> Folded:
     """A copy of ``model`` with activations split out (:func:`split_activations`), whole-map
     average pools made global (:func:`global_pools`), each BatchNormalization folded into the
     weight layer before it and (``drop_dead``) the dead channels dropped
-    (:func:`tinyq.prune.drop_dead_channels`; ``model.dropped_channels`` says how many each layer
-    lost). ``model.fold_factors`` holds each folded layer's ``k`` below and
-    ``model.kept_channels`` the channels kept where some were dropped: what maps a per-channel
-    value of the original layer (a trained scale) onto the folded one.
+    (:func:`tinyq.prune.drop_dead_channels`), with what maps a per-channel value of the original
+    layer (a trained scale) onto the folded one (:class:`Folded`).
 
     ``w' = w * gamma / sqrt(var + eps)`` per output channel, ``b' = (b - mean) * gamma /
     sqrt(var + eps) + beta``. Folded before QAT (as TFLite folds it at conversion), so the
@@ -151,5 +167,4 @@ def fold_batchnorm(model: keras.Model, drop_dead: bool = True) -> keras.Model:
         from tinyq.prune import drop_dead_channels
 
         folded, dropped, kept = drop_dead_channels(folded)
-    folded.dropped_channels, folded.fold_factors, folded.kept_channels = dropped, factors, kept
-    return folded
+    return Folded(folded, dropped, factors, kept)

@@ -5,8 +5,7 @@ runs on compute from integers: ``acc = sum((x_q - z_in) * w_q) + round(b / (s_in
 then ``y_q = MultiplyByQuantizedMultiplier(acc, M) + z_out`` with ``M = s_in s_w / s_out``
 rounded twice (:mod:`tinyq.fixedpoint`), an average pool that rounds its sum and then
 requantizes, a fixed-point softmax. The two agree but for values near a rounding boundary,
-and at 2 bits those few differences grow through the layers: 1-2% of top-1 decisions on
-vww-dev differ, each one a near tie.
+and at 2 bits those few differences grow through the layers to flip a few near-tie decisions.
 
 :class:`IntegerModel` takes the same trained integers and ranges straight from the QAT model
 (weights by its quantizers, activation ranges by TFMOT's min/max variables, nudged as
@@ -28,7 +27,9 @@ from tinyq._tf import keras, tf
 from tinyq.convert.constants import FIT, dead_channels
 from tinyq.convert.converter import kernel_integers
 from tinyq.fixedpoint import multiply_by_quantized_multiplier as mbqm
-from tinyq.fixedpoint import quantize_multiplier, softmax_int8
+from tinyq.fixedpoint import (multiply_real_by_quantized_multiplier, multiply_rounded_once, quantize_multiplier,
+                              softmax_int8)
+from tinyq.qat import quantized_layers
 from tinyq.quantizers.pact import clip
 
 L = keras.layers
@@ -69,11 +70,12 @@ def nudged(lo: float, hi: float) -> tuple[np.float32, int, float]:
     return np.float32(scale), int(np.clip(np.round(z), -128, 127)), scale
 
 
-def requantize(acc: Accumulator, scale: np.float32, zero_point: int, exact: float | None = None) -> Tensor:
+def requantize(acc: Accumulator, scale: np.float32, zero_point: int, exact: float | None = None,
+               multiply: Callable = mbqm) -> Tensor:
     """``acc`` onto the int8 grid ``(scale, zero_point)``, clamped as the fused activation clamps it
     (ReLU at the zero point; ReLU6 and PACT's MINIMUM at ``acc.top``)."""
     q, shift = quantize_multiplier(acc.scale / np.float64(scale))
-    y = mbqm(acc.acc, q, shift) + zero_point
+    y = multiply(acc.acc, q, shift) + zero_point
     lo = zero_point if acc.activation == "relu" else -128
     hi = 127 if acc.top is None else min(127, zero_point + int(np.round(acc.top / np.float64(scale))))
     return Tensor(np.clip(y, max(lo, -128), hi), scale, zero_point, exact)
@@ -131,7 +133,10 @@ def _weight_layer(model: "IntegerModel", wrapper, x: Tensor):
     refit = np.abs(bias) / (in_scale * FIT)
     w_scale = np.where(fit, np.float32(refit), w_scale)
     bias_unit = np.where(fit, in_scale * refit, bias_unit)
-    acc = np.round(acc).astype(np.int64) + np.round(bias / bias_unit).astype(np.int64)
+    if model.real_bias:
+        acc = np.round(acc) + bias / bias_unit
+    else:
+        acc = np.round(acc).astype(np.int64) + np.round(bias / bias_unit).astype(np.int64)
     kind, top = _activation_of(layer)
     if kind == "softmax":
         raise NotEmulated(f"layer {layer.name!r}: a softmax inside a weight layer")
@@ -140,7 +145,8 @@ def _weight_layer(model: "IntegerModel", wrapper, x: Tensor):
         scale = (np.float32(x.scale) * w_scale.astype(np.float32)).astype(np.float64)
     pending = Accumulator(acc, scale, kind, top)
     out = _output_range(wrapper)
-    return pending if out is None else requantize(pending, *out)
+    multiply = model.dense_multiply if isinstance(layer, L.Dense) else model.multiply
+    return pending if out is None else requantize(pending, *out, multiply=multiply)
 
 
 def softmax(x: Tensor) -> Tensor:
@@ -164,7 +170,7 @@ def _activation(model: "IntegerModel", wrapper, x):
         out = _output_range(wrapper)
     if out is None:
         raise NotEmulated(f"layer {layer.name!r} has no output range")
-    return requantize(Accumulator(x.acc, x.scale, "relu", top), *out)
+    return requantize(Accumulator(x.acc, x.scale, "relu", top), *out, multiply=model.multiply)
 
 
 def _divide_rounding(total: np.ndarray, n: int) -> np.ndarray:
@@ -182,15 +188,15 @@ def _average_pool(model: "IntegerModel", wrapper, x: Tensor) -> Tensor:
     h, w = h // kh, w // kw
     total = x.q[:, :h * kh, :w * kw].reshape(b, h, kh, w, kw, c).sum(axis=(2, 4))
     pooled = Tensor(np.clip(_divide_rounding(total, kh * kw), -128, 127), x.scale, x.zero_point, x.exact)
-    return _quantize(pooled, _output_range(wrapper))
+    return _quantize(pooled, _output_range(wrapper), model.multiply)
 
 
-def _quantize(x: Tensor, out: tuple[np.float32, int, float] | None) -> Tensor:
+def _quantize(x: Tensor, out: tuple[np.float32, int, float] | None, multiply: Callable = mbqm) -> Tensor:
     """The QUANTIZE op (int8 to int8) the converter puts where a layer's range differs from its input's."""
     if out is None or (out[0] == x.scale and out[1] == x.zero_point):
         return x
     q, shift = quantize_multiplier(np.float64(x.scale) / np.float64(out[0]))
-    return Tensor(np.clip(mbqm(x.q - x.zero_point, q, shift) + out[1], -128, 127), *out)
+    return Tensor(np.clip(multiply(x.q - x.zero_point, q, shift) + out[1], -128, 127), *out)
 
 
 def _mean(model: "IntegerModel", wrapper, x: Tensor) -> Tensor:
@@ -203,7 +209,7 @@ def _mean(model: "IntegerModel", wrapper, x: Tensor) -> Tensor:
     bits = min(int(n).bit_length() - 1, 32, 31 + int(shift))
     q, shift = (q << bits) // n, shift - bits
     total = (x.q - x.zero_point).sum(axis=(1, 2))
-    y = np.clip(mbqm(total, q, shift) + zero_point, -128, 127)
+    y = np.clip(model.multiply(total, q, shift) + zero_point, -128, 127)
     return Tensor(y.reshape((y.shape[0], *wrapper.output_shape[1:])), scale, zero_point, exact)  # keepdims
 
 
@@ -223,7 +229,9 @@ LAYERS: dict[type, Callable] = {
 }
 
 
-def _handler(wrapper) -> Callable:
+def _handler(wrapper, pool_as_mean: bool = False) -> Callable:
+    if pool_as_mean and isinstance(wrapper.layer, L.AveragePooling2D):
+        return _mean
     for cls in type(wrapper.layer).__mro__:
         if cls in LAYERS:
             return LAYERS[cls]
@@ -234,11 +242,24 @@ class IntegerModel:
     """A Keras QAT model (:func:`tinyq.qat.quantize_model`) run in the integer kernels' arithmetic.
 
     Raises :class:`NotEmulated` on construction if the model has a layer it cannot compute.
+    The options swap one integer step for what the float Keras model computes (a diagnostic of
+    where the two part, not what a file computes): ``pool_as_mean``, an average pool as a MEAN
+    (one requantization of the integer sum); ``rounding="once"``, ``acc * M`` rounded once
+    instead of the kernels' two roundings (``"litert"``: only FULLY_CONNECTED's, as LiteRT's
+    reference kernel rounds); ``real_bias``, the bias kept real instead of rounded to the int32
+    grid ``s_in * s_w``.
     """
 
-    def __init__(self, qat: keras.Model) -> None:
-        from tinyq.qat import quantized_layers
+    ROUNDINGS = ("kernels", "once", "litert")
 
+    def __init__(self, qat: keras.Model, *, pool_as_mean: bool = False, rounding: str = "kernels",
+                 real_bias: bool = False) -> None:
+        if rounding not in self.ROUNDINGS:
+            raise ValueError(f"rounding must be one of {self.ROUNDINGS}; got {rounding!r}")
+        self.real_bias = real_bias
+        self.multiply = (multiply_rounded_once if rounding == "once" else
+                         multiply_real_by_quantized_multiplier if real_bias else mbqm)
+        self.dense_multiply = multiply_rounded_once if rounding == "litert" else self.multiply
         self.quantizers = {w.layer.name: (weight, q, qv) for w, weight, q, qv in quantized_layers(qat)}
         self.steps: list[tuple[object, Callable]] = []
         self.input_range = None
@@ -253,14 +274,14 @@ class IntegerModel:
                 continue
             if not hasattr(layer, "layer"):
                 raise NotEmulated(f"layer {layer.name!r} ({type(layer).__name__}) is not quantized")
-            self.steps.append((layer, _handler(layer)))
+            self.steps.append((layer, _handler(layer, pool_as_mean)))
         if self.input_range is None:
             raise NotEmulated("the model has no input quantization")
 
     def input_tensor(self, x: np.ndarray) -> Tensor:
         """The model-ready float inputs ``x`` on the input's int8 grid."""
         scale, zero_point, exact = self.input_range
-        q = np.round(np.asarray(x, np.float64) / np.float64(scale)) + zero_point  # as tinyq.check quantizes
+        q = np.round(np.asarray(x, np.float64) / np.float64(scale)) + zero_point  # as tinyq.runtimes.quantize_input does
         return Tensor(np.clip(q, -128, 127).astype(np.int64), scale, zero_point, exact)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

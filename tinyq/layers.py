@@ -31,11 +31,11 @@ import numpy as np
 
 from tinyq._tf import keras, tf
 from tinyq.errors import TinyqError
+from tinyq.graph import L, channel_axis, weight_layer_before
 from tinyq.quantizers import registry
 from tinyq.quantizers.pact import clip, deployable_pact
 from tinyq.spec import QuantSpec
 
-L = keras.layers
 
 
 class _Scoped:
@@ -63,8 +63,6 @@ class _QuantizedKernel(_Scoped):
         self.method, self.bits = spec.method, spec.weight_bits
 
     def build(self, input_shape) -> None:
-        from tinyq.qat import channel_axis
-
         super().build(input_shape)
         kernel = getattr(self, self.kernel_attr)
         self.quantizer = registry.parse(self.method).weight_quantizer(self.bits, channel_axis(self))
@@ -155,20 +153,6 @@ def calibrate(model: keras.Model) -> None:
             calibrate_layer(layer)
 
 
-def _inbound(layer) -> list:
-    nodes = layer._inbound_nodes
-    inbound = nodes[0].inbound_layers if nodes else []
-    return inbound if isinstance(inbound, list) else [inbound]
-
-
-def _weight_layer_before(layer):
-    """The weight layer ``layer`` takes its input from, through BatchNormalization layers; or None."""
-    source = _inbound(layer)
-    while len(source) == 1 and isinstance(source[0], L.BatchNormalization):
-        source = _inbound(source[0])
-    return source[0] if len(source) == 1 and isinstance(source[0], tuple(WEIGHT_CLASSES)) else None
-
-
 def declared(model: keras.Model) -> dict[str, dict]:
     """What the model's tinyq layers declare, per weight layer: ``{"method", "weight_bits"}`` of a
     Quant* layer, ``{"activations", "act_bits"}`` of a ``PACT`` after it (through BatchNormalization)."""
@@ -177,7 +161,7 @@ def declared(model: keras.Model) -> dict[str, dict]:
         if isinstance(layer, _QuantizedKernel):
             out.setdefault(layer.name, {}).update(method=layer.method, weight_bits=layer.bits)
         elif isinstance(layer, PACT):
-            source = _weight_layer_before(layer)
+            source = weight_layer_before(layer, through=(L.BatchNormalization,))
             if source is None:
                 raise TinyqError(f"PACT layer {layer.name!r} must follow a Conv2D, DepthwiseConv2D or Dense "
                                  "(optionally through a BatchNormalization): tinyq deploys it as that layer's output")
@@ -270,11 +254,11 @@ def trained_state(model: keras.Model) -> dict[str, dict[str, np.ndarray]]:
     lies on that grid, the grids being symmetric) unless it is a dead channel's, which stays under
     the dead threshold; channels dropped as dead drop from both. Why the latent kernel and not
     ``Q(w)``: on the grid itself, every outer weight sits on the clip, and LSQ's step gradient
-    then shrank the carried 2-bit steps by 15-23% in 2 epochs.
+    then shrinks the carried steps.
     """
-    from tinyq.fold import fold_batchnorm
+    from tinyq.fold import fold
 
-    latent = fold_batchnorm(to_float(model, latent=True))
+    latent = fold(to_float(model, latent=True))
     state: dict[str, dict[str, np.ndarray]] = {}
     for layer in model.layers:
         if isinstance(layer, PACT):
@@ -286,7 +270,7 @@ def trained_state(model: keras.Model) -> dict[str, dict[str, np.ndarray]]:
         k = k if q.channel_axis is not None else k.max()  # a per-channel k cannot fold into one step
         kept = latent.kept_channels.get(layer.name) if q.channel_axis is not None else None
         steps = {id(v) for v in q.step_variables(qvars)}
-        state[layer.name] = {"latent_kernel": latent.get_layer(layer.name).get_weights()[0]}
+        state[layer.name] = {"latent_kernel": latent.model.get_layer(layer.name).get_weights()[0]}
         for key, var in qvars.items():
             value = var.numpy()
             if id(var) in steps:
@@ -319,7 +303,7 @@ def quantize_layers(model: keras.Model, bits: int = 8, method: str = "ste", keep
                                 bits=spec.weight_bits)
         elif isinstance(layer, L.ReLU) or (isinstance(layer, L.Activation) and
                                            getattr(layer.activation, "__name__", "") in ("relu", "relu6")):
-            source = _weight_layer_before(layer)
+            source = weight_layer_before(layer, through=(L.BatchNormalization,))
             acts = registry.parse(plan[source.name].method).activations if source and source.name in plan else None
             if acts is not None:
                 lc["class_name"] = "PACT"

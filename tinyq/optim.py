@@ -3,14 +3,13 @@
 Adam moves every variable by about its learning rate per step, whatever the variable's size
 (the update ``lr * m / sqrt(v)`` is normalised by the gradient's own magnitude, so LSQ's
 gradient scaling does not reach it). A per-channel step size is a variable of very uneven
-size: a 2-bit pointwise scale is ~1e-1, an 8-bit depthwise one ~1e-3 to 1e-2. At a learning
-rate of 5e-4 the latter moves by 5-50% of itself per step and can random-walk to nothing in
-a few dozen steps, and the channel's output with it (measured: 212 of 2,737 channels of a
-2-bit ``daq`` model trained on people96, 100 to 16,000 ranges beyond their clip).
+size: a 2-bit pointwise scale is ~1e-1, an 8-bit depthwise one ~1e-3 to 1e-2. At QAT's learning
+rates the latter moves by a large part of itself per step and can random-walk to nothing, and
+the channel's output with it (measured in docs/benchmarks.md).
 
 Here each step-size variable ``s`` takes Adam's update multiplied by ``gain * |s|``:
 ``s <- s - gain * |s| * lr * m / sqrt(v)``, so every scale moves by about ``gain * lr`` of
-itself per step (0.2% at ``lr = 2e-4`` with the default gain of 10), as ``log |s|`` would
+itself per step, as ``log |s|`` would
 under plain Adam, while the variable keeps holding the scale the converter reads. Other
 variables get plain Adam.
 """

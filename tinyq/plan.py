@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from tinyq.errors import TinyqError
+from tinyq.graph import L, weight_layers
 from tinyq.spec import QuantSpec
 
 KEEP_CHOICES = ("first", "last", "depthwise")
@@ -29,14 +30,12 @@ def default_plan(model, bits: int, method: str = "ste", keep_8bit=KEEP_CHOICES, 
     3x3 depthwise filter has 9 weights per channel, too few to survive 2 bits; together they
     hold about 14% of MobileNetV1-0.25's weights.
     """
-    from tinyq.qat import WEIGHT_LAYERS, L
-
-    weight_layers = [layer for layer in model.layers if isinstance(layer, WEIGHT_LAYERS)]
-    if not weight_layers:
+    layers = weight_layers(model)
+    if not layers:
         raise TinyqError("the model has no Conv2D, DepthwiseConv2D or Dense layer to quantize")
     plan = {}
-    for i, layer in enumerate(weight_layers):
-        keep = (("first" in keep_8bit and i == 0) or ("last" in keep_8bit and i == len(weight_layers) - 1)
+    for i, layer in enumerate(layers):
+        keep = (("first" in keep_8bit and i == 0) or ("last" in keep_8bit and i == len(layers) - 1)
                 or ("depthwise" in keep_8bit and isinstance(layer, L.DepthwiseConv2D)))
         plan[layer.name] = QuantSpec(method=method, weight_bits=8 if keep else bits, act_bits=8 if keep else act_bits)
     return plan
@@ -70,8 +69,6 @@ def plan_from_file(path, model, method: str, act_bits: int) -> dict[str, QuantSp
     import json
     from pathlib import Path
 
-    from tinyq.qat import WEIGHT_LAYERS
-
     try:
         layers = {r["name"]: int(r["bits"]) for r in json.loads(Path(path).read_text())["layers"]}
     except FileNotFoundError:
@@ -79,7 +76,7 @@ def plan_from_file(path, model, method: str, act_bits: int) -> dict[str, QuantSp
     except (ValueError, KeyError, TypeError):
         raise TinyqError(f"{str(path)!r} is not a tinyq plan (JSON with layers: [{{name, bits}}]); "
                          "make one with tinyq plan") from None
-    names = [layer.name for layer in model.layers if isinstance(layer, WEIGHT_LAYERS)]
+    names = [layer.name for layer in weight_layers(model)]
     if set(names) != set(layers):
         missing, extra = sorted(set(names) - set(layers)), sorted(set(layers) - set(names))
         raise TinyqError(f"plan {str(path)!r} does not fit this model (missing {missing or 'none'}, "

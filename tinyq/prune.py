@@ -11,9 +11,9 @@ it maps its bias to 0: the channel is 0 on every image. Removing it changes no o
 - a global pooling (or a pooling to 1x1 and a Flatten) then a Dense: the Dense loses that row.
 
 Dead channels whose ReLU passes a positive bias are kept: a depthwise conv's zero padding
-makes their constant non-constant at the borders. Why: ``vww_96.h5`` has 76-91% dead output
-channels in its deep pointwise layers; their weights, biases, scales and the next layers'
-inputs are file bytes that compute nothing.
+makes their constant non-constant at the borders. Why: pretrained MobileNets can have most
+output channels of their deep pointwise layers dead; their weights, biases, scales and the next
+layers' inputs are file bytes that compute nothing.
 """
 from __future__ import annotations
 

@@ -7,37 +7,20 @@ each per-channel scale by an MSE search on the float weights.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Collection, Mapping
 
 import numpy as np
 
 from tinyq._tf import keras, tfmot
 from tinyq.errors import TinyqError
-from tinyq.fold import WEIGHT_LAYERS, fold_batchnorm
+from tinyq.fold import fold
+from tinyq.graph import L, WEIGHT_LAYERS, channel_axis, followed_by_relu, is_relu, kernel_attr, weight_layer_before
 from tinyq.quantizers import registry
 from tinyq.quantizers.pact import mse_alpha
 from tinyq.spec import QuantSpec
 
 tfq = tfmot.quantization.keras
-L = keras.layers
-
-_RELU_NAMES = {"relu", "relu6"}
-
-
-def kernel_attr(layer) -> str:
-    return "depthwise_kernel" if isinstance(layer, L.DepthwiseConv2D) else "kernel"
-
-
-def channel_axis(layer) -> int | None:
-    """Kernel axis of the per-channel scales (depthwise: input channels; Dense: None, per tensor)."""
-    if isinstance(layer, L.DepthwiseConv2D):
-        if layer.depth_multiplier != 1:
-            raise TinyqError(f"layer {layer.name!r}: depthwise depth_multiplier "
-                             f"{layer.depth_multiplier} is not supported; use 1")
-        return 2
-    if isinstance(layer, L.Dense):
-        return None
-    return -1
 
 
 class TinyqQuantizeConfig(tfq.QuantizeConfig):
@@ -162,33 +145,36 @@ def custom_objects() -> dict:
             **registry.custom_objects(), **layers.custom_objects()}
 
 
-def _is_relu(layer) -> bool:
-    if isinstance(layer, L.ReLU):
-        return True
-    return isinstance(layer, L.Activation) and getattr(layer.activation, "__name__", "") in _RELU_NAMES
+@dataclass(frozen=True)
+class QATModel:
+    """What :func:`build_qat` made: the QAT ``model``, the BN-folded float model it was made from
+    (``folded``: same layer names and shapes, the feature teacher of :class:`tinyq.distill.Distiller`),
+    the layers started from trained quantizers (``carried``) or from calibration because their
+    trained grid did not survive folding (``restarted``), and the dead channels dropped per layer."""
 
-
-def _followed_by_relu(layer) -> bool:
-    outbound = layer._outbound_nodes
-    return len(outbound) == 1 and _is_relu(outbound[0].outbound_layer)
-
-
-def _weight_layer_before(layer):
-    """The weight layer whose output ``layer`` (a ReLU) takes, or None."""
-    inbound = layer._inbound_nodes[0].inbound_layers if layer._inbound_nodes else []
-    inbound = inbound if isinstance(inbound, list) else [inbound]
-    return inbound[0] if len(inbound) == 1 and isinstance(inbound[0], WEIGHT_LAYERS) else None
+    model: keras.Model
+    folded: keras.Model
+    carried: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()
+    dropped_channels: dict[str, int] = field(default_factory=dict)
 
 
 def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = None,
                    default: QuantSpec | None = None, calibration: np.ndarray | None = None,
                    keep_float: Collection[str] = (), learn_options: Mapping | None = None,
                    start: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> keras.Model:
+    """The QAT model of :func:`build_qat`."""
+    return build_qat(model, plan, default, calibration, keep_float, learn_options, start).model
+
+
+def build_qat(model: keras.Model, plan: Mapping[str, QuantSpec] | None = None,
+              default: QuantSpec | None = None, calibration: np.ndarray | None = None,
+              keep_float: Collection[str] = (), learn_options: Mapping | None = None,
+              start: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> QATModel:
     """QAT model: BN folded, weight layers quantized per ``plan`` (others by ``default``).
 
     ``start`` (:func:`tinyq.layers.trained_state` of a model built of tinyq layers) replaces the
-    calibrated start of the layers it names by what they trained (:func:`start_from`;
-    ``qat.carried`` and ``qat.restarted`` list them).
+    calibrated start of the layers it names by what they trained (:func:`start_from`).
 
     ``learn_options`` go to the quantizers of layers whose spec has ``learn_bits`` (CPQ's
     ``gate_gain``; see :mod:`tinyq.learnbits`).
@@ -198,7 +184,8 @@ def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = No
     """
     plan = dict(plan or {})
     default = default or QuantSpec()
-    folded = fold_batchnorm(model)
+    folding = fold(model)
+    folded = folding.model
     unknown = set(plan) - {layer.name for layer in folded.layers}
     if unknown:
         raise TinyqError(f"plan names layers the model does not have: {sorted(unknown)}")
@@ -210,7 +197,7 @@ def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = No
     def annotate(layer):
         if layer.name in keep_float:
             return tfq.quantize_annotate_layer(layer, quantize_config=OutputQuantizeConfig())
-        source = _weight_layer_before(layer) if _is_relu(layer) else None
+        source = weight_layer_before(layer) if is_relu(layer) else None
         if source is not None:
             spec = plan.get(source.name, default)
             act = registry.parse(spec.method).activation_quantizer(spec.act_bits)
@@ -226,7 +213,7 @@ def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = No
                         **(learn_options or {})} if spec.learn_bits else {})
             quantizer = registry.parse(spec.method).weight_quantizer(spec.weight_bits, channel_axis(layer), **options)
             config = TinyqQuantizeConfig(quantizer, kernel_attr(layer),
-                                         quantize_output=not _followed_by_relu(layer))
+                                         quantize_output=not followed_by_relu(layer))
             return tfq.quantize_annotate_layer(layer, quantize_config=config)
         if isinstance(layer, L.InputLayer):
             return layer
@@ -239,17 +226,8 @@ def quantize_model(model: keras.Model, plan: Mapping[str, QuantSpec] | None = No
     calibrate_scales(qat)
     if calibration is not None:
         calibrate_activations(qat, folded, calibration)
-    qat.carried, qat.restarted = start_from(qat, start) if start else ([], [])
-    qat.dropped_channels = folded.dropped_channels  # {layer: outputs dropped as dead}, for the run's log
-    # untracked: an attribute Keras tracks would save the folded model's weights inside the QAT model's
-    object.__setattr__(qat, "_tinyq_folded", folded)
-    return qat
-
-
-def folded_model(qat: keras.Model) -> keras.Model | None:
-    """The BN-folded float model :func:`quantize_model` made ``qat`` from (same layer names and
-    shapes: the feature teacher of :class:`tinyq.distill.Distiller`); None for a loaded model."""
-    return getattr(qat, "_tinyq_folded", None)
+    carried, restarted = start_from(qat, start) if start else ([], [])
+    return QATModel(qat, folded, tuple(carried), tuple(restarted), folding.dropped_channels)
 
 
 def quantized_layers(qat: keras.Model):
@@ -359,11 +337,51 @@ def calibrate_activations(qat: keras.Model, folded: keras.Model, x: np.ndarray, 
             qvars["max_var"].assign(hi[n])
 
 
+def _assign_by_name(model: keras.Model, stored: Mapping[str, Mapping[str, np.ndarray]], source: str) -> None:
+    """Set every layer's weights from ``stored`` ({layer name: {variable's last name part: value}}).
+
+    By name, not position: a rebuilt QuantizeWrapper lists its trainable scale before the wrapped kernel.
+    """
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        values = []
+        for w in layer.weights:
+            short = w.name.rsplit("/", 1)[-1]
+            if short not in stored.get(layer.name, {}):
+                raise TinyqError(f"{source}: no stored value for {w.name}; the file is from another "
+                                 "tinyq version or damaged")
+            values.append(stored[layer.name][short])
+        layer.set_weights(values)
+
+
+def with_storage(qat: keras.Model, bits: int | None) -> keras.Model:
+    """``qat`` with its weights stored in ``bits``-bit containers (``tinyq convert --bits 4`` or 8: a
+    lossless widening), a copy whose quantizers carry the wider container; ``qat`` itself for None or 2
+    (every grid's own container)."""
+    if bits in (None, 2):
+        return qat
+    unfit = [layer.layer.name for layer, _, quantizer, _ in quantized_layers(qat) if not quantizer.storable(bits)]
+    if unfit:
+        raise TinyqError(f"{len(unfit)} layers ({', '.join(unfit[:3])}{', ...' if len(unfit) > 3 else ''}) have "
+                         f"2-bit levels that {bits}-bit storage cannot hold (method levels: -126, -k, k, 126 in int8); "
+                         f"convert with --bits 2 (value tables) or 8, or train with another --method")
+    config = qat.get_config()
+    for lc in config["layers"]:
+        qc = lc["config"].get("quantize_config") if isinstance(lc.get("config"), dict) else None
+        if isinstance(qc, dict) and qc.get("class_name") == "TinyqQuantizeConfig":
+            qc["config"]["weight_quantizer"]["config"]["storage_bits"] = bits
+    with tfq.quantize_scope(custom_objects()):
+        copy = keras.Model.from_config(config)
+    _assign_by_name(copy, {layer.name: {w.name.rsplit("/", 1)[-1]: w.numpy() for w in layer.weights}
+                           for layer in qat.layers}, "the QAT model")
+    return copy
+
+
 def load_model(path) -> keras.Model:
     """Load a Keras model (.h5, .keras, SavedModel) saved by tinyq or built from standard layers.
 
-    QAT .h5 files are restored by variable name: Keras restores HDF5 weights by position,
-    and a rebuilt QuantizeWrapper lists its trainable scale before the wrapped kernel.
+    QAT .h5 files are restored by variable name (:func:`_assign_by_name`).
     """
     import h5py
 
@@ -378,18 +396,12 @@ def load_model(path) -> keras.Model:
                 return keras.models.load_model(path, compile=False)
             model = keras.models.model_from_json(config)
             group = f["model_weights"]
+            stored = {}
             for layer in model.layers:
-                if not layer.weights:
-                    continue
-                g = group[layer.name]
-                names = [n.decode() if isinstance(n, bytes) else n for n in g.attrs["weight_names"]]
-                # the wrapped layer's variables come back under the wrapper's name scope
-                stored = {n.rsplit("/", 1)[-1]: g[n][()] for n in names}
-                values = []
-                for w in layer.weights:
-                    if w.name.rsplit("/", 1)[-1] not in stored:
-                        raise TinyqError(f"{path!r}: no stored value for {w.name}; the file is from another "
-                                         "tinyq version or damaged")
-                    values.append(stored[w.name.rsplit("/", 1)[-1]])
-                layer.set_weights(values)
+                if layer.weights:
+                    g = group[layer.name]
+                    names = [n.decode() if isinstance(n, bytes) else n for n in g.attrs["weight_names"]]
+                    # the wrapped layer's variables come back under the wrapper's name scope
+                    stored[layer.name] = {n.rsplit("/", 1)[-1]: g[n][()] for n in names}
+            _assign_by_name(model, stored, repr(path))
     return model

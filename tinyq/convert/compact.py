@@ -16,7 +16,7 @@ the reason, so what TFLM reads is measured, not guessed.
 - ``decode_inputs``: the quantization parameters left on DECODE's inputs (2-bit indices and
   value tables); its output tensor carries the filter's scales.
 - ``shape_signatures``: the converter's copy of each activation's shape with -1 for a dynamic
-  batch; TFLM sizes tensors from ``shape`` (784 bytes on the 2-bit ``vww_96``).
+  batch; TFLM sizes tensors from ``shape``.
 - ``dedupe``: byte-identical buffers shared, unreferenced buffers dropped.
 
 Buffers stay 16-byte aligned: the file is re-packed with tflite-micro's aligning writer.
@@ -25,26 +25,21 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 from collections.abc import Callable
 
 import numpy as np
 
-from tinyq.convert.flatbuffer import DECODE_OPS
 from tinyq.errors import TinyqError
+from tinyq.runtimes import litert_outputs, model_input, tflm_outputs
+from tinyq.tflite import flatbuffer
+from tinyq.tflite.edit import aligned, editor
+from tinyq.tflite.flatbuffer import DECODE_OPS
 
 KEEP_METADATA = ("COMPRESSION_METADATA",)
 # not FULLY_CONNECTED: TFLM's prepare compares its bias scale with input * filter scale
 # (kernel_util.cc: scale_diff / output_scale <= 0.02), which a missing scale passes or fails
 # depending on the model's scales, so a plan measured on one model would not hold for another
 BIAS_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
-
-
-def editor():
-    from tflite_micro.tensorflow.lite.micro.compression import model_editor
-
-    return model_editor
 
 
 def _names(model) -> None:
@@ -105,26 +100,7 @@ STEPS: dict[str, Callable] = {"names": _names, "zero_points": _zero_points,
 
 def tensor_names(data: bytes) -> list[str]:
     """The names of the first subgraph's tensors, by index (the map ``names`` leaves beside the file)."""
-    from tinyq.convert import flatbuffer
-
     return [t.name for t in flatbuffer.parse(data).tensors]
-
-
-def aligned(data: bytes) -> bytes:
-    from tflite_micro.tensorflow.lite.micro.compression.compress import tflite_flatbuffer_align_wrapper
-
-    fd_in, path_in = tempfile.mkstemp(suffix=".tflite")
-    fd_out, path_out = tempfile.mkstemp(suffix=".tflite")
-    try:
-        with os.fdopen(fd_in, "wb") as f:
-            f.write(data)
-        os.close(fd_out)
-        tflite_flatbuffer_align_wrapper.align_tflite_model(path_in, path_out)
-        with open(path_out, "rb") as f:
-            return f.read()
-    finally:
-        os.unlink(path_in)
-        os.unlink(path_out)
 
 
 def apply(data: bytes, step: str) -> bytes:
@@ -137,8 +113,6 @@ def apply(data: bytes, step: str) -> bytes:
 
 
 def _outputs(data: bytes, x: np.ndarray, litert: bool) -> dict[str, np.ndarray]:
-    from tinyq.check import litert_outputs, tflm_outputs
-
     out = {"tflm": tflm_outputs(data, x)}
     if litert:
         out["litert"] = litert_outputs(data, x)[0]
@@ -151,8 +125,6 @@ def compact(data: bytes, x: np.ndarray, log: Callable[[str], None] = lambda m: N
     Returns the compacted file and a record: bytes before and after, and per step its
     saving or why it was rejected.
     """
-    from tinyq.convert import flatbuffer
-
     litert = not (set(flatbuffer.DECODE_OPS) & set(flatbuffer.parse(data).op_names))
     reference = _outputs(data, x, litert)
     record = {"bytes_before": len(data), "steps": {}}
@@ -176,3 +148,9 @@ def compact(data: bytes, x: np.ndarray, log: Callable[[str], None] = lambda m: N
         f"{'TFLM and LiteRT' if litert else 'TFLM'} on {len(x)} images; kept {', '.join(kept) or 'nothing'}"
         + (f"; rejected {', '.join(dropped)}" if dropped else ""))
     return data, record
+
+
+def compact_verified(data: bytes, pixels: np.ndarray, contract, n: int = 32,
+                     log: Callable[[str], None] = lambda m: None) -> tuple[bytes, dict]:
+    """:func:`tinyq.convert.compact.compact`, verified on the first ``n`` of ``pixels`` (uint8 images)."""
+    return compact(data, model_input(flatbuffer.parse(data), pixels[:n], contract), log)

@@ -4,8 +4,8 @@ A dead channel kept for its bias (:mod:`tinyq.prune`: zero weights, a ReLU passi
 bias, so a constant ``relu(b)``) trains with a step of ~1e-9, so that whatever integer a table
 gives its weights moves no output (:mod:`tinyq.convert.lut` lets it share the layer's 2-bit
 table). The converter stores biases as int32 in units of ``input scale x weight step``:
-``b / (s_in * 1e-9)`` overflows for any ``b`` above ~0.1 and saturates at ``2^31 - 1``, so
-vww_96 files computed 0.40 where Keras had 0.50. Here each such channel's step becomes
+``b / (s_in * 1e-9)`` overflows for any ``b`` above ~0.1 and saturates at ``2^31 - 1``, so the
+file would compute a smaller constant than Keras. Here each such channel's step becomes
 ``|b| / (s_in * 2^30)``: its bias is stored as ``+-2^30``, exact to 1e-9 of itself, and the
 weight step stays small enough (one output step is ~2^30 * s_out / |b| accumulator units)
 for the shared table's smallest level to stay far below an output step.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinyq.convert.flatbuffer import Flatbuffer, int_values
+from tinyq.tflite.flatbuffer import Flatbuffer, int_values
 
 FIT = 2 ** 30  # the stored bias of a refitted channel: half of int32, room for the accumulator
 
@@ -28,7 +28,7 @@ def fit_constant_biases(data: bytes, fb: Flatbuffer, biases: dict[int, np.ndarra
     """``data`` with the step of every all-zero weight channel whose int32 bias cannot hold its
     float bias raised until it can; ``biases``: {weight tensor index: the layer's float bias}.
     Returns the new bytes and how many channels changed."""
-    from tinyq.convert.compact import aligned, editor
+    from tinyq.tflite.edit import aligned, editor
 
     ops = fb.weight_tensors()
     fixes = []
@@ -70,12 +70,11 @@ def center_constant_biases(data: bytes, fb: Flatbuffer, tensors: list[int]) -> t
     A shared 2-bit value table has no 0 (:func:`tinyq.convert.lut.shared_levels`): a dead channel
     decodes to the smallest level times its ~4e-9 step and its constant output gains an
     accumulator term ``sum(w x)`` of some 1e-3 output steps. Where the constant lay that close to
-    a rounding boundary it moved by a step on some images (1 of 477 vww-dev images, a 2-bit
-    ``daq`` file). With ``acc = round(k / M)`` for the output ``k = MBQM(bias, M)``, the term
+    a rounding boundary it moved by a step on some images. With ``acc = round(k / M)`` for the output ``k = MBQM(bias, M)``, the term
     must reach half a step to move it; without it the channel computes ``k`` as before, so the
     file still equals training's integer arithmetic (:mod:`tinyq.integer`).
     """
-    from tinyq.convert.compact import aligned, editor
+    from tinyq.tflite.edit import aligned, editor
     from tinyq.fixedpoint import multiply_by_quantized_multiplier as mbqm
     from tinyq.fixedpoint import quantize_multiplier
 

@@ -5,41 +5,24 @@ channel, then TFLM LUT compression (2-bit indices, per-channel value tables, DEC
 """
 from __future__ import annotations
 
-import contextlib
 import re
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
-from tinyq._stderr import captured_fd2
 from tinyq._tf import tf
 from tinyq.contract import InputContract
-from tinyq.convert import flatbuffer, lut
+from tinyq.convert import lut
 from tinyq.convert.constants import center_constant_biases, fit_constant_biases
 from tinyq.errors import TinyqError
-from tinyq.qat import quantized_layers
+from tinyq.logs import captured_fd2
+from tinyq.qat import quantized_layers, with_storage
+from tinyq.runtimes import model_input, tflm_outputs
+from tinyq.tflite import flatbuffer
 
 STORAGE_BITS = (2, 4, 8)
 _LAYER_IN_NAME = re.compile(r"(?:^|/)quant_([^/;]+)/")
-
-
-@contextlib.contextmanager
-def storage(qat, bits: int | None) -> Iterator[None]:
-    """While converting, store weights in the container ``bits`` asks for (lossless widening)."""
-    layers = list(quantized_layers(qat))
-    unfit = [layer.layer.name for layer, _, quantizer, _ in layers if not quantizer.storable(bits)]
-    if unfit:
-        raise TinyqError(f"{len(unfit)} layers ({', '.join(unfit[:3])}{', ...' if len(unfit) > 3 else ''}) have "
-                         f"2-bit levels that {bits}-bit storage cannot hold (method levels: -126, -k, k, 126 in int8); "
-                         f"convert with --bits 2 (value tables) or 8, or train with another --method")
-    for _, _, quantizer, _ in layers:
-        quantizer.storage_bits = bits
-    try:
-        yield
-    finally:
-        for _, _, quantizer, _ in layers:
-            quantizer.storage_bits = None
 
 
 def storage_of(qat, fb: flatbuffer.Flatbuffer) -> int | None:
@@ -63,6 +46,7 @@ def to_tflite(qat, representative: np.ndarray, contract: InputContract, storage_
               allow_float: bool = False) -> bytes:
     """Full-integer conversion: int8 activations, int8 input and output.
 
+    ``storage_bits`` widens the weights' containers (:func:`tinyq.qat.with_storage`);
     ``allow_float``: ops without an int8 kernel stay float (QUANTIZE / DEQUANTIZE around them).
     """
     sample = contract.to_float(representative[:200])
@@ -71,20 +55,19 @@ def to_tflite(qat, representative: np.ndarray, contract: InputContract, storage_
         for x in sample:
             yield [x[None]]
 
-    with storage(qat, storage_bits):
-        converter = tf.lite.TFLiteConverter.from_keras_model(qat)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = rep
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] + (
-            [tf.lite.OpsSet.TFLITE_BUILTINS] if allow_float else [])
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-        try:
-            with captured_fd2():  # the converter's C++ progress lines are not for users
-                return bytes(converter.convert())
-        except Exception as e:  # the converter's MLIR errors are long; keep their first line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TinyqError(f"the TFLite converter rejected the model: {first}") from None
+    converter = tf.lite.TFLiteConverter.from_keras_model(with_storage(qat, storage_bits))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = rep
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] + (
+        [tf.lite.OpsSet.TFLITE_BUILTINS] if allow_float else [])
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    try:
+        with captured_fd2():  # the converter's C++ progress lines are not for users
+            return bytes(converter.convert())
+    except Exception as e:  # the converter's MLIR errors are long; keep their first line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TinyqError(f"the TFLite converter rejected the model: {first}") from None
 
 
 def layer_of(tensor_name: str) -> str | None:
@@ -98,9 +81,8 @@ def converter_steps(quantizer, qvars) -> tuple[np.ndarray, np.ndarray]:
     ones it writes, and the float64 ones it quantizes the int32 biases with.
 
     TensorFlow computes the container step ``s / ratio`` as ``s * (1 / ratio)`` (grappler turns
-    the division by a constant into a multiplication; the last bit differs from numpy's
-    division in ~10% of channels, which moves a requantization multiplier and, rarely, an
-    output); the converter reads the range ``+-step * max`` back as ``range / max`` in double,
+    the division by a constant into a multiplication; the last bit can differ from numpy's
+    division, which moves a requantization multiplier and, rarely, an output); the converter reads the range ``+-step * max`` back as ``range / max`` in double,
     raises a range under 1e-6 (a dead channel's) to 1e-6, and divides the bias by that double,
     not by the float32 it stores (a bias integer near a half moves by one otherwise).
     """
@@ -190,14 +172,14 @@ def convert(qat, representative: np.ndarray, contract: InputContract, storage_bi
     if storage_bits is not None and storage_bits not in STORAGE_BITS:
         raise TinyqError(f"unsupported storage bits {storage_bits}: expected one of {', '.join(map(str, STORAGE_BITS))}")
     t0 = time.time()
-    data = to_tflite(qat, representative, contract, storage_bits, allow_float)
+    qat = with_storage(qat, storage_bits)  # the integers as stored: a wider container spreads them differently
+    data = to_tflite(qat, representative, contract, allow_float=allow_float)
     fb = flatbuffer.parse(data)
     float_ops = fb.float_ops()
     if float_ops:
         log(f"warning: float ops in the file (no int8 kernel; slower, need float support on the device): "
             f"{', '.join(float_ops)}")
-    with storage(qat, storage_bits):  # the integers as stored: a wider container spreads them differently
-        layers = verify(qat, fb)
+    layers = verify(qat, fb)
     log(f"convert: {len(data):,} bytes in {time.time() - t0:.1f}s; " + (
         f"weights of {len(layers)} layers verified equal to training's integers" if layers
         else "a float model: the converter chose the int8 weights (post-training quantization)"))
@@ -218,8 +200,6 @@ def compress_2bit(data: bytes, fb: flatbuffer.Flatbuffer, tensors: dict[int, str
                   contract: InputContract, log: Callable[[str], None] = lambda m: None, n: int = 32) -> bytes:
     """LUT-compress the 2-bit ``tensors``, with shared value tables where TFLM's outputs on the
     first ``n`` of ``pixels`` equal those of per-channel tables (see :mod:`tinyq.convert.lut`)."""
-    from tinyq.check import model_input, tflm_outputs
-
     exact = lut.compress(data, fb, tensors, shared_tables=False)
     centered, _ = center_constant_biases(data, fb, list(tensors))  # a shared table gives dead channels weights
     shared = lut.compress(centered, flatbuffer.parse(centered), tensors)

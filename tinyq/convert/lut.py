@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from tinyq.convert.flatbuffer import DECODE_OPS, Flatbuffer
+from tinyq.tflite.flatbuffer import DECODE_OPS, Flatbuffer
 from tinyq.errors import TinyqError
 
 DCM_BYTES = 16  # the decode common metadata header; the value tables follow it
@@ -89,7 +89,7 @@ def compress(data: bytes, fb: Flatbuffer, tensors: dict[int, str], bits: int = 2
 
 def _edited(data: bytes, arrays: dict[int, np.ndarray]) -> bytes:
     """``data`` with the first subgraph's tensors ``arrays`` ({index: int8 array}) replaced."""
-    from tinyq.convert.compact import aligned, editor
+    from tinyq.tflite.edit import aligned, editor
 
     model = editor().read(data)
     for index, array in arrays.items():
@@ -100,7 +100,7 @@ def _edited(data: bytes, arrays: dict[int, np.ndarray]) -> bytes:
 
 def _shared_stride(data: bytes) -> bytes:
     """Stride 0 on every DECODE table that alone serves a per-channel decoded tensor."""
-    from tinyq.convert.compact import aligned, editor
+    from tinyq.tflite.edit import aligned, editor
 
     model = editor().read(data)
     changed = False

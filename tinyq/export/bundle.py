@@ -12,12 +12,13 @@ from typing import Callable
 
 import numpy as np
 
-from tinyq.check import arena_bytes, contract_for, model_input, require_int8_io, run_of, tflm_outputs
 from tinyq.contract import InputContract
-from tinyq.convert import flatbuffer
 from tinyq.errors import TinyqError
-from tinyq.guard import require_runnable
 from tinyq.runfolder import Run
+from tinyq.runtimes import arena_bytes, model_input, require_int8_io, tflm_outputs
+from tinyq.runtimes.guard import require_runnable
+from tinyq.tflite import flatbuffer
+from tinyq.verify import contract_for, run_of
 
 ARENA_MARGIN_PERCENT = 10
 SAMPLE_SEED = 0

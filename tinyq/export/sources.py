@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyq import __version__
+from tinyq.version import __version__
 from tinyq.export.bundle import ARENA_MARGIN_PERCENT, Bundle, c_identifier
 
 
@@ -34,7 +34,7 @@ def _float(v: float) -> str:
 
 
 def _bits_summary(bundle: Bundle) -> str:
-    from tinyq.convert.breakdown import stored_weights
+    from tinyq.tflite.breakdown import stored_weights
 
     widths = {w["bits"] for w in stored_weights(bundle.fb).values()}
     return "/".join(str(b) for b in sorted(widths)) + "-bit"

@@ -5,8 +5,8 @@ Every weight layer (first, last and depthwise included) chooses 2, 4 or 8 bits (
 indices, one 4-value table shared by the channels and a DECODE tensor), each buffer padded to 16
 bytes; the rest of the file (graph, activation parameters, biases, names) is measured on a
 real conversion. The knapsack is solved exactly (:func:`tinyq.mixed.knapsack.solve_exact`)
-for the loss increases of :mod:`tinyq.mixed.sensitivity`; then the planned model is
-converted and its real size checked. If the estimate was short, the budget left for the
+for the loss increases of :mod:`tinyq.mixed.sensitivity`; then the planned model's real file is
+measured (``measure``: :func:`tinyq.pipeline.budget.file_bytes` converts and compacts it). If the estimate was short, the budget left for the
 weights is tightened by the difference and the knapsack solved again, so a returned plan's
 file is within the budget; then the room is bisected between that plan and the last one that
 overshot, so the plan uses what the budget allows.
@@ -38,8 +38,8 @@ REFINE_GAP = 4 * ALIGN  # bytes of weight room: the knapsack counts in ALIGN uni
 def require_choice(max_bits: int) -> None:
     """Fail unless ``--bits`` leaves a layer two widths to choose between (4 or more)."""
     if max_bits < 4:
-        # one width to choose: every layer, first, depthwise and last included, at 2 bits (70% on
-        # vww-dev for vww_96.h5, against 78% for --bits 2 alone), whatever the budget
+        # one width to choose: every layer, first, depthwise and last included, at 2 bits, whatever the
+        # budget: worse than --bits 2 alone, which keeps those layers at 8 (docs/benchmarks.md)
         raise TinyqError(f"--size-budget with --bits {max_bits} leaves every layer one width (2 bits): --bits is the "
                          "most a layer may keep; pass --bits 8 (the budget chooses 2, 4 or 8 per layer) or 4, "
                          "or drop --size-budget")
@@ -181,60 +181,3 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
     least = min([measured, smallest] + [a["file_bytes"] for a in attempts])
     raise TinyqError(f"--size-budget {budget:,} bytes: no plan fits (the smallest file measured: {least:,} bytes, "
                      f"every layer at its smallest: about {smallest:,}): raise the budget")
-
-
-def planned_file(float_model, widths: dict[str, int], method: str, act_bits: int, pixels: np.ndarray,
-                 contract) -> bytes:
-    """The converted, compacted file of ``float_model`` quantized (no training) at ``widths``, as
-    training will leave it in size: a method that learns each layer's levels (``levels``) gets a
-    value table per 2-bit layer, which layers that start alike would otherwise share here and not
-    after training (80 bytes each on ``vww_96.h5``)."""
-    from tinyq.convert import compact_verified
-    from tinyq.convert.converter import convert
-    from tinyq.qat import quantize_model, quantized_layers
-
-    specs = {n: QuantSpec(method=method, weight_bits=b, act_bits=act_bits) for n, b in widths.items()}
-    # calibrated as training's model is: with TFMOT's uncalibrated [0, 0] input range the converter
-    # folds parts of the graph away and the file comes out smaller than the trained one
-    qat = quantize_model(float_model, specs, calibration=contract.to_float(pixels))
-    for index, (_, _, quantizer, qvars) in enumerate(quantized_layers(qat)):
-        quantizer.set_own_table(qvars, index)
-    return compact_verified(convert(qat, pixels, contract), pixels, contract, n=8)[0]  # as the run writes it
-
-
-def file_bytes(float_model, widths: dict[str, int], method: str, act_bits: int, pixels: np.ndarray,
-               contract) -> int:
-    """Bytes of :func:`planned_file`."""
-    return len(planned_file(float_model, widths, method, act_bits, pixels, contract))
-
-
-def budget_plan(float_model, splits, contract, budget: int, *, method: str, act_bits: int, max_bits: int,
-                estimator: str = "hutchinson", seed: int = 0, log=lambda m: None) -> BudgetPlan:
-    """:func:`plan_for_budget` on the training images of ``splits`` (256 for the sensitivity)."""
-    from tinyq.train import calibration_images
-
-    x = calibration_images(splits, contract, seed, n=256)
-    pixels = splits["train"].x[:64]
-    return plan_for_budget(float_model, x, budget,
-                           lambda widths: file_bytes(float_model, widths, method, act_bits, pixels, contract),
-                           max_bits=max_bits, estimator=estimator, log=log)
-
-
-def check_trained_file(run, log=lambda m: None) -> bool | None:
-    """After training, whether ``RUN/model.tflite`` is within the run's ``--size-budget`` (None: no budget).
-
-    The plan measured a file of the untrained model at the planned widths; training changes only
-    values, and the run's file is expected to match, but what compaction and the shared 2-bit
-    tables keep is decided on the trained values. A file over the budget is said plainly (and
-    kept in ``metrics.json``) rather than trusted.
-    """
-    budget = run.config().get("train", {}).get("size_budget")
-    if not budget:
-        return None
-    size = run.tflite.stat().st_size
-    run.update_metrics(size_budget=budget, within_size_budget=size <= budget)
-    if size > budget:
-        log(f"warning: {run.tflite} is {size:,} bytes, {size - budget:,} over --size-budget {budget:,} "
-            f"(the plan measured the untrained model; see {run / 'model.compaction.json'}); for a file within it, "
-            f"train again with --size-budget {budget - (size - budget)}")
-    return size <= budget

@@ -19,8 +19,8 @@ import numpy as np
 
 from tinyq._tf import keras, tf
 from tinyq.errors import expected_one_of
-from tinyq.fold import WEIGHT_LAYERS, fold_batchnorm
-from tinyq.qat import channel_axis, kernel_attr
+from tinyq.fold import fold_batchnorm
+from tinyq.graph import WEIGHT_LAYERS, channel_axis, kernel_attr
 from tinyq.quantizers import grid, mse_scale
 
 ESTIMATORS = ("hutchinson", "fisher")

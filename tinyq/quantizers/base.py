@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import math
-import weakref
 
 import numpy as np
 
@@ -33,6 +32,20 @@ def positive_scale(s: tf.Tensor) -> tf.Tensor:
     """``|s| + 1e-12``: the step a weight quantizer computes with (the trained variable may change
     sign; the floor keeps ``w / s`` finite for a dead channel)."""
     return tf.abs(s) + 1e-12
+
+
+def scale_grad(s: tf.Tensor, factor: float) -> tf.Tensor:
+    """``s`` forward; its gradient multiplied by ``factor``."""
+    return s * factor + tf.stop_gradient(s - s * factor)
+
+
+def lsq_scale(w: tf.Tensor, scale: tf.Tensor, top_code) -> tf.Tensor:
+    """The per-channel step with LSQ's gradient scale ``1 / sqrt(n * top_code)``, ``n`` the weights per
+    channel of channels-last ``w`` (Esser et al. 2020, arXiv 1902.08153)."""
+    n = 1
+    for d in w.shape[:-1]:
+        n *= int(d)
+    return scale_grad(scale, 1.0 / (n * top_code) ** 0.5)
 
 
 def to_container(w_q: tf.Tensor, scale: tf.Tensor, g: Grid, per_channel: bool = True) -> tf.Tensor:
@@ -83,11 +96,9 @@ def grid_distance(w: tf.Tensor, scale: tf.Tensor, g: Grid) -> tf.Tensor:
     ``s`` gets no gradient from it (the task sets the scale, the regulariser moves the weights).
 
     Why the range and not the step beyond the clip: the MSE-searched clip cuts outliers on
-    purpose, and in steps their distance grows with ``2^b``: at 8 bits a weight 40% beyond the
-    clip cost ``51^2 = 2,601``, 25,000 times the largest value inside, so the 8-bit layers a
-    2-bit model keeps (first, depthwise, last) made QGT's loss reach 1e6 from scratch and
-    drowned the 2-bit layers' signal. As a fraction of the range the same weight costs 0.16
-    at any width.
+    purpose, and in steps their distance grows with ``2^b``, so the 8-bit layers a 2-bit model
+    keeps would drown the 2-bit layers' signal; as a fraction of the range an outlier costs the
+    same at any width.
     """
     s = tf.stop_gradient(scale)
     u = w / s
@@ -96,12 +107,13 @@ def grid_distance(w: tf.Tensor, scale: tf.Tensor, g: Grid) -> tf.Tensor:
     return tf.where(tf.abs(u) <= g.top_level, inside, outside)
 
 
-def _in_layer_call() -> bool:
-    """True inside a Keras layer's ``call`` (where ``add_loss`` takes a tensor), not when tinyq
-    calls a quantizer directly (conversion checks, diagnostics)."""
+def _calling_layer():
+    """The Keras layer whose ``call`` is running (where ``add_loss`` takes a tensor), or None when
+    tinyq calls a quantizer directly (conversion checks, diagnostics)."""
     from tf_keras.src.engine import base_layer_utils
 
-    return base_layer_utils.call_context().in_call
+    context = base_layer_utils.call_context()
+    return context.layer if context.in_call else None
 
 
 class ConfigDefined:
@@ -135,11 +147,14 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
 
     name = ""  # registry key
 
-    def __init__(self, bits: int = 8, channel_axis: int | None = -1, qgt: float = 0.0, **kwargs) -> None:
+    def __init__(self, bits: int = 8, channel_axis: int | None = -1, qgt: float = 0.0,
+                 storage_bits: int | None = None, **kwargs) -> None:
         self.bits = int(bits)
         self.channel_axis = None if channel_axis is None else int(channel_axis)
         self.qgt = float(qgt)
-        self.storage_bits: int | None = None  # set only while converting; see tinyq.convert
+        # the container the converter stores the weights in: None for the trained grid's own,
+        # 4 or 8 to widen it (tinyq convert --bits); a copy of the model carries it (tinyq.qat.with_storage)
+        self.storage_bits = None if storage_bits is None else int(storage_bits)
 
     @property
     def grid(self) -> Grid:
@@ -169,7 +184,6 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         if self.qgt:
             extra["qgt_ramp"] = layer.add_weight(name=f"{name}_qgt_ramp", shape=(),
                                                  initializer=tf.keras.initializers.Ones(), trainable=False)
-        self._owner = weakref.ref(layer)  # layer_losses() are added to this layer's losses in __call__
         return {"scale": scale, **extra, **self.build_extra(tensor_shape, name, layer)}
 
     def init_scale(self, w: np.ndarray) -> np.ndarray:
@@ -202,8 +216,8 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
     def __call__(self, inputs, training, weights, **kwargs):
         axis = self.kernel_axis
         w, scale = self.latent(inputs, weights)
-        owner = getattr(self, "_owner", lambda: None)()
-        if owner is not None and _in_layer_call():
+        owner = _calling_layer()  # the wrapper (or tinyq layer) this quantizer's kernel belongs to
+        if owner is not None:
             for loss in self.layer_losses(w, scale, weights):
                 owner.add_loss(loss)
         # A channel dropped as dead but kept for its bias (tinyq.prune) starts at a step of ~1e-9; its
@@ -239,8 +253,7 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         (channels last; 0 when every channel is dead).
 
         A dead channel (scale under :attr:`dead_scale`) computes with exactly 0 whatever its latent
-        weights; measured in its ~1e-9 step, the drift they take during the warm-up reads as
-        1e9-1e11 and made the layer's value (vww_96's deep 2-bit layers) say nothing of the rest.
+        weights; measured in its ~1e-9 step, their drift would swamp the live channels' value.
         """
         live = scale >= self.dead_scale
         d = self.distance(w, tf.where(live, scale, tf.ones_like(scale)), weights)
@@ -267,5 +280,12 @@ class WeightQuantizer(ConfigDefined, tfmot.quantization.keras.quantizers.Quantiz
         """
         return {"grid_distance": float(self.regulariser(*self.latent(w, weights), weights))}
 
+    def with_storage(self, storage_bits: int | None) -> "WeightQuantizer":
+        """This quantizer with its weights stored in ``storage_bits`` containers."""
+        return type(self).from_config({**self.get_config(), "storage_bits": storage_bits})
+
     def get_config(self) -> dict:
-        return {"bits": self.bits, "channel_axis": self.channel_axis, "qgt": self.qgt}
+        config = {"bits": self.bits, "channel_axis": self.channel_axis, "qgt": self.qgt}
+        if self.storage_bits is not None:  # only a conversion copy has one: trained models' configs stay as they were
+            config["storage_bits"] = self.storage_bits
+        return config

@@ -34,9 +34,9 @@ import zlib
 import numpy as np
 
 from tinyq._tf import tf
-from tinyq.quantizers.base import WeightQuantizer, mse_scale, positive_scale
+from tinyq.quantizers.base import WeightQuantizer, lsq_scale, mse_scale, positive_scale
 from tinyq.quantizers.grid import Grid, grid
-from tinyq.quantizers.uniform import scale_grad, uniform_quantize
+from tinyq.quantizers.uniform import uniform_quantize
 
 TAU = 0.25
 WINDOW = 5
@@ -82,10 +82,7 @@ def coarse(codes: tf.Tensor, g: Grid) -> tf.Tensor:
 def cpq_quantize(w: tf.Tensor, scale: tf.Tensor, g: Grid, seed: tf.Tensor | None = None,
                  drop: tf.Tensor | bool = False) -> tf.Tensor:
     """Sampled level (forward), expected level's gradient (backward); ``drop`` coarsens the grid."""
-    n = 1
-    for d in w.shape[:-1]:
-        n *= int(d)
-    s = scale_grad(scale, 1.0 / (n * max(g.hi, 1)) ** 0.5)
+    s = lsq_scale(w, scale, max(g.hi, 1))
     u = w / s - g.offset
     codes, p = level_probabilities(u, g)
     expected = tf.reduce_sum(p * codes, axis=-1)
@@ -126,7 +123,7 @@ class CPQ(WeightQuantizer):
 
     def __init__(self, bits: int = 8, channel_axis: int | None = -1, qgt: float = 0.0, learn_bits: bool = False,
                  size_weight: float = 0.0, gate_gain: float = 100.0, **kwargs) -> None:
-        super().__init__(bits, channel_axis, qgt)
+        super().__init__(bits, channel_axis, qgt, **kwargs)
         self.learn_bits = bool(learn_bits) and len(bit_choices(self.bits)) > 1
         self.size_weight = float(size_weight)
         self.gate_gain = float(gate_gain)

@@ -24,9 +24,9 @@ from __future__ import annotations
 import math
 
 from tinyq._tf import tf
-from tinyq.quantizers.base import WeightQuantizer
+from tinyq.quantizers.base import WeightQuantizer, lsq_scale
 from tinyq.quantizers.grid import Grid
-from tinyq.quantizers.uniform import scale_grad, uniform_quantize
+from tinyq.quantizers.uniform import uniform_quantize
 
 TOL = 0.05  # steps; below the container's half step at every bit width (2-bit: 0.25)
 BETA_MAX = 50.0
@@ -52,10 +52,7 @@ def dasr(u: tf.Tensor, beta: tf.Tensor, g: Grid) -> tf.Tensor:
 
 def daq_quantize(w: tf.Tensor, scale: tf.Tensor, g: Grid) -> tf.Tensor:
     """``(dasr(w / s - o) + o) * s`` with the controller's beta; ``w`` channels-last."""
-    n = 1
-    for d in w.shape[:-1]:
-        n *= int(d)
-    s = scale_grad(scale, 1.0 / (n * max(g.hi, 1)) ** 0.5)
+    s = lsq_scale(w, scale, max(g.hi, 1))
     u = w / s - g.offset
     return (dasr(u, temperature(u, g), g) + g.offset) * s
 

@@ -11,8 +11,7 @@ layer's levels are ``{-1.5, -r, r, 1.5} * s_c`` (per-channel scale ``s_c``, one 
 In the int8 container (steps of ``s / 84``) they are -126, -k, k, 126 with ``k = round(84 r)``;
 the forward pass uses ``k / 84`` so training computes what the file holds. ste's grid is
 ``k = 42``; the MSE-best four symmetric levels of a Gaussian put ``k`` near 38, of a Laplacian
-near 29, and the last five pointwise convs of ``vww_96.h5`` start at 4-14: heavy tails want the
-inner levels near zero and the outer ones far out.
+near 29: heavy tails want the inner levels near zero and the outer ones far out.
 
 Gradients: straight-through for ``w`` inside the range, LSQ's for ``s`` (Esser et al. 2020,
 arXiv 1902.08153), ``dQ/dr = s * sign(w)`` over the weights on the inner levels (learned
@@ -27,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from tinyq._tf import tf
-from tinyq.quantizers.base import WeightQuantizer, grid_distance
-from tinyq.quantizers.uniform import scale_grad, uniform_quantize
+from tinyq.quantizers.base import WeightQuantizer, grid_distance, lsq_scale
+from tinyq.quantizers.uniform import uniform_quantize
 
 OUTER = 1.5  # the outer level in units of the scale: the clip, as ste's 2-bit grid
 RATIO = 84  # container integers per unit of scale at 2 bits (tinyq.quantizers.grid: 1.5 -> 126)
@@ -48,17 +47,12 @@ def inner_level(inner: tf.Tensor) -> tf.Tensor:
 
 def levels_quantize(w: tf.Tensor, scale: tf.Tensor, inner: tf.Tensor) -> tf.Tensor:
     """``s * sign(w) * (1.5 or r)`` per channel (``w`` channels last, ``scale`` per channel)."""
-    n = 1
-    for d in w.shape[:-1]:
-        n *= int(d)
-    s = scale_grad(scale, 1.0 / (n * 2) ** 0.5)
+    s = lsq_scale(w, scale, 2)
     r = inner_level(inner)
     zero = tf.stop_gradient(0.0 * w)
-    # The level is chosen by 168 |w / scale| >= 126 + k: an integer right side and one division of
-    # the plain variables, as ste's rounding. STE training leaves weights on that threshold; computed
-    # from LSQ's and r's straight-through forms (x + (y - x)), the threshold came out an ulp apart in
-    # eager TensorFlow and in the graph, and one of 40,443 weights of a vww_96 run took another level
-    # in the file than in training.
+    # The level is chosen by 168 |w / scale| >= 126 + k: an integer right side and one division of the
+    # plain variables, as ste's rounding; the straight-through forms differ by an ulp between eager and
+    # graph TensorFlow, and a weight on the threshold would take another level in the file than in training.
     outer = tf.abs(w / scale) * (2 * RATIO) >= OUTER * RATIO + inner_integer(inner)
     # Selects between full-size tensors, no casts of booleans: the converter's constant folding
     # skips an op whose result is over 8 KB and over twice its operands (a bool -> float cast, a

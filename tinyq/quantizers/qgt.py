@@ -59,9 +59,8 @@ class QGTRamp(Ramp):
 class WarmupRamp(Ramp):
     """Quantization warm-up: weights move from float to quantized over the first ``WARMUP`` of QAT.
 
-    Why: at 2 bits the quantized copy of a trained network can start with a constant output
-    (``vww_96.h5``: every image 'non_person'), and training from there escapes only sometimes
-    (3 epochs of 3,000 images: never). Blending keeps the network working while it adapts.
+    Why: at 2 bits the quantized copy of a trained network can start with a constant output, and
+    training from there escapes only sometimes. Blending keeps the network working while it adapts.
     """
 
     suffix = "quant_ramp"

@@ -78,6 +78,13 @@ class Combination:
         return self.activations.quantizer(bits=bits, clip_gradient=self.activations.name == "cgpact")
 
 
+def register(method: Method) -> None:
+    """Add ``method`` to :data:`METHODS` (a method of your own, or a variant to measure); its name must be new."""
+    if method.name in METHODS or "+" in method.name:
+        raise TinyqError(f"cannot register method {method.name!r}: the name is taken or holds '+'")
+    METHODS[method.name] = method
+
+
 def get(name: str) -> Method:
     """The method called ``name``; an unknown name fails with the choices."""
     try:

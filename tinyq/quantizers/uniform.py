@@ -8,7 +8,7 @@ the LSQ gradient and its ``1 / sqrt(n * hi)`` scaling (Esser et al. 2020, arXiv 
 from __future__ import annotations
 
 from tinyq._tf import tf
-from tinyq.quantizers.base import WeightQuantizer
+from tinyq.quantizers.base import WeightQuantizer, lsq_scale
 from tinyq.quantizers.grid import Grid
 
 
@@ -17,17 +17,9 @@ def round_ste(x: tf.Tensor) -> tf.Tensor:
     return x + tf.stop_gradient(tf.round(x) - x)
 
 
-def scale_grad(s: tf.Tensor, factor: float) -> tf.Tensor:
-    """``s`` forward; its gradient multiplied by ``factor`` (LSQ's step-size gradient scale)."""
-    return s * factor + tf.stop_gradient(s - s * factor)
-
-
 def uniform_quantize(w: tf.Tensor, scale: tf.Tensor, g: Grid) -> tf.Tensor:
     """``s * (clip(round_ste(w / s - o), lo, hi) + o)``; ``w`` channels-last, ``scale`` per channel."""
-    n = 1
-    for d in w.shape[:-1]:
-        n *= int(d)
-    s = scale_grad(scale, 1.0 / (n * max(g.hi, 1)) ** 0.5)
+    s = lsq_scale(w, scale, max(g.hi, 1))
     codes = tf.clip_by_value(round_ste(w / s - g.offset), float(g.lo), float(g.hi))
     return (codes + g.offset) * s
 

@@ -5,20 +5,22 @@ Every number a plot shows is in the dict :func:`build_report` returns (``report.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from tinyq.contract import InputContract
-from tinyq.convert import flatbuffer
-from tinyq.convert.breakdown import inspect_model
 from tinyq.convert.converter import layer_of
 from tinyq.errors import TinyqError
-from tinyq.qat import diagnostics, load_model
+from tinyq.fit import evaluate_keras, read_history
+from tinyq.logs import Log, captured_fd2, quiet
+from tinyq.qat import diagnostics, load_model, quantized_layers
 from tinyq.runfolder import Run
-from tinyq.train import read_history
+from tinyq.runtimes.guard import require_runnable
+from tinyq.tflite import flatbuffer
+from tinyq.tflite.breakdown import inspect_model
+from tinyq.verify import confusion, load_eval_data, tflm_predictions
 
-Log = Callable[[str], None]
 HIST_BINS = 60
 STORAGE_NAMES = {"INT8": "INT8", "INT4": "packed INT4", "LUT2": "2-bit LUT indices (TFLM DECODE)"}
 
@@ -40,11 +42,9 @@ def _histograms(qat) -> list[dict]:
 
     On that axis every channel's levels are the same numbers (``code + offset``), so one
     histogram per layer shows how the weights sit on the grid. Weights that are exactly zero
-    (pruned or decayed away; most of ``vww_96.h5``'s deep pointwise weights) are counted,
+    (pruned or decayed away, as in the dead channels of pretrained MobileNets) are counted,
     not drawn: they would hide the live ones.
     """
-    from tinyq.qat import quantized_layers
-
     out = []  # a list, in model order: report.json sorts object keys
     for layer, weight, quantizer, qvars in quantized_layers(qat):
         w, scale = (t.numpy() for t in quantizer.latent(weight, qvars))
@@ -67,7 +67,6 @@ def _float_tflite_bytes(run: Run) -> int:
 
     Converted once (about 20 s) and kept in the run's metrics: every report of the run reads it.
     """
-    from tinyq._stderr import captured_fd2
     from tinyq._tf import tf
 
     known = run.metrics().get("float_tflite_bytes")
@@ -110,7 +109,7 @@ def _point(model: str, nbytes: int, acc: float, n: int, data: str, runtime: str)
 
 
 def build_report(run_path: str | Path, data: str | Path | None = None, references: Sequence[str] = (),
-                 limit: int | None = None, log: Log = lambda m: None) -> dict:
+                 limit: int | None = None, log: Log = quiet) -> dict:
     """The report of ``run_path``; with ``data``, every model is also measured on that folder."""
     run = Run(run_path).require()
     if not run.tflite.exists():
@@ -156,10 +155,6 @@ def build_report(run_path: str | Path, data: str | Path | None = None, reference
 
 def _measure(run: Run, data, references, limit, contract, tflite: bytes, float_bytes, accuracy, log) -> dict:
     """Measure this run (TFLM), its float original (Keras) and each reference file (TFLM) on ``data``."""
-    from tinyq.check import confusion, load_eval_data, tflm_predictions
-    from tinyq.guard import require_runnable
-    from tinyq.train import evaluate_keras
-
     images = load_eval_data(data, contract, limit, log)
     if len(images) == 0:
         raise TinyqError(f"no readable images in {str(data)!r}; give a folder with person/ and non_person/")

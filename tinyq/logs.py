@@ -1,4 +1,4 @@
-"""Capture what C/C++ code writes to file descriptor 2 (TFLM, the converter, TF start-up)."""
+"""Where tinyq's progress goes: ``Log`` callables, stderr, and capturing what C/C++ code writes to fd 2."""
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +6,18 @@ import os
 import sys
 import tempfile
 import warnings
-from typing import Iterator
+from typing import Callable, Iterator
+
+Log = Callable[[str], None]
+
+
+def log_stderr(msg: str) -> None:
+    """The command line's log: one line on stderr, at once."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def quiet(msg: str) -> None:
+    """A log that drops everything (library calls without a log)."""
 
 
 @contextlib.contextmanager

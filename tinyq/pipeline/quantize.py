@@ -12,23 +12,21 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyq import __version__, layers
+from tinyq import layers
 from tinyq._tf import keras, tf
 from tinyq.contract import InputContract
 from tinyq.data import ImageSet, layout, load_splits
 from tinyq.data.folder import SPLITS, load_images, split
 from tinyq.errors import TinyqError, expected_one_of
-from tinyq.plan import KEEP_CHOICES, chooser, describe_plan
+from tinyq.fit import evaluate_keras
+from tinyq.graph import check_supported, contract_of
+from tinyq.logs import Log, log_stderr
+from tinyq.pipeline.options import QuantOptions
+from tinyq.pipeline.stages import choose_plan, finish, prepare_run, qat_phase
 from tinyq.qat import load_model
+from tinyq.version import __version__
 from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
-from tinyq.train import (Log, choose_plan, evaluate_keras, finish, log_stderr, prepare_run, qat_phase,
-                         validate_quant)
 
-L = keras.layers
-SUPPORTED = (L.InputLayer, L.Conv2D, L.DepthwiseConv2D, L.Dense, L.BatchNormalization, L.ReLU, L.Activation,
-             L.MaxPooling2D, L.AveragePooling2D, L.GlobalAveragePooling2D, L.GlobalMaxPooling2D, L.Flatten,
-             L.Reshape, L.Dropout, L.Add, L.Concatenate, L.Softmax, L.ZeroPadding2D)
-ACTIVATIONS = ("linear", "relu", "relu6", "softmax")
 PTQ_CHOICES = ("converter", "tinyq")
 
 
@@ -37,14 +35,10 @@ def ptq_kind(bits: int, choice: str) -> str:
     return ("converter" if bits == 8 else "tinyq") if choice == "auto" else choice
 
 
-@dataclass(frozen=True)
-class QuantizeJob:
+@dataclass(frozen=True, kw_only=True)
+class QuantizeJob(QuantOptions):
     model: str
     data: str
-    bits: int = 8
-    method: str = "ste"
-    act_bits: int = 8
-    keep_8bit: tuple[str, ...] = KEEP_CHOICES
     unlabeled: bool = False
     distill: float = 0.5
     distill_features: float = 1.0  # weight of the feature term (tinyq.distill)
@@ -57,12 +51,9 @@ class QuantizeJob:
     labels: tuple[str, ...] | None = None
     allow_float: bool = False
     ptq: str | None = None  # None: QAT; "converter": the TFLite converter's int8 PTQ; "tinyq": rounding only
-    learn_bits: bool = False  # search per-layer widths up to --bits before QAT (tinyq.learnbits)
-    size_budget: int | None = None  # file bytes; per-layer widths by the knapsack (tinyq.mixed.budget)
-    plan: str | None = None  # a plan file to follow (tinyq plan --out)
 
     def __post_init__(self) -> None:
-        validate_quant(self.method, self.bits, self.act_bits, self.learn_bits, self.size_budget, self.plan)
+        super().__post_init__()
         if self.learn_bits and self.ptq:
             raise TinyqError("--learn-bits trains (it learns widths by gradient); it cannot go with --ptq")
         if self.ptq not in (None, *PTQ_CHOICES):
@@ -80,44 +71,7 @@ class QuantizeJob:
             raise TinyqError("--epochs must be >= 0 and --batch >= 1")
 
 
-def check_supported(model: keras.Model, allow_float: bool = False) -> list[str]:
-    """Names of the layers tinyq cannot quantize, as they appear after activations are split out.
-
-    Without ``allow_float`` the first one is a TinyqError naming it; with it they are
-    returned, to be left out of QAT (the converter then gives them int8 ranges from the
-    representative images where TFLite has an int8 kernel, float kernels otherwise).
-    """
-    found: list[tuple[str, str]] = []
-    for layer in model.layers:
-        if type(layer) not in SUPPORTED:
-            found.append((layer.name, f"layer {layer.name!r} ({type(layer).__name__}) cannot be quantized by tinyq; "
-                                      f"supported: {', '.join(sorted({c.__name__ for c in SUPPORTED}))}"))
-            continue
-        act = getattr(layer, "activation", None)
-        name = getattr(act, "__name__", None)
-        if act is not None and name not in ACTIVATIONS:
-            # a weight layer's activation becomes its own layer (tinyq.fold.split_activations)
-            split = layer.name if isinstance(layer, L.Activation) else f"{layer.name}_activation"
-            found.append((split, f"layer {layer.name!r} uses activation {name!r}; tinyq quantizes "
-                                 f"{', '.join(ACTIVATIONS)}"))
-    if found and not allow_float:
-        raise TinyqError(f"{found[0][1]}; or pass --allow-float to leave it out of quantization")
-    return [name for name, _ in found]
-
-
-def contract_of(model: keras.Model, value_range, labels) -> InputContract:
-    shape = model.input_shape
-    if isinstance(shape, list) or len(shape) != 4 or shape[1] != shape[2] or shape[1] is None:
-        raise TinyqError(f"the model's input shape {shape} is not one square image (N, H, H, C)")
-    classes = model.output_shape[-1]
-    if labels is None:
-        labels = ("non_person", "person") if classes == 2 else tuple(f"class{i}" for i in range(classes))
-    if len(labels) != classes:
-        raise TinyqError(f"--labels names {len(labels)} classes, the model outputs {classes}")
-    return InputContract(resolution=shape[1], channels=shape[3], value_range=tuple(value_range), labels=tuple(labels))
-
-
-def _load_data(job: QuantizeJob, contract: InputContract, teacher, log: Log) -> dict[str, ImageSet]:
+def load_job_data(job: QuantizeJob, contract: InputContract, teacher, log: Log) -> dict[str, ImageSet]:
     path = Path(job.data)
     labelled = True
     try:
@@ -142,8 +96,8 @@ def _load_data(job: QuantizeJob, contract: InputContract, teacher, log: Log) -> 
     return splits
 
 
-def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log = log_stderr) -> Run:
-    """Quantize ``job.model`` into the run folder ``out``."""
+def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log = log_stderr, callbacks=()) -> Run:
+    """Quantize ``job.model`` into the run folder ``out``; ``callbacks`` (Keras) join the QAT fit's."""
     source = Path(job.model)
     if not source.exists():
         raise TinyqError(f"model {job.model!r} does not exist; give a .h5, .keras or SavedModel folder")
@@ -176,7 +130,7 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     record = {"format_version": FORMAT_VERSION, "tinyq_version": __version__, "kind": "quantize",
               "train": settings, "contract": contract.to_dict()}
     prepare_run(run, record, resume)
-    splits = _load_data(job, contract, teacher, log)
+    splits = load_job_data(job, contract, teacher, log)
     run.path.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(job.seed)
     tf.config.experimental.enable_op_determinism()
@@ -204,8 +158,7 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=job.epochs, lr=job.lr, batch=job.batch,
                     seed=job.seed, teacher=teacher if uses_teacher else None, distill=distill,
                     unlabeled=job.unlabeled, keep_float=keep_float, features=job.distill_features, start=start,
-                    what=describe_plan(job.bits, job.act_bits, job.method, job.keep_8bit,
-                                      chooser(job.learn_bits, job.size_budget, job.plan)
-                                      or ("declared by the model's tinyq layers" if declared else None)),
-                    teacher_name="your model as it computes (kernels Q(w))" if declared else "the float model")
+                    what=job.describe("declared by the model's tinyq layers" if declared else None),
+                    teacher_name="your model as it computes (kernels Q(w))" if declared else "the float model",
+                    callbacks=callbacks)
     return finish(run, qat, splits, contract, job.data, log, float_model=teacher)

@@ -1,22 +1,24 @@
-"""Run a flatbuffer in LiteRT (reference kernels) and TFLM on a data folder: accuracy, agreement, arena."""
+"""What a file computes against what was trained: accuracy in LiteRT (reference kernels) and TFLM on a
+data folder, agreement with the Keras model and with its integer arithmetic (:mod:`tinyq.integer`), arena."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from tinyq._stderr import captured_fd2
 from tinyq.contract import InputContract
-from tinyq.convert import flatbuffer
+from tinyq.convert.converter import storage_of
 from tinyq.data import ImageSet, layout, load_folder
 from tinyq.errors import TinyqError
-from tinyq.guard import require_runnable
+from tinyq.fit import evaluate_keras
+from tinyq.integer import IntegerModel, NotEmulated
+from tinyq.logs import Log, quiet
+from tinyq.qat import load_model, with_storage
 from tinyq.runfolder import Run
-
-Log = Callable[[str], None]
-LITERT_OPS_MISSING = set(flatbuffer.DECODE_OPS)
+from tinyq.runtimes import (LITERT_OPS_MISSING, arena_bytes, litert_outputs, model_input, require_int8_io,
+                            tflm_outputs)
+from tinyq.runtimes.guard import require_runnable
+from tinyq.tflite import flatbuffer
 
 
 def contract_for(fb: flatbuffer.Flatbuffer, run: Run | None) -> InputContract:
@@ -58,112 +60,6 @@ def load_eval_data(data_dir: str | Path, contract: InputContract, limit: int | N
     return data
 
 
-def quantize_input(pixels: np.ndarray, contract: InputContract, scale: float, zero_point: int) -> np.ndarray:
-    return np.clip(np.round(contract.to_float(pixels) / scale + zero_point), -128, 127).astype(np.int8)
-
-
-def model_input(fb: flatbuffer.Flatbuffer, pixels: np.ndarray, contract: InputContract) -> np.ndarray:
-    """``pixels`` (uint8) as the int8 input of the file ``fb``, by its input quantization."""
-    return quantize_input(pixels, contract, *fb.tensors[fb.inputs[0]].affine)
-
-
-def require_int8_io(fb: flatbuffer.Flatbuffer, tflite, needs: str) -> None:
-    """A one-line error unless ``fb`` takes int8 in and gives int8 out (``needs`` ends the message)."""
-    tin, tout = fb.tensors[fb.inputs[0]], fb.tensors[fb.outputs[0]]
-    if tin.type != "INT8" or tout.type != "INT8":
-        raise TinyqError(f"{str(tflite)!r} has {tin.type} input / {tout.type} output; {needs}")
-
-
-def _litert_interpreter(data: bytes):
-    """A LiteRT interpreter on reference kernels; ``(interpreter, "reference" | "builtin")``.
-
-    Reference kernels, no delegate: XNNPACK's requantisation rounds differently from TFLM's,
-    and so, rarely, does the optimized builtin FULLY_CONNECTED (off by 1 on 2 of 477 vww-dev
-    images with vww_96.h5 at 8 bits). The reference kernels match TFLM on every op but
-    FULLY_CONNECTED, which requantizes with one rounding where TFLM rounds twice: near ties
-    part by 1-2 output steps (2 of 477 vww-dev images in one file; benchmarks/litert_fc.py). The
-    reference set lacks some int4 versions (DEPTHWISE_CONV_2D v7): then the builtin kernels.
-    """
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    error = ""
-    for kernels, resolver in (("reference", OpResolverType.BUILTIN_REF),
-                              ("builtin", OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)):
-        try:
-            it = Interpreter(model_content=data, num_threads=1, experimental_op_resolver_type=resolver)
-            it.allocate_tensors()
-            return it, kernels
-        except (ValueError, RuntimeError) as e:
-            error = str(e).strip().splitlines()[0][:200]
-            if "find op" not in error:  # not a missing kernel: the file itself is the problem
-                break
-    raise TinyqError(f"LiteRT cannot load the model: {error}")
-
-
-def litert_outputs(data: bytes, x: np.ndarray) -> tuple[np.ndarray, str]:
-    """LiteRT's int8 outputs for ``x`` and which kernels ran them."""
-    it, kernels = _litert_interpreter(data)
-    inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
-    outs = []
-    try:
-        for xi in x:
-            it.set_tensor(inp, xi[None])
-            it.invoke()
-            outs.append(it.get_tensor(out)[0].copy())
-    except (ValueError, RuntimeError) as e:  # a damaged file can load and still fail to run
-        raise TinyqError(f"LiteRT cannot run the model: {str(e).strip().splitlines()[0][:200]}") from None
-    return np.stack(outs), kernels
-
-
-def arena_sizes(data: bytes) -> list[int]:
-    """Arena sizes to try, smallest first: 1 MB (or 4x the file) up to 1 GB, x4 each time. A host has
-    the memory; a model too big for 1 MB (96x96x64 activations need 1.2 MB) is still a model to check."""
-    first = max(len(data) * 4, 1 << 20)
-    return [first << (2 * k) for k in range(8) if first << (2 * k) <= 1 << 30] or [first]
-
-
-def tflm_interpreter(data: bytes, arena: int | None = None):
-    from tflite_micro import runtime
-
-    error = ""
-    for size in [arena] if arena else arena_sizes(data):
-        try:
-            with captured_fd2() as text:  # TFLM prints each failed allocation; only the last failure matters
-                return runtime.Interpreter.from_bytes(data, arena_size=size)
-        except Exception as e:
-            error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if "allocate" not in error:  # not a matter of arena size
-                break
-    raise TinyqError(f"TFLM cannot load the model: {error}" + (f" ({text[0].strip().splitlines()[-1]})"
-                                                               if text and text[0].strip() else ""))
-
-
-def arena_bytes(data: bytes) -> int:
-    """Arena bytes TFLM's recording allocator reports after one inference (64-bit host)."""
-    it = tflm_interpreter(data)
-    fb = flatbuffer.parse(data)
-    t = fb.tensors[fb.inputs[0]]
-    it.set_input(np.zeros(t.shape, np.int8), 0)
-    it.invoke()
-    with captured_fd2() as text:
-        it.print_allocations()
-    m = re.search(r"Arena allocation total (\d+) bytes", text[0])
-    if not m:
-        raise RuntimeError(f"TFLM printed no arena total: {text[0][:200]!r}")
-    return int(m.group(1))
-
-
-def tflm_outputs(data: bytes, x: np.ndarray) -> np.ndarray:
-    """TFLM's int8 outputs for the int8 inputs ``x`` (N, H, W, C)."""
-    it = tflm_interpreter(data)
-    outs = []
-    for xi in x:
-        it.set_input(xi[None], 0)
-        it.invoke()
-        outs.append(np.array(it.get_output(0))[0])
-    return np.stack(outs)
-
-
 def tflm_predictions(data: bytes, images: ImageSet, contract: InputContract) -> np.ndarray:
     """Top-1 class of the flatbuffer ``data`` in TFLM for each of ``images``."""
     fb = flatbuffer.parse(data)
@@ -192,12 +88,8 @@ def keras_integer(qat, fb: flatbuffer.Flatbuffer, images: ImageSet, contract: In
     """The Keras model in the int8 kernels' arithmetic (:mod:`tinyq.integer`), with the integers
     ``fb`` stores (a 2-bit run converted with ``--bits 4`` holds other ones): its int8 outputs
     and accuracy, or None and why it was skipped."""
-    from tinyq.convert.converter import storage, storage_of
-    from tinyq.integer import IntegerModel, NotEmulated
-
     try:
-        with storage(qat, storage_of(qat, fb)):
-            out = IntegerModel(qat).predict(contract.to_float(images.x))
+        out = IntegerModel(with_storage(qat, storage_of(qat, fb))).predict(contract.to_float(images.x))
     except NotEmulated as e:
         return None, {"skipped": f"no integer version of this model: {e}"}
     except Exception as e:  # a side measurement: a gap in tinyq.integer must not cost the user the check
@@ -213,7 +105,7 @@ def against_integer(integer_out: np.ndarray, tflm_out: np.ndarray) -> dict:
             "max_abs_diff": int(np.abs(integer_out - tflm_out.astype(np.int64)).max())}
 
 
-def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, log: Log = lambda m: None) -> dict:
+def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, log: Log = quiet) -> dict:
     """Accuracy in each runtime, agreement with the Keras model, LiteRT-vs-TFLM difference, arena."""
     tflite = flatbuffer.resolve(tflite)
     data, fb = flatbuffer.read(tflite)
@@ -228,9 +120,6 @@ def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, lo
 
     keras_prob = integer_out = None
     if run is not None and run.model.exists():
-        from tinyq.qat import load_model
-        from tinyq.train import evaluate_keras
-
         log("check: Keras QAT model ...")
         qat = load_model(run.model)
         keras_prob = evaluate_keras(qat, images, contract)
@@ -260,4 +149,36 @@ def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, lo
     if "litert" in outputs:
         result["litert_vs_tflm_max_abs_diff"] = int(np.abs(outputs["litert"].astype(np.int32)
                                                            - outputs["tflm"].astype(np.int32)).max())
+    return result
+
+
+def against_integer_model(qat, data: bytes, pixels: np.ndarray, contract: InputContract,
+                          storage_bits: int | None = None, log: Log = quiet,
+                          n: int = 32) -> dict:
+    """TFLM's int8 outputs of ``data`` against the QAT model's in integer arithmetic
+    (:mod:`tinyq.integer`) on the first ``n`` of ``pixels``: equal on every image for a file
+    that computes what was trained.
+
+    Returns ``{images, identical_outputs, agreement_with_tflm, max_abs_diff}``, or ``{skipped}``
+    for a model the integer version does not cover (the conversion itself stands).
+    """
+    try:  # the integers as this file stores them
+        expected = IntegerModel(with_storage(qat, storage_bits)).predict(contract.to_float(pixels[:n]))
+    except NotEmulated as e:
+        log(f"convert: outputs not checked against the Keras model's integer arithmetic ({e})")
+        return {"skipped": str(e)}
+    except Exception as e:  # an advisory check: a gap in tinyq.integer must not cost the user the file
+        log(f"warning: the Keras model's integer arithmetic could not be computed ({type(e).__name__}: {e}); "
+            "outputs not checked, please report it")
+        return {"skipped": f"{type(e).__name__}: {e}"}
+    got = tflm_outputs(data, model_input(flatbuffer.parse(data), pixels[:n], contract))
+    result = {"images": len(expected), **against_integer(expected, got)}
+    differ = round((1 - result["identical_outputs"]) * len(expected))
+    if not differ:
+        log(f"convert: TFLM's int8 outputs equal the Keras model's integer arithmetic on {len(expected)} images, "
+            "bit for bit")
+    else:
+        log(f"warning: TFLM's int8 outputs differ from the Keras model's integer arithmetic on {differ} of "
+            f"{len(expected)} images (up to {result['max_abs_diff']} steps): the file does not compute exactly "
+            "what was trained; please report it with the run folder")
     return result

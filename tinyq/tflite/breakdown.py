@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyq.convert import flatbuffer
+from tinyq.tflite import flatbuffer
 
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 

@@ -187,7 +187,7 @@ def _restore_names(fb: Flatbuffer, path: Path) -> None:
 
 def int_values(t: Tensor) -> np.ndarray:
     """The integer values of a constant INT8 / INT4 tensor, in its shape."""
-    from tinyq.convert.packing import unpack_int4
+    from tinyq.tflite.packing import unpack_int4
 
     if t.data is None:
         raise ValueError(f"tensor {t.index} has no data")

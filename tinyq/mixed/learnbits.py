@@ -14,6 +14,7 @@ import dataclasses
 
 import numpy as np
 
+from tinyq.fit import calibration_images, fit_phase
 from tinyq.qat import quantize_model, quantized_layers
 from tinyq.quantizers.cpq import bit_choices, gate_gain
 from tinyq.runfolder import Run, read_json, write_json
@@ -38,8 +39,6 @@ def learn_plan(float_model, plan: dict[str, QuantSpec], splits, contract, run: R
                seed: int, teacher=None, distill: float = 0.0, unlabeled: bool = False,
                keep_float=()) -> dict[str, QuantSpec]:
     """Search each learning layer's width (one epoch of gated CPQ training); the plan with those widths."""
-    from tinyq.train import calibration_images, fit_phase
-
     path = run / "learned_bits.json"
     if path.exists():
         log(f"learned bits: reusing {path}")

@@ -3,7 +3,7 @@
 TFLM has no flatbuffer verifier: it trusts every offset, shape, index and op option in the
 file. One flipped bit in an activation's shape made it write past its arena and die with
 SIGSEGV in ``tinyq export``, and one changed offset made it loop for minutes (found by fuzzing,
-tests/test_fuzz.py). :func:`tinyq.convert.flatbuffer.parse` rejects the indices and sizes it can
+tests/test_fuzz.py). :func:`tinyq.tflite.flatbuffer.parse` rejects the indices and sizes it can
 see, but only running shows the rest. So the commands that run a file they did not write
 (check, export, report) first run it once here:
 
@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from tinyq.errors import TinyqError
+from tinyq.tflite import flatbuffer
 
 TIMEOUT_S = 300  # one inference of a microcontroller model takes well under a second on a host
 _CHILD = r'''
@@ -40,7 +41,8 @@ except Exception as e:  # other refusals (a DECODE op, compacted zero points) ar
         print("its flatbuffer does not verify (an offset, length or alignment is wrong)")
         sys.exit(3)
     lite = None
-from tinyq.check import captured_fd2, tflm_interpreter
+from tinyq.logs import captured_fd2
+from tinyq.runtimes import tflm_interpreter
 try:
     it = tflm_interpreter(data)  # the arenas the command itself will try
     d = it.get_input_details(0)
@@ -53,7 +55,7 @@ if said[0].strip():  # a kernel's failed check is printed, yet invoke returns OK
     print(f"TFLM reported an error running it ({said[0].strip().splitlines()[-1].strip()})")
     sys.exit(3)
 if lite is not None:
-    from tinyq.convert import flatbuffer
+    from tinyq.tflite import flatbuffer
     try:
         lite.allocate_tensors()
     except Exception:  # what LiteRT cannot allocate, check reports itself
@@ -77,9 +79,7 @@ def _signal_name(code: int) -> str:
 @functools.lru_cache(maxsize=16)
 def _verdict(data: bytes) -> str | None:
     """What is wrong with running ``data``, or None; once per distinct file in a process."""
-    import tinyq
-
-    args = [sys.executable, "-c", _CHILD, str(Path(tinyq.__file__).resolve().parents[1])]
+    args = [sys.executable, "-c", _CHILD, str(Path(__file__).resolve().parents[2])]  # the folder holding tinyq/
     try:  # the bytes go through a pipe: no temporary file to leave behind or to fill a disk with
         child = subprocess.run(args, input=data, capture_output=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -99,8 +99,6 @@ def _verdict(data: bytes) -> str | None:
 def require_runnable(data: bytes, what: str) -> None:
     """A one-line error unless ``data`` verifies as a flatbuffer, TFLM runs it once, and LiteRT
     (where it can load it) computes the shapes it declares."""
-    from tinyq.convert import flatbuffer
-
     flatbuffer.parse(data, what)
     problem = _verdict(data)
     if problem:

@@ -8,7 +8,7 @@ check`` on ``--vww`` in TFLM:
 - ``--fixed``: the MSE-best inner level is kept (not trained);
 - ``--uniform-start``: the inner level starts at ste's 42 with ste's start scales, and is learned.
 
-    python benchmarks/try_levels2.py --model ../shared/models/vww_96.h5 --data ../shared/data/people96 \\
+    python experiments/try_levels2.py --model ../shared/models/vww_96.h5 --data ../shared/data/people96 \\
         --vww ../shared/data/vww-dev --seed 0 --fixed --out try-levels/fixed-s0
 
 Prints one line: the control, the seed, vww-dev accuracy in TFLM, Keras/TFLM disagreements,
@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 from tinyq._tf import tf
-from tinyq.check import check
+from tinyq.verify import check
 from tinyq.qat import diagnostics, load_model
-from tinyq.quantize import QuantizeJob, quantize
+from tinyq.pipeline.quantize import QuantizeJob, quantize
 from tinyq.quantizers import registry
 from tinyq.quantizers.base import WeightQuantizer
 from tinyq.quantizers.levels import LearnedLevels
@@ -62,7 +62,7 @@ def main() -> None:
         if not Path(path).exists():
             sys.exit(f"skipped: {path} is absent (this benchmark needs ../shared)")
     cls = FixedLevels if args.fixed else UniformStart
-    registry.METHODS["levels-control"] = registry.Method("levels-control", "weights", "", "", cls)
+    registry.register(registry.Method("levels-control", "weights", "", "", cls))
     out = Path(args.out)
     quantize(QuantizeJob(model=args.model, data=args.data, bits=2, method="levels-control", unlabeled=True,
                          epochs=args.epochs, seed=args.seed), out)

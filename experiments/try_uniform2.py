@@ -1,4 +1,4 @@
-"""Experiments on the uniform 2-bit gap (issue 4, ninth measurement): not tinyq features.
+"""Experiments on the uniform 2-bit gap (issue 4, ninth measurement in docs/benchmarks.md): not tinyq features.
 
 Each run is ``tinyq quantize MODEL --bits 2 --method ste --unlabeled --epochs 3 --seed S`` on
 ``--data``, with at most one change, then ``tinyq check`` on ``--vww`` in TFLM:
@@ -19,7 +19,7 @@ Each run is ``tinyq quantize MODEL --bits 2 --method ste --unlabeled --epochs 3 
   ``GlobalAveragePooling2D`` (the file gets MEAN, which requantizes once, instead of
   AVERAGE_POOL_2D + QUANTIZE, which round twice).
 
-    python benchmarks/try_uniform2.py --model ../shared/models/vww_96.h5 --data ../shared/data/people96 \\
+    python experiments/try_uniform2.py --model ../shared/models/vww_96.h5 --data ../shared/data/people96 \\
         --vww ../shared/data/vww-dev --seed 0 --freeze 0.02 --out try2/freeze-s0
 
 Prints one line: the change, the seed, vww-dev accuracy in TFLM, Keras/TFLM disagreements.
@@ -35,13 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-import tinyq.train
 from tinyq._tf import keras, tf
-from tinyq.check import check
+from tinyq.verify import check
 from tinyq.data import load_splits
 from tinyq.fold import fold_batchnorm
 from tinyq.qat import load_model, quantized_layers
-from tinyq.quantize import QuantizeJob, contract_of, quantize
+from tinyq.pipeline.quantize import QuantizeJob, quantize
+from tinyq.graph import contract_of
 from tinyq.quantizers.base import channels_last
 
 L = keras.layers
@@ -84,10 +84,13 @@ def global_pooled(model: keras.Model) -> keras.Model:
 class Oscillations(keras.callbacks.Callback):
     """Per 2-bit weight: oscillation frequency and code EMA; freezes above ``threshold`` (0: record only)."""
 
-    def __init__(self, qat, path: Path, threshold: float, momentum: float = 0.01) -> None:
+    def __init__(self, path: Path, threshold: float, momentum: float = 0.01) -> None:
         super().__init__()
         self.path, self.threshold, self.m = path, threshold, momentum
         self.items, self.log, self.steps = [], [], 0
+
+    def on_train_begin(self, logs=None) -> None:
+        qat = getattr(self.model, "student", self.model)  # QAT fits a Distiller around the model
         for _, weight, q, qvars in quantized_layers(qat):
             if q.bits == 2:
                 it = {"w": weight, "s": qvars["scale"], "axis": q.kernel_axis,
@@ -154,13 +157,10 @@ def main() -> None:
             m = equalized(m, args.data, args.equalize) if args.equalize is not None else global_pooled(m)
             model = os.path.join(tmp, "model.h5")
             m.save(model)
-        if args.freeze is not None:
-            plain = tinyq.train.method_callbacks
-            tinyq.train.method_callbacks = lambda qat, epochs, steps: [
-                *plain(qat, epochs, steps), Oscillations(qat, out.with_suffix(".oscillations.json"), args.freeze)]
+        callbacks = [] if args.freeze is None else [Oscillations(out.with_suffix(".oscillations.json"), args.freeze)]
         job = QuantizeJob(model=model, data=args.data, bits=2, method="ste", unlabeled=True, epochs=args.epochs,
                           seed=args.seed)
-        quantize(job, out)
+        quantize(job, out, callbacks=callbacks)
     r = check(out / "model.tflite", args.vww)
     what = ("equalize %g" % args.equalize if args.equalize is not None else "freeze %g" % args.freeze
             if args.freeze is not None else "global pool" if args.global_pool else "baseline")

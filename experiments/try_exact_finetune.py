@@ -12,7 +12,7 @@ copy of the run folder (convert it with ``tinyq convert OUT``).
   The loss is then the deployed file's, and the model's prediction is TFLM's, bit for bit.
 - ``float``: the same epoch with the usual float QAT forward pass: the control.
 
-    python benchmarks/try_exact_finetune.py RUN OUT exact 5e-5 1
+    python experiments/try_exact_finetune.py RUN OUT exact 5e-5 1
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from tinyq._tf import keras, tf
 from tinyq.data.folder import load_splits
 from tinyq.data.pipeline import training_batches
 from tinyq.qat import load_model
-from tinyq.quantize import contract_of
-from tinyq.train import evaluate_keras
+from tinyq.graph import contract_of
+from tinyq.fit import evaluate_keras
 
 
 def dequantized(t: I.Tensor) -> tf.Tensor:

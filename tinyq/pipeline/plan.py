@@ -3,44 +3,44 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tinyq.mixed.budget import BudgetPlan, budget_plan
+from tinyq import recipes
+from tinyq.errors import TinyqError
+from tinyq.graph import check_supported, contract_of
+from tinyq.logs import Log, quiet
+from tinyq.mixed.budget import BudgetPlan
+from tinyq.pipeline.budget import budget_plan
+from tinyq.pipeline.options import QuantOptions
+from tinyq.pipeline.quantize import QuantizeJob, load_job_data
+from tinyq.pipeline.stages import load_data, load_init
+from tinyq.qat import load_model
 from tinyq.runfolder import write_json
 
 
 def plan_target(target: str, size_budget: int, *, data: str | None = None, init: str | None = None,
                 bits: int = 8, method: str = "ste", act_bits: int = 8, estimator: str = "hutchinson",
                 value_range=(0.0, 1.0), channels: int = 3, limit: int | None = 2000, seed: int = 0,
-                out: str | Path | None = None, log=lambda m: None) -> BudgetPlan:
+                out: str | Path | None = None, log: Log = quiet) -> BudgetPlan:
     """Plan ``target`` (a recipe name, or a Keras model file) within ``size_budget`` file bytes.
 
     A recipe's sensitivity is measured on its untrained network unless ``init`` gives trained
     float weights (``tinyq train --size-budget`` plans again after its float phase). Images
     come from ``data`` (labels not needed) or, for a recipe, the synthetic default.
     """
-    from tinyq import recipes
-    from tinyq.quantize import QuantizeJob, _load_data, check_supported, contract_of
-    from tinyq.train import TrainConfig, _load_init, load_data, validate_quant
-
-    validate_quant(method, bits, act_bits, False, size_budget)
+    QuantOptions(bits=bits, method=method, act_bits=act_bits, size_budget=size_budget)
     if Path(target).exists():
-        from tinyq.qat import load_model
-
         model = load_model(target)
         check_supported(model)
         contract = contract_of(model, value_range, None)
         if data is None:
-            from tinyq.errors import TinyqError
-
             raise TinyqError("tinyq plan MODEL needs --data DIR: images to measure the model's sensitivity on")
         job = QuantizeJob(model=target, data=data, unlabeled=True, limit=limit, seed=seed, value_range=value_range)
-        splits = _load_data(job, contract, model, log)
+        splits = load_job_data(job, contract, model, log)
     else:
         recipe = recipes.get(target)
         contract = recipe.contract(channels)
-        splits = load_data(TrainConfig(recipe=target, data=data, channels=channels, limit=limit, seed=seed,
-                                       synthetic_images=600), contract, log)
+        splits = load_data(data, contract, log, seed=seed, limit=limit, synthetic_images=600)
         if init:
-            model = _load_init(init, contract)
+            model = load_init(init, contract)
         else:
             model = recipe.model(channels)
             log("plan: sensitivity of the untrained network (no --init): a rough guide; "

@@ -1,0 +1,83 @@
+"""``tinyq train RECIPE``: a float phase, then QAT; a backup every epoch, ``resume``, seeded runs."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tinyq import recipes
+from tinyq._tf import keras, tf
+from tinyq.errors import TinyqError
+from tinyq.fit import fit_phase
+from tinyq.logs import Log, log_stderr
+from tinyq.pipeline.options import QuantOptions
+from tinyq.pipeline.stages import choose_plan, finish, load_data, load_init, prepare_run, qat_phase
+from tinyq.qat import load_model
+from tinyq.version import __version__
+from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
+
+
+@dataclass(frozen=True)
+class TrainConfig(QuantOptions):
+    recipe: str = "person-detect"
+    data: str | None = None
+    channels: int = 3
+    epochs: int = 10
+    qat_epochs: int = 5
+    batch: int = 64
+    lr: float = 1e-2
+    qat_lr: float = 5e-4
+    seed: int = 0
+    synthetic_images: int = 3000
+    limit: int | None = None  # images per split folder (seeded sample), for quick runs
+    init: str | None = None  # a float model (.h5) to start QAT from, instead of the float phase
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.epochs < 0 or self.qat_epochs < 0 or (self.epochs == 0 and self.qat_epochs == 0):
+            raise TinyqError("--epochs and --qat-epochs must be >= 0 and not both 0")
+        if self.batch < 1:
+            raise TinyqError(f"--batch must be at least 1; got {self.batch}")
+
+
+def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log = log_stderr, callbacks=()) -> Run:
+    """Train ``config.recipe`` into the run folder ``out``; returns the run. ``callbacks`` (Keras) join the QAT fit's."""
+    recipe = recipes.get(config.recipe)
+    contract = recipe.contract(config.channels)
+    run = Run(out)
+    record = {"format_version": FORMAT_VERSION, "tinyq_version": __version__, "kind": "train",
+              "train": {**asdict(config), "keep_8bit": list(config.keep_8bit)}, "contract": contract.to_dict()}
+    prepare_run(run, record, resume)
+    # before creating anything: bad data leaves no folder
+    splits = load_data(config.data, contract, log, seed=config.seed, limit=config.limit,
+                       synthetic_images=config.synthetic_images)
+    run.path.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    if resume and run.float_model.exists():
+        log(f"float: resuming from {run.float_model}")
+        float_model = load_model(run.float_model)
+    elif config.init:
+        float_model = load_init(config.init, contract)
+        log(f"float: starting QAT from {config.init} (no float phase)")
+        write_json(run.config_path, record)
+        with atomic_path(run.float_model) as tmp:
+            float_model.save(tmp)
+    else:
+        float_model = recipe.model(config.channels)
+        write_json(run.config_path, record)
+        if config.epochs:
+            log(f"float training: {config.epochs} epochs, {len(splits['train'])} images")
+            fit_phase(float_model, splits, contract, config.epochs, config.lr, "float", run, log,
+                      batch=config.batch, seed=config.seed)
+        with atomic_path(run.float_model) as tmp:
+            float_model.save(tmp)
+
+    plan = choose_plan(float_model, splits, contract, run, log, bits=config.bits, method=config.method,
+                       act_bits=config.act_bits, keep_8bit=config.keep_8bit, size_budget=config.size_budget,
+                       plan_file=config.plan, learn_bits=config.learn_bits, lr=config.qat_lr, batch=config.batch,
+                       seed=config.seed)
+    record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
+    write_json(run.config_path, record)
+    qat = qat_phase(float_model, plan, splits, contract, run, log, epochs=config.qat_epochs, lr=config.qat_lr,
+                    batch=config.batch, seed=config.seed, what=config.describe(), callbacks=callbacks)
+    return finish(run, qat, splits, contract, config.data or "synthetic", log, float_model=float_model)
