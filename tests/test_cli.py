@@ -131,3 +131,50 @@ def test_float_tflite_is_refused_by_check_and_export(folders, tmp_path):
     r = invoke("export", path, "--out", tmp_path / "fw")
     assert_one_line_error(r, "has FLOAT32 input / FLOAT32 output", "tinyq convert makes one")
     assert not (tmp_path / "fw").exists()
+
+
+def test_help_and_version_load_no_tensorflow():
+    """--help, --version and the method list come before any TensorFlow import (it takes seconds)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from click.testing import CliRunner; from tinyq.cli import main; "
+            "r = [CliRunner().invoke(main, a) for a in (['--help'], ['--version'], ['train', '--help'])]; "
+            "assert all(x.exit_code == 0 for x in r), [x.output for x in r]; "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("kind", ["h5", "keras", "savedmodel", "json", "run-without-model"])
+def test_a_file_that_is_not_a_flatbuffer_is_named(kind, tmp_path):
+    path = tmp_path / {"h5": "m.h5", "keras": "m.keras", "savedmodel": "sm", "json": "config.json",
+                       "run-without-model": "run"}[kind]
+    if kind == "h5":
+        path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    elif kind == "keras":
+        path.write_bytes(b"PK\x03\x04" + bytes(100))
+    elif kind == "json":
+        path.write_text('{"format_version": 1}')
+    else:
+        path.mkdir()
+        (path / ("saved_model.pb" if kind == "savedmodel" else "config.json")).write_bytes(b"x")
+    expected = {"h5": "is a Keras model (HDF5)", "keras": "a .keras model", "savedmodel": "SavedModel",
+                "json": "is a text file", "run-without-model": "run folder without model.tflite"}[kind]
+    for command in ("inspect", "check"):
+        assert_one_line_error(invoke(command, path, "--data", tmp_path) if command == "check"
+                              else invoke(command, path), expected)
+
+
+def test_export_onto_a_file_fails_before_any_work(tmp_path):
+    """The output is checked before the model is even read (it was measured for 13 s first)."""
+    target = tmp_path / "README.md"
+    target.write_text("mine")
+    for out in (target, target / "fw"):
+        assert_one_line_error(invoke("export", tmp_path / "not-read.tflite", "--out", out), "is a file, not a folder")
+    assert target.read_text() == "mine"
+
+
+@pytest.mark.parametrize("option", ["--bits", "--act-bits"])
+def test_out_of_range_bits_name_the_range(option):
+    assert_one_line_error(invoke("train", "person-detect", option, 16), "between 2 and 8")

@@ -26,10 +26,10 @@ class QuantSpec:
         if self.weight_bits not in WEIGHT_BITS:
             raise TinyqError(
                 f"unsupported weight bits {self.weight_bits}: tinyq quantizes weights to 2..8 bits; "
-                "pass --bits 2, 4 or 8")
+                "pass --bits between 2 and 8 (2, 4 and 8 fill their storage; 3 is stored as 4, 5-7 as 8)")
         if self.act_bits not in ACT_BITS:
             raise TinyqError(f"unsupported activation bits {self.act_bits}: tinyq quantizes activations to 2..8 "
-                             "bits; pass --act-bits 2, 4 or 8")
+                             "bits; pass --act-bits between 2 and 8")
         if self.learn_bits and not getattr(combination.weights.quantizer, "learns_bits", False):
             learners = [n for n, m in registry.METHODS.items() if getattr(m.quantizer, "learns_bits", False)
                         and m.kind == "weights"]

@@ -8,50 +8,59 @@ quantizer (``sat+cgpact``, ``qgt+daq``, ``qgt+pact``).
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 from tinyq.errors import TinyqError, expected_one_of
-from tinyq.quantizers.base import WeightQuantizer
-from tinyq.quantizers.cpq import CPQ
-from tinyq.quantizers.daq import DAQ
-from tinyq.quantizers.levels import LearnedLevels
-from tinyq.quantizers.pact import PACTQuantizer
-from tinyq.quantizers.sat import SAT
-from tinyq.quantizers.uniform import UniformSTE
 
 
 @dataclass(frozen=True)
 class Method:
+    """One method: its kind, paper and what it quantizes, and its quantizer class (``impl``: the class,
+    or ``"module:Class"``, imported on first use so that listing methods needs no TensorFlow)."""
+
     name: str
     kind: str  # "weights" | "regulariser" | "activations"
     paper: str
     quantizes: str
-    quantizer: type | None = None
+    impl: type | str | None = None
+
+    @property
+    def quantizer(self) -> type | None:
+        if isinstance(self.impl, str):
+            module, cls = self.impl.split(":")
+            return getattr(importlib.import_module(module), cls)
+        return self.impl
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
         Method("ste", "weights", "straight-through estimator (Bengio et al. 2013) with LSQ scales "
-               "(Esser et al. 2020)", "weights: per-channel uniform grid, learned scale", UniformSTE),
+               "(Esser et al. 2020)", "weights: per-channel uniform grid, learned scale",
+               "tinyq.quantizers.uniform:UniformSTE"),
         Method("daq", "weights", "Distance-Aware Quantizer (Kim et al. 2021, arXiv 2108.06983)",
                "weights: distance-aware soft rounding over the nearest levels, temperature set per weight",
-               DAQ),
+               "tinyq.quantizers.daq:DAQ"),
         Method("sat", "weights", "SAT (Jin, Yang, Liao 2019, arXiv 1912.10207)",
-               "weights: DoReFa tanh clamp per channel, uniform rounding, scale-adjusted (learned, BN-folded)", SAT),
+               "weights: DoReFa tanh clamp per channel, uniform rounding, scale-adjusted (learned, BN-folded)",
+               "tinyq.quantizers.sat:SAT"),
         Method("cpq", "weights", "Cluster-Promoting Quantization with DropBits (Lee et al. 2021, arXiv 2109.02100)",
-               "weights: levels sampled from a distance-based categorical, multi-class STE, DropBits", CPQ),
+               "weights: levels sampled from a distance-based categorical, multi-class STE, DropBits",
+               "tinyq.quantizers.cpq:CPQ"),
         Method("levels", "weights", "learned quantizer levels (LQ-Nets, Zhang et al. 2018, arXiv 1807.10029), "
                "free in TFLM's LUT value tables",
                "weights: 2-bit levels -1.5, -r, r, 1.5 per channel scale, r learned per layer (other widths: ste)",
-               LearnedLevels),
+               "tinyq.quantizers.levels:LearnedLevels"),
         Method("qgt", "regulariser", "Quantization Guided Training (Ghamari et al. 2021, arXiv 2103.06231)",
                "weights: pulls each weight to its grid level (a loss term, ramped); combines with any "
                "weight method"),
         Method("pact", "activations", "PACT (Choi et al. 2018, arXiv 1805.06085)",
-               "activations: ReLU outputs clipped to a learned alpha per layer, --act-bits levels", PACTQuantizer),
+               "activations: ReLU outputs clipped to a learned alpha per layer, --act-bits levels",
+               "tinyq.quantizers.pact:PACTQuantizer"),
         Method("cgpact", "activations", "CG-PACT (Jin, Yang, Liao 2019, arXiv 1912.10207)",
-               "activations: as pact, with the clip gradient the estimator drops", PACTQuantizer),
+               "activations: as pact, with the clip gradient the estimator drops",
+               "tinyq.quantizers.pact:PACTQuantizer"),
     ]
 }
 
@@ -64,7 +73,7 @@ class Combination:
     qgt: bool = False
     activations: Method | None = None
 
-    def weight_quantizer(self, bits: int, channel_axis: int | None, **options) -> WeightQuantizer:
+    def weight_quantizer(self, bits: int, channel_axis: int | None, **options):
         """The weight quantizer; ``options`` go to methods that take them (CPQ's ``learn_bits``)."""
         from tinyq.quantizers.qgt import QGT_LAMBDA
 

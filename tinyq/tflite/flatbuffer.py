@@ -148,16 +148,46 @@ def _packed_bytes(type_code: int, shape: tuple[int, ...]) -> int:
     return -(-int(np.prod(shape, dtype=np.int64)) * bits // 8)
 
 
+def _empty():
+    import io
+
+    return io.BytesIO(b"")
+
+
 def resolve(path: str | Path) -> Path:
     """A .tflite path; a run folder stands for its model.tflite."""
     path = Path(path)
     return path / "model.tflite" if path.is_dir() and (path / "model.tflite").is_file() else path
 
 
+KERAS_HINT = "quantize it first (tinyq quantize MODEL --bits B --data DIR) and pass the run folder or its model.tflite"
+
+
+def not_a_flatbuffer(path: Path, head: bytes) -> str | None:
+    """What ``path`` is instead of a TFLite flatbuffer, when its first bytes or its folder say so."""
+    if path.is_dir():
+        if (path / "saved_model.pb").exists():
+            return f"{str(path)!r} is a TensorFlow SavedModel, not a .tflite file: {KERAS_HINT}"
+        if (path / "config.json").exists():
+            return f"{str(path)!r} is a run folder without model.tflite: finish it (--resume) or tinyq convert RUN"
+        return f"{str(path)!r} is a folder without model.tflite; give a .tflite file or a run folder"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return f"{str(path)!r} is a Keras model (HDF5), not a .tflite file: {KERAS_HINT}"
+    if head.startswith(b"PK\x03\x04"):
+        return f"{str(path)!r} is a zip archive (a .keras model?), not a .tflite file: {KERAS_HINT}"
+    if head[4:8] != b"TFL3" and head[:1] in (b"{", b"[", b"#") or head[:5].lower() in (b"<!doc", b"<html"):
+        return f"{str(path)!r} is a text file, not a .tflite file; give the model tinyq wrote (RUN/model.tflite)"
+    return None
+
+
 def read(path: str | Path) -> tuple[bytes, Flatbuffer]:
     path = resolve(path)
-    if not path.is_file():
+    if not path.exists():
         raise TinyqError(f"{str(path)!r} does not exist; give the path of a .tflite file")
+    with (open(path, "rb") if path.is_file() else _empty()) as f:
+        problem = not_a_flatbuffer(path, f.read(16))
+    if problem:
+        raise TinyqError(problem)
     data = path.read_bytes()
     fb = parse(data, repr(str(path)))
     _restore_names(fb, path)
