@@ -17,9 +17,12 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 
 def test_every_template_is_installed():
-    """firmware_export's templates sit in subfolders; package-data must reach them all."""
+    """firmware_export's templates and board files sit in subfolders; package-data must reach them all."""
     import tomllib
 
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    templates = list((ROOT / "firmware_export").rglob("*.tmpl"))
-    assert templates and patterns["tinyq.firmware_export"] == ["**/*.tmpl"]
+    folder = ROOT / "firmware_export"
+    files = {p for p in folder.rglob("*") if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts}
+    installed = {p for pattern in patterns["tinyq.firmware_export"] for p in folder.glob(pattern)}
+    assert files and any(p.suffix == ".tmpl" for p in files) and any(p.suffix == ".ld" for p in files)
+    assert files <= installed, f"add patterns for {sorted(str(p.relative_to(folder)) for p in files - installed)}"

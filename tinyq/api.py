@@ -18,6 +18,8 @@ from tinyq.layers import PACT, QuantConv2D, QuantDense, QuantDepthwiseConv2D, qu
 from tinyq.logs import log_stderr
 from tinyq.mixed.budget import parse_size
 from tinyq.pipeline.convert import convert_run
+from tinyq.pipeline.device import format_result as format_device
+from tinyq.pipeline.device import run_on_device
 from tinyq.pipeline.plan import plan_target
 from tinyq.pipeline.quantize import QuantizeJob, ptq_kind, quantize
 from tinyq.pipeline.train import TrainConfig, train
@@ -34,5 +36,5 @@ __all__ = [
     "IntegerModel", "NotEmulated", "PACT", "QuantConv2D", "QuantDense", "QuantDepthwiseConv2D", "quantize_layers",
     "log_stderr", "parse_size", "convert_run", "plan_target", "QuantizeJob", "ptq_kind", "quantize", "TrainConfig",
     "train", "default_plan", "parse_keep", "build_qat", "load_model", "quantize_model", "write_report", "Run",
-    "QuantSpec", "format_table", "inspect_model", "check", "load_eval_data",
+    "QuantSpec", "format_table", "inspect_model", "check", "load_eval_data", "run_on_device", "format_device",
 ]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -82,6 +83,8 @@ def _range(text: str) -> tuple[float, float]:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise TinyqError(f"--value-range takes two numbers, lo,hi (e.g. 0,1 or -1,1); got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise TinyqError(f"--value-range needs lo < hi, both finite (e.g. 0,1 or -1,1); got {text!r}")
     return lo, hi
 
 
@@ -105,10 +108,12 @@ def _default_out(recipe: str, bits: int) -> Path:
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=1e-2, show_default=True, help="Float learning rate (cosine decay).")
 @click.option("--qat-lr", type=float, default=5e-4, show_default=True, help="QAT learning rate (cosine decay).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds data order, augmentation and init.")
-@click.option("--synthetic-images", type=int, default=3000, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seeds data order, augmentation and init.")
+@click.option("--synthetic-images", type=click.IntRange(min=30), default=3000, show_default=True,
               help="Size of the synthetic default set.")
-@click.option("--limit", type=int, default=None, help="Use at most N images per split folder (quick runs).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Use at most N images per split folder (quick runs).")
 @click.option("--init", type=click.Path(), default=None,
               help="Start QAT from this float model (.h5, or a run folder's float.h5); skips the float phase.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/RECIPE-wBITS].")
@@ -161,8 +166,8 @@ def _summary(run, synthetic: bool) -> None:
 @click.option("--epochs", type=int, default=3, show_default=True, help="QAT epochs.")
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=2e-4, show_default=True, help="Learning rate (cosine decay).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--limit", type=int, default=None, help="Use at most N images per split folder.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use at most N images per split folder.")
 @click.option("--value-range", default="0,1", show_default=True,
               help="Model input range: pixels p become lo + p/255 * (hi - lo).")
 @click.option("--labels", default=None, help="Class names in output order [default for 2 classes: non_person,person].")
@@ -246,7 +251,7 @@ def export(source, target, out, lang, name, sample, as_json):
               help="Also measure this run, its float original and each --reference on this folder (e.g. Visual Wake Words images).")
 @click.option("--reference", "references", multiple=True, type=click.Path(),
               help="A .tflite to compare against on --data (repeatable), e.g. the MLPerf int8 model.")
-@click.option("--limit", type=int, default=None, help="Use at most N images of --data.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use at most N images of --data.")
 def report(run, data, references, limit):
     """Write RUN/report.md, RUN/report.json and RUN/plots/*.png."""
     from tinyq.api import log_stderr, write_report
@@ -263,7 +268,7 @@ def report(run, data, references, limit):
 @main.command()
 @click.argument("tflite", type=click.Path())
 @click.option("--data", type=click.Path(), required=True, help="Image folder (person/ + non_person/).")
-@click.option("--limit", type=int, default=None, help="At most N images (seeded sample).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N images (seeded sample).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout, nothing else.")
 def check(tflite, data, limit, as_json):
     """Run TFLITE in LiteRT and TFLM on a data folder: accuracy, agreement, arena, size."""
@@ -303,6 +308,32 @@ def check(tflite, data, limit, as_json):
 
 
 @main.command()
+@click.argument("source", type=click.Path())
+@click.option("--board", default="m4", show_default=True,
+              help="m4 (Cortex-M4F, QEMU mps2-an386), m7 (Cortex-M7, mps2-an500) or m55 (Cortex-M55, mps3-an547).")
+@click.option("--kernels", default="reference", show_default=True, help="TFLM kernels: reference or cmsis-nn.")
+@click.option("--tflm", "tflm_dir", type=click.Path(), default=None,
+              help="TensorFlow Lite Micro tree (create_tflm_tree.py output, the Arduino library or a tflite-micro "
+                   "checkout) [default: $TFLM_DIR].")
+@click.option("--data", type=click.Path(), default=None,
+              help="Image folder (person/ + non_person/) [default: the export's sample image].")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N images of --data.")
+@click.option("--logs", is_flag=True, help="Keep TFLM's error messages in the firmware (links the C library's stdio).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout, nothing else.")
+def device(source, board, kernels, tflm_dir, data, limit, logs, as_json):
+    """Run SOURCE (a run folder or a .tflite) on an emulated Cortex-M: outputs against TFLM on the host,
+    instructions per inference, flash and RAM."""
+    from tinyq.api import format_device, log_stderr, run_on_device
+
+    result = run_on_device(source, board=board, kernels=kernels, tree=tflm_dir, data=data, limit=limit, logs=logs,
+                           log=log_stderr)
+    click.echo(json.dumps(result) if as_json else format_device(result))
+    if result["identical_to_host_tflm"] != result["n"]:
+        raise TinyqError(f"{result['n'] - result['identical_to_host_tflm']} of {result['n']} outputs on the board differ "
+                         "from TFLM's on the host; please report it with the model")
+
+
+@main.command()
 @click.argument("tflite", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout, nothing else.")
 def inspect(tflite, as_json):
@@ -334,7 +365,7 @@ def models():
 @click.option("--estimator", type=click.Choice(["hutchinson", "fisher"]), default="hutchinson", show_default=True,
               help="Hessian trace estimate: Hutchinson, or the Fisher approximation.")
 @click.option("--value-range", default="0,1", show_default=True, help="A model file's input range (as quantize).")
-@click.option("--limit", type=int, default=2000, show_default=True, help="Images read per split folder.")
+@click.option("--limit", type=click.IntRange(min=1), default=2000, show_default=True, help="Images read per split folder.")
 @click.option("--out", type=click.Path(), default="plan.json", show_default=True,
               help="Plan file, for train/quantize --plan.")
 def plan(target, size_budget, data, init, bits, method, act_bits, estimator, value_range, limit, out):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from tinyq.errors import TinyqError, expected_one_of
-from tinyq.export.sources import MODEL_HEADERS, fill, model_sources, run_sample_sources
+from tinyq.export.sources import MODEL_HEADERS, fill, model_sources, run_sample_sources, templates_dir
 
 EXAMPLE = "person_detect"
 
@@ -26,6 +26,10 @@ class Options:
     def __post_init__(self) -> None:
         if self.lang not in ("cc", "c"):
             raise expected_one_of("language", ("cc", "c"), self.lang)
+        taken = next((p for p in (self.out, *self.out.parents) if p.exists()), None)
+        if taken is not None and not taken.is_dir():
+            raise TinyqError(f"--out {str(self.out)!r}: {str(taken)!r} is a file, not a folder; choose a folder to "
+                             "export into")
 
 
 def c_target(v: dict, opts: Options) -> dict[str, str]:
@@ -57,14 +61,20 @@ def arduino_target(v: dict, opts: Options) -> dict[str, str]:
     return files
 
 
+BOARD_FILES = ("tinyq_board.h", "semihost.c", "startup.c", "debug_log.cc", "sections.ld", "mps2/board.c",
+               "mps2/mps2.ld", "mps3_an547/board.c", "mps3_an547/an547.ld")
+
+
 def cmake_target(v: dict, opts: Options) -> dict[str, str]:
-    """A CMake project: model/ (a library), src/ (a TFLM example), cmake/arm-none-eabi.cmake."""
+    """A CMake project: model/ (a library), src/ (a TFLM example), cmake/arm-none-eabi.cmake, and board/
+    (start-up, linker scripts and semihosting for QEMU's Cortex-M boards)."""
     files = {"CMakeLists.txt": fill("cmake/CMakeLists.txt.tmpl", **v),
              "README.md": fill("cmake/README.md.tmpl", **v),
              "cmake/arm-none-eabi.cmake": fill("cmake/arm-none-eabi.cmake.tmpl", **v),
              "src/main.cc": fill("cmake/main.cc.tmpl", **v)}
     files |= _prefixed(model_sources(v, "cc"), "model")
     files |= _prefixed(run_sample_sources(v, "cc"), "src")
+    files |= {f"board/{name}": (templates_dir() / "device" / name).read_text() for name in BOARD_FILES}
     return files
 
 

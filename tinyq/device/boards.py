@@ -1,0 +1,41 @@
+"""The emulated boards: QEMU's Arm MPS2 / MPS3 FPGA images, each a Cortex-M core with memory to spare."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tinyq.errors import expected_one_of
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str  # --board
+    core: str
+    machine: str  # qemu-system-arm -M
+    cpu_flags: tuple[str, ...]
+    support: str  # folder of firmware_export/device holding board.c and the linker script
+    linker_script: str
+    tick_instructions: float  # instructions per timer tick under -icount shift=0: the count's resolution
+
+
+BOARDS: dict[str, Board] = {b.name: b for b in [
+    Board("m4", "Cortex-M4F", "mps2-an386", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
+          "mps2", "mps2.ld", 40),
+    Board("m7", "Cortex-M7", "mps2-an500", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"),
+          "mps2", "mps2.ld", 40),
+    Board("m55", "Cortex-M55 (Helium)", "mps3-an547", ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),
+          "mps3_an547", "an547.ld", 31.25),
+]}
+
+KERNELS = ("reference", "cmsis-nn")
+
+
+def board(name: str) -> Board:
+    if name not in BOARDS:
+        raise expected_one_of("--board", BOARDS, name)
+    return BOARDS[name]
+
+
+def kernels(name: str) -> str:
+    if name not in KERNELS:
+        raise expected_one_of("--kernels", KERNELS, name)
+    return name

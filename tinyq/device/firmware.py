@@ -1,0 +1,122 @@
+"""A model's firmware: the exported model sources, tinyq's runner and board support, linked with a
+TFLM library; where its flash goes, read from the link map."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tinyq.device.boards import Board
+from tinyq.device.tflm import Tree, flags
+from tinyq.errors import TinyqError
+from tinyq.export.bundle import Bundle
+from tinyq.export.sources import model_sources, templates_dir, values
+
+SUPPORT = ("tinyq_board.h", "semihost.c", "startup.c", "debug_log.cc", "runner.cc", "sections.ld")
+FLASH_SECTIONS = (".text", ".ARM.exidx", ".init_array", ".data")
+LIBC = ("libc.a", "libc_nano.a", "libm.a", "libg.a", "libg_nano.a", "libgcc.a", "libstdc++", "libsupc++",
+        "libnosys.a", "libc_s.a")
+
+
+@dataclass(frozen=True)
+class Firmware:
+    elf: Path
+    flash: dict[str, int]  # model, tflm, libc, application, padding (bytes of code and constants)
+    ram: dict[str, int]  # static (.data + .bss), arena_buffer, stack_reserved
+    stdio: bool  # whether the C library's formatted output is linked in
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def flash_total(self) -> int:
+        return sum(self.flash.values())
+
+
+def support_dir() -> Path:
+    return templates_dir() / "device"
+
+
+def _run(cmd: list[str], what: str) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        first = next((line for line in done.stderr.splitlines() if "error" in line.lower()),
+                     (done.stderr.strip().splitlines() or ["no message"])[-1])
+        raise TinyqError(f"{what} failed: {first[:300]}")
+
+
+def build(bundle: Bundle, board: Board, kernels: str, tree: Tree, library: Path, folder: Path,
+          logs: bool = False) -> Firmware:
+    """Compile and link ``bundle`` for ``board`` in ``folder`` against ``library`` (:func:`tinyq.device.tflm.build_library`)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    src = folder / "src"
+    src.mkdir(parents=True)
+    for name, text in model_sources(values(bundle), "cc").items():
+        (src / name).write_text(text)
+    support = support_dir()
+    for name in SUPPORT:
+        shutil.copy(support / name, src / name)
+    shutil.copy(support / board.support / "board.c", src / "board.c")
+    shutil.copy(support / board.support / board.linker_script, src / board.linker_script)
+    f = flags(board, kernels == "cmsis-nn", logs)
+    defines = [f"-DTQ_MODEL_NAME={bundle.name}", f"-DTQ_MODEL_GUARD={bundle.guard}"]
+    includes = [f"-I{src}", *tree.includes(kernels == "cmsis-nn")]
+    objects = []
+    for path in sorted(src.iterdir()):
+        if path.suffix not in (".c", ".cc") or path.name == "sample_input.cc":
+            continue
+        obj = folder / (path.stem + ".o")
+        tool, kind = ("arm-none-eabi-g++", "cc") if path.suffix == ".cc" else ("arm-none-eabi-gcc", "c")
+        _run([tool, *f[kind], "-Os", *defines, *includes, "-c", str(path), "-o", str(obj)], f"compiling {path.name}")
+        objects.append(str(obj))
+    elf, map_file = folder / "firmware.elf", folder / "firmware.map"
+    _run(["arm-none-eabi-g++", *board.cpu_flags, "-nostartfiles", f"-T{src / board.linker_script}", f"-L{src}",
+          "-Wl,--gc-sections", f"-Wl,-Map={map_file}", "--specs=nano.specs", "--specs=nosys.specs",
+          *objects, str(library), "-lm", "-o", str(elf)], "linking the firmware")
+    split, sections = flash_split(map_file.read_text(), bundle.name)
+    stdio = bool(re.search(r"\b_?v?s?n?printf|_svfprintf_r|_vfprintf_r", map_file.read_text()))
+    return Firmware(elf, split, {"static": sections.get(".data", 0) + sections.get(".bss", 0),
+                                 "arena_buffer": bundle.arena}, stdio)
+
+
+_OUTPUT = re.compile(r"^(\.[\w.]+)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)")
+_INPUT = re.compile(r"^\s+(?:(\S+)\s+)?0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+(\S.*)$")
+_INPUT_NAME = re.compile(r"^ (\.\S+|COMMON)\s*$")
+
+
+def owner(path: str, model: str) -> str:
+    """Which part of the firmware an input file of the link belongs to."""
+    name = path.rsplit("/", 1)[-1]
+    if "libtflm.a" in path:
+        return "tflm"
+    if any(lib in path for lib in LIBC) or "/arm-none-eabi/lib" in path:
+        return "libc"
+    if name in ("model_data.o",):
+        return "model"
+    return "application"
+
+
+def flash_split(map_text: str, model: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Bytes in flash by part (model, tflm, libc, application) and output section sizes, from a GNU ld map."""
+    text = map_text.split("Linker script and memory map", 1)[-1]
+    split = {"model": 0, "tflm": 0, "libc": 0, "application": 0}
+    sections: dict[str, int] = {}
+    current, pending = None, None
+    for line in text.splitlines():
+        m = _OUTPUT.match(line)
+        if m:
+            current = m.group(1)
+            sections[current] = int(m.group(3), 16)
+            continue
+        if _INPUT_NAME.match(line):
+            pending = line.strip()
+            continue
+        m = _INPUT.match(line)
+        if m and current in FLASH_SECTIONS:
+            size, path = int(m.group(3), 16), m.group(4).strip()
+            if (m.group(1) or pending) and size and not path.startswith("*fill*"):
+                split[owner(path, model)] += size
+        pending = None
+    split["padding"] = sum(sections.get(s, 0) for s in FLASH_SECTIONS) - sum(split.values())
+    return split, sections
