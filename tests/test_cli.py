@@ -178,3 +178,28 @@ def test_export_onto_a_file_fails_before_any_work(tmp_path):
 @pytest.mark.parametrize("option", ["--bits", "--act-bits"])
 def test_out_of_range_bits_name_the_range(option):
     assert_one_line_error(invoke("train", "person-detect", option, 16), "between 2 and 8")
+
+
+@pytest.mark.parametrize("command, args, fragment", [
+    ("train", ["--limit", "-1"], "--limit"), ("train", ["--seed", "-1"], "--seed"),
+    ("train", ["--seed", str(2 ** 40)], "--seed"), ("train", ["--synthetic-images", "1"], "--synthetic-images"),
+    ("train", ["--size-budget", "1" + "0" * 400], "larger than any microcontroller"),
+    ("quantize", ["m.h5", "--data", "d", "--value-range", "0,0"], "lo < hi"),
+    ("quantize", ["m.h5", "--data", "d", "--value-range", "0,inf"], "lo < hi"),
+    ("check", ["m.tflite", "--data", "d", "--limit", "0"], "--limit"),
+])
+def test_options_out_of_bounds_are_one_line_errors(command, args, fragment):
+    r = invoke(command, *([] if command != "train" else ["person-detect"]), *args)
+    assert_one_line_error(r, fragment)
+
+
+def test_configs_check_bounds_from_python_too():
+    from tinyq.errors import TinyqError
+    from tinyq.pipeline.quantize import QuantizeJob
+    from tinyq.pipeline.train import TrainConfig
+
+    for bad in ({"seed": -1}, {"seed": 2 ** 40}, {"limit": 0}, {"synthetic_images": 1}):
+        with pytest.raises(TinyqError):
+            TrainConfig(**bad)
+    with pytest.raises(TinyqError, match="lo < hi"):
+        QuantizeJob(model="m.h5", data="d", value_range=(1.0, 1.0))

@@ -19,6 +19,7 @@ from tinyq.errors import TinyqError
 from tinyq.logs import captured_fd2
 from tinyq.qat import quantized_layers, with_storage
 from tinyq.runtimes import model_input, tflm_outputs
+from tinyq.runtimes.guard import verdict
 from tinyq.tflite import flatbuffer
 
 STORAGE_BITS = (2, 4, 8)
@@ -174,6 +175,12 @@ def convert(qat, representative: np.ndarray, contract: InputContract, storage_bi
     t0 = time.time()
     qat = with_storage(qat, storage_bits)  # the integers as stored: a wider container spreads them differently
     data = to_tflite(qat, representative, contract, allow_float=allow_float)
+    # every check below runs TFLM in this process: a file TFLM aborts or hangs on must not take tinyq down
+    problem = verdict(data)
+    if problem:
+        raise TinyqError(f"TFLM cannot run the converted file: {problem}. An untrained or degenerate model can give "
+                         "a layer (often the softmax) a range its kernel refuses: train the float model first, or "
+                         "report it with the model")
     fb = flatbuffer.parse(data)
     float_ops = fb.float_ops()
     if float_ops:

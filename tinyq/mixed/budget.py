@@ -31,6 +31,7 @@ ALIGN = 16  # TFLite aligns buffers to 16 bytes
 # table per channel, 4 more bytes each, where TFLM's outputs would change)
 LUT_BYTES_PER_LAYER = 176
 ATTEMPTS = 6
+MAX_BUDGET = 1 << 30  # bytes: past any microcontroller's flash
 REFINES = 3  # bisection steps towards the budget once a plan fits
 REFINE_GAP = 4 * ALIGN  # bytes of weight room: the knapsack counts in ALIGN units
 
@@ -51,7 +52,11 @@ def parse_size(text: str) -> int:
     if not m:
         raise TinyqError(f"--size-budget takes a size like 64KB, 1.5MB or 200000 (bytes); got {text!r}")
     unit = {None: 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20}
-    return int(float(m.group(1)) * unit[m.group(2)])
+    size = float(m.group(1)) * unit[m.group(2)]
+    if not size <= MAX_BUDGET:  # also inf, from hundreds of digits
+        raise TinyqError(f"--size-budget {text.strip()[:40]!r} is larger than any microcontroller's flash; "
+                         f"give at most {MAX_BUDGET >> 20} MB")
+    return int(size)
 
 
 def _align(n: int) -> int:

@@ -36,6 +36,14 @@ class QuantOptions:
         if self.size_budget is not None:
             require_choice(self.bits)
 
+    @staticmethod
+    def check_run(seed: int, limit: int | None) -> None:
+        """The seed and image limit a run takes (the command line checks them too, before any import)."""
+        if not 0 <= seed < 2 ** 32:
+            raise TinyqError(f"--seed must lie in 0..2^32-1; got {seed}")
+        if limit is not None and limit < 1:
+            raise TinyqError(f"--limit must be at least 1 image; got {limit}")
+
     def describe(self, chosen_by: str | None = None) -> str:
         """One log line: the widths and methods (``chosen_by`` overrides what chose per-layer widths)."""
         return describe_plan(self.bits, self.act_bits, self.method, self.keep_8bit,

@@ -54,6 +54,10 @@ class QuantizeJob(QuantOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.check_run(self.seed, self.limit)
+        lo, hi = self.value_range
+        if not lo < hi:
+            raise TinyqError(f"--value-range needs lo < hi; got {lo},{hi}")
         if self.learn_bits and self.ptq:
             raise TinyqError("--learn-bits trains (it learns widths by gradient); it cannot go with --ptq")
         if self.ptq not in (None, *PTQ_CHOICES):

@@ -33,6 +33,10 @@ class TrainConfig(QuantOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.check_run(self.seed, self.limit)
+        if self.synthetic_images < 30:
+            raise TinyqError(f"--synthetic-images must be at least 30 (three splits of both classes); got "
+                             f"{self.synthetic_images}")
         if self.epochs < 0 or self.qat_epochs < 0 or (self.epochs == 0 and self.qat_epochs == 0):
             raise TinyqError("--epochs and --qat-epochs must be >= 0 and not both 0")
         if self.batch < 1:

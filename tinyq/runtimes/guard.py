@@ -77,7 +77,7 @@ def _signal_name(code: int) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _verdict(data: bytes) -> str | None:
+def verdict(data: bytes) -> str | None:
     """What is wrong with running ``data``, or None; once per distinct file in a process."""
     args = [sys.executable, "-c", _CHILD, str(Path(__file__).resolve().parents[2])]  # the folder holding tinyq/
     try:  # the bytes go through a pipe: no temporary file to leave behind or to fill a disk with
@@ -100,6 +100,6 @@ def require_runnable(data: bytes, what: str) -> None:
     """A one-line error unless ``data`` verifies as a flatbuffer, TFLM runs it once, and LiteRT
     (where it can load it) computes the shapes it declares."""
     flatbuffer.parse(data, what)
-    problem = _verdict(data)
+    problem = verdict(data)
     if problem:
         raise TinyqError(f"{what} is damaged: {problem}; convert it again (tinyq convert RUN)")
