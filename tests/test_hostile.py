@@ -22,3 +22,82 @@ def test_a_file_that_aborts_tflm_cannot_take_tinyq_down(folders, tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: TFLM cannot run the converted file: TFLM crashed on it (SIGABRT)"), last
     assert "Traceback" not in done.stderr
+
+
+DAMAGES = {
+    "history.json not JSON": ("history.json", b"{\"float\": [", ("report",), "not valid JSON"),
+    "history.json of the wrong shape": ("history.json", b"{\"float\": 3}", ("report",), "not a training history"),
+    "config.json a list": ("config.json", b"[1, 2]", ("report", "convert", "check", "export"), "holds a JSON list"),
+    "metrics.json a list": ("metrics.json", b"[]", ("report",), "holds a JSON list"),
+    "config without its contract": ("config.json", None, ("report", "convert", "check", "export"), "no input contract"),
+    "model.h5 truncated": ("model.h5", "cut", ("convert",), "cannot load"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_run_folder_is_one_line_error(runs, folders, tmp_path, damage):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from tinyq.cli import main
+
+    name, content, commands, message = DAMAGES[damage]
+    run = tmp_path / "run"
+    shutil.copytree(runs[8], run)
+    path = run / name
+    if content is None:  # the config without its contract
+        config = json.loads(path.read_text())
+        del config["contract"]
+        path.write_text(json.dumps(config))
+    elif content == "cut":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    else:
+        path.write_bytes(content)
+    args = {"report": ["report", run], "convert": ["convert", run, "--out", tmp_path / "again.tflite"],
+            "check": ["check", run, "--data", folders / "labelled"], "export": ["export", run, "--out", tmp_path / "fw"]}
+    for command in commands:
+        r = CliRunner().invoke(main, [str(a) for a in args[command]])
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.exit_code == 1 and lines and lines[-1].startswith("error: ") and message in lines[-1], \
+            (command, r.exit_code, r.stderr[-1500:], repr(r.exception))
+        assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("plan", ["missing", "binary", "folder", "other model"])
+def test_a_bad_plan_fails_before_any_folder_or_data(tmp_path, plan):
+    """It failed after the float phase, leaving a folder that then blocked the corrected command."""
+    import json
+
+    from click.testing import CliRunner
+
+    from tinyq.cli import main
+
+    path = tmp_path / "plan.json"
+    if plan == "binary":
+        path.write_bytes(bytes(range(256)))
+    elif plan == "folder":
+        path.mkdir()
+    elif plan == "other model":
+        path.write_text(json.dumps({"layers": [{"name": "conv_from_elsewhere", "bits": 2}]}))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "person-detect", "--plan", str(path), "--data", str(tmp_path / "no-data"),
+                                  "--out", str(out)])
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1].startswith("error: "), r.stderr
+    assert {"missing": "does not exist", "binary": "not a tinyq plan", "folder": "is a folder",
+            "other model": "does not fit this model"}[plan] in r.stderr
+    assert not out.exists()  # checked before the data (which does not exist either) and before any folder
+
+
+def test_an_impossible_budget_fails_before_any_folder_or_data(float_model, tmp_path):
+    from click.testing import CliRunner
+
+    from tinyq.cli import main
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["quantize", str(float_model), "--size-budget", "100", "--data",
+                                  str(tmp_path / "no-data"), "--out", str(out)])
+    assert r.exit_code == 1 and "below this model's weights at their smallest" in r.stderr, r.stderr
+    assert not out.exists()

@@ -2,7 +2,6 @@
 epoch, resumable, seeded; evaluation and calibration images."""
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -15,7 +14,8 @@ from tinyq.contract import InputContract
 from tinyq.data import ImageSet
 from tinyq.data.pipeline import dataset, epoch_seed, training_batches
 from tinyq.logs import Log
-from tinyq.runfolder import Run, write_json
+from tinyq.errors import TinyqError
+from tinyq.runfolder import Run, read_json, write_json
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -66,7 +66,10 @@ class EpochRandomness(keras.callbacks.Callback):
 
 def read_history(path: Path) -> dict[str, list[dict]]:
     """``{phase: [{"epoch": 1, "loss": ..., "seconds": ...}, ...]}``; empty before the first epoch."""
-    return json.loads(path.read_text()) if path.exists() else {}
+    history = read_json(path) if path.exists() else {}
+    if not all(isinstance(v, list) and all(isinstance(e, dict) for e in v) for v in history.values()):
+        raise TinyqError(f"{str(path)!r} is not a training history; the run folder is damaged, train again")
+    return history
 
 
 def fit_phase(model, splits, contract, epochs: int, lr: float, phase: str, run: Run, log: Log, *, batch: int,

@@ -73,7 +73,10 @@ def plan_from_file(path, model, method: str, act_bits: int) -> dict[str, QuantSp
         layers = {r["name"]: int(r["bits"]) for r in json.loads(Path(path).read_text())["layers"]}
     except FileNotFoundError:
         raise TinyqError(f"plan file {str(path)!r} does not exist; make one with tinyq plan ... --out FILE") from None
-    except (ValueError, KeyError, TypeError):
+    except IsADirectoryError:
+        raise TinyqError(f"--plan {str(path)!r} is a folder; give the plan file (tinyq plan ... --out FILE, or a "
+                         "run's plan.json)") from None
+    except (ValueError, KeyError, TypeError, OSError, RecursionError):
         raise TinyqError(f"{str(path)!r} is not a tinyq plan (JSON with layers: [{{name, bits}}]); "
                          "make one with tinyq plan") from None
     names = [layer.name for layer in weight_layers(model)]

@@ -383,9 +383,19 @@ def load_model(path) -> keras.Model:
 
     QAT .h5 files are restored by variable name (:func:`_assign_by_name`).
     """
+    path = str(path)
+    try:
+        return _load(path)
+    except TinyqError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as e:  # h5py and Keras on a truncated or foreign file
+        raise TinyqError(f"cannot load {path!r} as a Keras model ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                         "the file is damaged or not a Keras model: train or export it again") from None
+
+
+def _load(path: str) -> keras.Model:
     import h5py
 
-    path = str(path)
     with tfq.quantize_scope(custom_objects()):
         if not path.endswith(".h5"):
             return keras.models.load_model(path, compile=False)

@@ -74,12 +74,17 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def read_json(path: str | Path) -> dict:
+    """A JSON object from ``path``; a missing, unreadable or non-object file is a one-line error."""
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise TinyqError(f"{str(path)!r} is missing; is this a tinyq run folder?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError, RecursionError):
         raise TinyqError(f"{str(path)!r} is not valid JSON; the run folder is damaged, train again") from None
+    if not isinstance(value, dict):
+        raise TinyqError(f"{str(path)!r} holds a JSON {type(value).__name__}, not the record tinyq wrote; "
+                         "the run folder is damaged, train again")
+    return value
 
 
 class Run:
@@ -111,7 +116,13 @@ class Run:
         return self
 
     def config(self) -> dict:
-        return read_json(self.config_path)
+        config = read_json(self.config_path)
+        for key in ("train", "contract"):
+            if key in config and not isinstance(config[key], dict):
+                raise TinyqError(f"{str(self.config_path)!r} has a damaged {key!r} entry; train again")
+        if "format_version" in config and "contract" not in config:
+            raise TinyqError(f"{str(self.config_path)!r} has no input contract; the run folder is damaged, train again")
+        return config
 
     def metrics(self) -> dict:
         return read_json(self.metrics_path) if self.metrics_path.exists() else {}

@@ -105,6 +105,29 @@ class BudgetPlan:
         return "\n".join(lines)
 
 
+def smallest_weights(float_model, max_bits: int = 8) -> int:
+    """A lower bound of any planned file's bytes: every weight layer of the folded model at its cheapest width."""
+    from tinyq.fold import fold_batchnorm
+    from tinyq.graph import channel_axis, kernel_attr, weight_layers
+
+    total = 0
+    for layer in weight_layers(fold_batchnorm(float_model)):
+        shape = getattr(layer, kernel_attr(layer)).shape
+        axis = channel_axis(layer)
+        channels = 1 if axis is None else int(shape[axis])
+        params = int(np.prod(shape))
+        total += min(layer_bytes(params, channels, b) for b in CHOICES if b <= max_bits)
+    return total
+
+
+def require_room(float_model, budget: int, max_bits: int) -> None:
+    """Fail at once on a budget below :func:`smallest_weights` (before minutes of sensitivity and conversions)."""
+    least = smallest_weights(float_model, max_bits)
+    if budget < least:
+        raise TinyqError(f"--size-budget {budget:,} bytes is below this model's weights at their smallest "
+                         f"({least:,} bytes before the rest of the file): raise the budget")
+
+
 def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[dict[str, int]], int], *,
                     max_bits: int = 8, estimator: str = "hutchinson", log=lambda m: None) -> BudgetPlan:
     """Widths per weight layer of ``float_model`` within ``budget`` file bytes.

@@ -22,7 +22,7 @@ from tinyq.fit import evaluate_keras
 from tinyq.graph import check_supported, contract_of
 from tinyq.logs import Log, log_stderr
 from tinyq.pipeline.options import QuantOptions
-from tinyq.pipeline.stages import choose_plan, finish, prepare_run, qat_phase
+from tinyq.pipeline.stages import check_plan_inputs, choose_plan, finish, prepare_run, qat_phase
 from tinyq.qat import load_model
 from tinyq.version import __version__
 from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
@@ -134,6 +134,7 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     record = {"format_version": FORMAT_VERSION, "tinyq_version": __version__, "kind": "quantize",
               "train": settings, "contract": contract.to_dict()}
     prepare_run(run, record, resume)
+    check_plan_inputs(teacher, job, log)  # before a folder or any data
     splits = load_job_data(job, contract, teacher, log)
     run.path.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(job.seed)

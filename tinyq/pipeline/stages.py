@@ -57,6 +57,17 @@ def load_init(path: str, contract: InputContract):
     return model
 
 
+def check_plan_inputs(model, opts, log: Log) -> None:
+    """What a run will plan with, checked against ``model`` before a folder or any data: a ``--plan``
+    file that fits it, a ``--size-budget`` it can meet."""
+    if opts.plan:
+        plan_from_file(opts.plan, model, opts.method, opts.act_bits)
+    if opts.size_budget:
+        from tinyq.mixed.budget import require_room
+
+        require_room(model, opts.size_budget, opts.bits)
+
+
 def choose_plan(float_model, splits, contract: InputContract, run: Run, log: Log, *, bits: int, method: str,
                 act_bits: int, keep_8bit, size_budget: int | None = None, plan_file: str | None = None,
                 learn_bits: bool = False, **search) -> dict[str, QuantSpec]:

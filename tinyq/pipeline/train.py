@@ -1,7 +1,7 @@
 """``tinyq train RECIPE``: a float phase, then QAT; a backup every epoch, ``resume``, seeded runs."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tinyq import recipes
@@ -10,7 +10,8 @@ from tinyq.errors import TinyqError
 from tinyq.fit import fit_phase
 from tinyq.logs import Log, log_stderr
 from tinyq.pipeline.options import QuantOptions
-from tinyq.pipeline.stages import choose_plan, finish, load_data, load_init, prepare_run, qat_phase
+from tinyq.pipeline.stages import (check_plan_inputs, choose_plan, finish, load_data, load_init, prepare_run,
+                                   qat_phase)
 from tinyq.qat import load_model
 from tinyq.version import __version__
 from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
@@ -51,7 +52,12 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
     record = {"format_version": FORMAT_VERSION, "tinyq_version": __version__, "kind": "train",
               "train": {**asdict(config), "keep_8bit": list(config.keep_8bit)}, "contract": contract.to_dict()}
     prepare_run(run, record, resume)
-    # before creating anything: bad data leaves no folder
+    # before creating anything: a bad --init, plan or data leaves no folder
+    init = load_init(config.init, contract) if config.init and not (resume and run.float_model.exists()) else None
+    if init is not None:
+        check_plan_inputs(init, config, log)
+    elif config.plan:  # the recipe's layers; its size at the end of the float phase is not known yet
+        check_plan_inputs(recipe.model(config.channels), replace(config, size_budget=None), log)
     splits = load_data(config.data, contract, log, seed=config.seed, limit=config.limit,
                        synthetic_images=config.synthetic_images)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -60,8 +66,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
     if resume and run.float_model.exists():
         log(f"float: resuming from {run.float_model}")
         float_model = load_model(run.float_model)
-    elif config.init:
-        float_model = load_init(config.init, contract)
+    elif init is not None:
+        float_model = init
         log(f"float: starting QAT from {config.init} (no float phase)")
         write_json(run.config_path, record)
         with atomic_path(run.float_model) as tmp:
