@@ -91,3 +91,27 @@ def test_weight_histograms_count_the_quantized_weights(run):
 def test_report_needs_a_finished_run(tmp_path):
     r = invoke("report", tmp_path / "nothing")
     assert r.exit_code == 1 and "does not exist" in r.stderr
+
+
+@pytest.mark.parametrize("foreign", ["float", "another input size", "ten classes"])
+def test_a_foreign_reference_is_one_line_error(run, folders, tmp_path, foreign):
+    """A reference of another task was a traceback (issue 30)."""
+    from tinyq._tf import keras, tf
+
+    size, classes = {"float": (32, 2), "another input size": (48, 2), "ten classes": (32, 10)}[foreign]
+    i = keras.Input((size, size, 3))
+    model = keras.Model(i, keras.layers.Dense(classes, activation="softmax")(keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Conv2D(4, 3)(i))))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if foreign != "float":
+        x = np.random.default_rng(0).uniform(0, 1, (8, size, size, 3)).astype(np.float32)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([v[None]] for v in x)
+        converter.inference_input_type = converter.inference_output_type = tf.int8
+    path = tmp_path / "ref.tflite"
+    path.write_bytes(converter.convert())
+    r = CliRunner().invoke(main, ["report", str(run), "--data", str(folders / "labelled"), "--reference", str(path)])
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.exit_code == 1 and last.startswith("error: ") and "Traceback" not in r.stderr, r.stderr[-1500:]
+    assert {"float": "full-integer", "another input size": "same task", "ten classes": "not one score per label"}[
+        foreign] in last, last

@@ -8,6 +8,9 @@ import numpy as np
 from tinyq.errors import TinyqError
 
 
+MAX_RESOLUTION = 1024
+
+
 @dataclass(frozen=True)
 class InputContract:
     """Resolution, channels, pixel value range and label order of a classifier.
@@ -25,6 +28,10 @@ class InputContract:
             raise TinyqError(f"unsupported channels {self.channels}: expected one of 1, 3")
         if self.resolution < 8:
             raise TinyqError(f"resolution {self.resolution} is too small: use at least 8")
+        if self.resolution > MAX_RESOLUTION:  # images are decoded at this size: a lying file must not ask for gigabytes
+            raise TinyqError(f"an input of {self.resolution}x{self.resolution} is past what tinyq runs "
+                             f"(at most {MAX_RESOLUTION}x{MAX_RESOLUTION}); a microcontroller model this large is "
+                             "not one tinyq made")
         object.__setattr__(self, "value_range", tuple(float(v) for v in self.value_range))
         object.__setattr__(self, "labels", tuple(self.labels))
 

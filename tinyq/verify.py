@@ -23,13 +23,19 @@ from tinyq.tflite import flatbuffer
 
 def contract_for(fb: flatbuffer.Flatbuffer, run: Run | None) -> InputContract:
     """The run's contract, or one read off the model's input (RGB/grey, [0, 1], VWW labels); either
-    way the model must give one output per label."""
+    way the model must take one image it declares as the contract's and give one output per label."""
+    if len(fb.inputs) != 1 or len(fb.outputs) != 1:
+        raise TinyqError(f"the model has {len(fb.inputs)} inputs and {len(fb.outputs)} outputs; tinyq checks and "
+                         "exports image classifiers with one input and one output")
+    shape = fb.tensors[fb.inputs[0]].shape
+    if len(shape) != 4 or shape[0] != 1 or shape[1] != shape[2]:
+        raise TinyqError(f"model input shape {shape} is not one square image; tinyq checks image classifiers")
     if run is not None:
         contract = InputContract.from_dict(run.config()["contract"])
+        if tuple(shape[1:]) != contract.shape:
+            raise TinyqError(f"the model's input {tuple(shape[1:])} differs from its run's contract {contract.shape}; "
+                             "the file is not this run's: convert it again")
     else:
-        shape = fb.tensors[fb.inputs[0]].shape
-        if len(shape) != 4 or shape[1] != shape[2]:
-            raise TinyqError(f"model input shape {shape} is not a square image; tinyq checks image classifiers")
         contract = InputContract(resolution=shape[1], channels=shape[3])
     out = fb.tensors[fb.outputs[0]].shape
     if not out or int(np.prod(out)) != out[-1] or out[-1] != len(contract.labels):

@@ -19,7 +19,8 @@ from tinyq.runfolder import Run
 from tinyq.runtimes.guard import require_runnable
 from tinyq.tflite import flatbuffer
 from tinyq.tflite.breakdown import inspect_model
-from tinyq.verify import confusion, load_eval_data, tflm_predictions
+from tinyq.runtimes import require_int8_io
+from tinyq.verify import confusion, contract_for, load_eval_data, tflm_predictions
 
 HIST_BINS = 60
 STORAGE_NAMES = {"INT8": "INT8", "INT4": "packed INT4", "LUT2": "2-bit LUT indices (TFLM DECODE)"}
@@ -174,7 +175,13 @@ def _measure(run: Run, data, references, limit, contract, tflite: bytes, float_b
         if not path.is_file():
             raise TinyqError(f"--reference {ref!r} does not exist; give a .tflite file")
         log(f"report: {path.name} in TFLM ...")
-        rdata = path.read_bytes()
+        rdata, rfb = flatbuffer.read(path)
+        require_int8_io(rfb, path, "a --reference must be a full-integer model (int8 in and out)")
+        reference = contract_for(rfb, None)
+        if reference.shape != contract.shape or len(reference.labels) != len(contract.labels):
+            raise TinyqError(f"--reference {ref!r} takes {reference.shape} and gives {rfb.tensors[rfb.outputs[0]].shape}; "
+                             f"this run's model takes {contract.shape} and gives {len(contract.labels)} scores: compare "
+                             "models of the same task")
         require_runnable(rdata, repr(str(path)))
         rpred = tflm_predictions(rdata, images, contract)
         accuracy.append(_point(path.name, len(rdata), float((rpred == images.y).mean()), len(images), name,

@@ -28,9 +28,15 @@ def model_input(fb: flatbuffer.Flatbuffer, pixels: np.ndarray, contract: InputCo
 
 def require_int8_io(fb: flatbuffer.Flatbuffer, tflite, needs: str) -> None:
     """A one-line error unless ``fb`` takes int8 in and gives int8 out (``needs`` ends the message)."""
+    if not fb.inputs or not fb.outputs:
+        raise TinyqError(f"{str(tflite)!r} has {len(fb.inputs)} inputs and {len(fb.outputs)} outputs; {needs}")
     tin, tout = fb.tensors[fb.inputs[0]], fb.tensors[fb.outputs[0]]
     if tin.type != "INT8" or tout.type != "INT8":
         raise TinyqError(f"{str(tflite)!r} has {tin.type} input / {tout.type} output; {needs}")
+    for what, t in (("input", tin), ("output", tout)):
+        if t.scales.size != 1 or t.zero_points.size != 1 or not (np.isfinite(t.scales[0]) and t.scales[0] > 0):
+            raise TinyqError(f"{str(tflite)!r} has an {what} without one finite positive scale "
+                             f"({t.scales.tolist()[:4]}); {needs}")
 
 
 def _litert_interpreter(data: bytes):

@@ -19,6 +19,9 @@ TYPE_BITS = {"FLOAT32": 32, "FLOAT16": 16, "INT32": 32, "UINT8": 8, "INT64": 64,
              "INT8": 8, "INT4": 4, "INT2": 2, "BOOL": 8, "UINT32": 32, "UINT16": 16, "FLOAT64": 64}
 
 
+MAX_ELEMENTS = 1 << 26  # elements of one tensor: 64 MB of int8, far past a microcontroller
+
+
 @dataclass
 class Tensor:
     index: int
@@ -121,6 +124,9 @@ def parse(data: bytes, what: str = "the model") -> Flatbuffer:
             shape = tuple(int(d) for d in (t.shape if t.shape is not None else ()))
             if any(d < 0 for d in shape) or (raw is not None and len(raw) < _packed_bytes(t.type, shape)):
                 raise bad
+            if int(np.prod(shape, dtype=np.float64)) > MAX_ELEMENTS:  # what a runtime would try to allocate
+                raise TinyqError(f"{what} is not a valid .tflite for a microcontroller: a tensor of shape {shape} is "
+                                 "past any one's memory; convert it again (tinyq convert RUN)")
             q = t.quantization
             tensors.append(Tensor(
                 i, (t.name or b"").decode(errors="replace"), TYPE_NAMES.get(t.type, str(t.type)),
