@@ -36,6 +36,7 @@ def _invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.slow
 def test_quantize_within_a_size_budget(float_model, folders, tmp_path):
     # this small model's compacted file: 3,296 bytes all 8-bit, less at 4 bits (2-bit tables cost more than they save)
     budget = 3200
@@ -76,6 +77,7 @@ def test_quantize_within_a_size_budget(float_model, folders, tmp_path):
     assert (again / "model.tflite").stat().st_size == size
 
 
+@pytest.mark.slow
 def test_plan_command_and_impossible_budgets(float_model, folders, tmp_path):
     out = tmp_path / "plan.json"
     r = _invoke("plan", float_model, "--size-budget", "7000", "--data", folders / "labelled", "--estimator", "fisher",
@@ -98,6 +100,7 @@ def test_plan_command_and_impossible_budgets(float_model, folders, tmp_path):
     assert r.exit_code == 1 and "does not exist" in r.stderr
 
 
+@pytest.mark.slow
 def test_int8_int4_and_lut2_in_one_file_run_in_tflm(float_model, folders, tmp_path):
     plan = tmp_path / "plan.json"
     widths = {"conv2d": 8, "depthwise_conv2d": 4, "conv2d_1": 2, "dense": 8}
@@ -200,6 +203,7 @@ def test_the_smallest_file_is_a_fit_when_the_slack_outgrows_the_estimate(float_m
     assert {r["name"]: r["bits"] for r in plan.layers} == cheapest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, tables", [("levels", 2), ("ste", 1)])
 def test_a_learned_value_table_is_sized_per_layer(method, tables, tmp_path):
     """levels learns each 2-bit layer's table, so trained layers keep one each; two layers that start

@@ -9,6 +9,9 @@ from tinyq.cli import main
 from tinyq.tflite import flatbuffer
 
 
+pytestmark = pytest.mark.slow  # converts and compacts trained models
+
+
 def _invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 

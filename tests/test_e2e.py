@@ -12,6 +12,9 @@ from tinyq.cli import main
 from tinyq.tflite import flatbuffer
 
 
+pytestmark = pytest.mark.slow  # trains person-detect three times (the runs fixture)
+
+
 BITS = (2, 4, 8)
 
 

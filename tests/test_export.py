@@ -19,6 +19,9 @@ from conftest import BITS
 from tinyq.cli import main
 from tinyq.export import TARGETS
 
+pytestmark = pytest.mark.slow  # exports and compiles trained runs
+
+
 MODEL_SOURCES = ("model_data", "model_io", "sample_input")
 
 

@@ -13,6 +13,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+pytestmark = pytest.mark.slow  # quantizes models and runs every command on damaged files
+
+
 CHILD = r'''
 import json, sys
 from pathlib import Path

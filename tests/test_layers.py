@@ -190,6 +190,7 @@ def test_quantize_layers_model_trains_and_saves_as_h5(tmp_path):
     assert tl.declared(again) == tl.declared(model)
 
 
+@pytest.mark.slow
 def test_quantize_deploys_what_the_layers_declare(folders, tmp_path):
     """A model a user trained with tinyq layers deploys as trained: ``--epochs 0`` ships its
     grids (steps, BN folded in) and PACT clip, not a fresh calibration of its latent weights."""

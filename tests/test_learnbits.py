@@ -115,6 +115,7 @@ def test_learn_bits_needs_cpq_and_room_to_learn(float_model, folders, tmp_path):
     assert r.exit_code == 1 and "--method cpq" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cost, widths", [(-50.0, {8}), (50.0, {2})])
 def test_search_then_qat_at_the_learned_widths(float_model, folders, tmp_path, monkeypatch, cost, widths):
     """The search follows its objective both ways: bits rewarded, every layer keeps 8; priced out, every

@@ -75,6 +75,7 @@ def test_qgt_distance_is_zero_on_the_levels_and_grows_between():
     np.testing.assert_allclose(half, ((1.5 - 20 / 84) / 2) ** 2, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_file_holds_the_learned_levels_and_int4_storage_is_refused():
     """The 2-bit file's one value table is -126, -k, k, 126 with the k training learned; TFLM equals the
     integer model; INT4 storage, which holds only -6, -2, 2, 6, fails with one line."""
@@ -107,6 +108,7 @@ def test_file_holds_the_learned_levels_and_int4_storage_is_refused():
     assert len(convert(qat, pixels, contract, storage_bits=8)) > 0
 
 
+@pytest.mark.slow
 def test_weights_on_the_threshold_convert_as_trained():
     """STE training leaves weights on the inner/outer threshold; each must take the same level in
     Keras and in the file (the converter's verify raises otherwise). Every channel holds the

@@ -54,6 +54,7 @@ def two_bit(float_model, folders, tmp_path_factory):
     return out, raw, fb, tensors, x
 
 
+@pytest.mark.slow
 def test_tinyq_grid_gets_one_table_per_tensor_with_the_same_outputs(two_bit):
     from tinyq.runtimes import tflm_outputs
 

@@ -180,6 +180,7 @@ def test_act_bits_need_an_activation_method():
     assert registry.parse("qgt+cgpact").activations.name == "cgpact"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act_bits", [2, 4])
 def test_pact_deploys_as_b_bit_levels_in_int8(act_bits):
     """The int8 activations TFLM computes hold at most 2^b levels; Keras and TFLM agree."""

@@ -62,6 +62,7 @@ def test_nothing_dead_nothing_changes():
     assert fold(model).dropped_channels == {}
 
 
+@pytest.mark.slow
 def test_a_run_logs_and_records_what_it_dropped(folders, tmp_path):
     import json
 

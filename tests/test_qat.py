@@ -65,6 +65,7 @@ def test_fold_keeps_bn_that_cannot_fold():
     assert any(isinstance(l, L.BatchNormalization) for l in fold_batchnorm(model).layers)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", registry.names())
 @pytest.mark.parametrize("bits", BITS)
 def test_train_convert_verify(method, bits, tmp_path):
@@ -242,6 +243,7 @@ def test_a_dead_channel_whose_latent_weights_drift_deploys_as_zero():
     assert lut.shared_levels(values, 0, 2) is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", registry.names())
 @pytest.mark.parametrize("bits", BITS)
 def test_a_constant_channel_keeps_its_bias_in_the_file(method, bits):
@@ -282,6 +284,7 @@ def test_a_constant_channel_keeps_its_bias_in_the_file(method, bits):
         assert tables and all(len(t) == 20 for t in tables)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage", [None, 4, 8])
 def test_a_dead_2bit_channel_stays_dead_in_every_storage(storage):
     """Deadness is judged by the trained grid's container step (scale / 84 at 2 bits), so a wider

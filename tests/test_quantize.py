@@ -21,6 +21,7 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_quantize_labelled(float_model, folders, tmp_path, bits):
     out = tmp_path / "run"
@@ -35,6 +36,7 @@ def test_quantize_labelled(float_model, folders, tmp_path, bits):
     assert ("litert_vs_tflm_max_abs_diff" in result) == (bits != 2)
 
 
+@pytest.mark.slow
 def test_quantize_unlabeled_any_folder(float_model, folders, tmp_path):
     out = tmp_path / "run"
     r = invoke("quantize", float_model, "--bits", 4, "--data", folders / "flat", "--unlabeled", "--epochs", 1,
@@ -110,6 +112,7 @@ def test_negative_feature_weight_is_refused(float_model, folders, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_quantize_resumes_with_feature_distillation(float_model, folders, tmp_path):
     """Killed after its first QAT epoch, a distilled run (outputs and features) resumes to the
     bytes of a run never interrupted."""
@@ -132,6 +135,7 @@ def test_quantize_resumes_with_feature_distillation(float_model, folders, tmp_pa
     assert (out / "model.tflite").read_bytes() == (tmp_path / "whole" / "model.tflite").read_bytes()
 
 
+@pytest.mark.slow
 def test_mlperf_model_runs_identically_up_to_the_classifier(tmp_path, people96, vww_dev):
     """vww_96.h5 quantized to 8 bits: LiteRT (reference kernels) and TFLM agree op by op on real scenes.
 
@@ -177,6 +181,7 @@ def test_mlperf_model_runs_identically_up_to_the_classifier(tmp_path, people96, 
     assert not differing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_ptq_baselines(float_model, folders, tmp_path, bits):
     """Bare --ptq: the converter's int8 PTQ at 8 bits, tinyq's rounding (verified grids) below."""
@@ -206,6 +211,7 @@ def test_ptq_converter_is_int8_only(float_model, folders, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_allow_float_keeps_unsupported_layers_out_of_qat(folders, tmp_path):
     i = L.Input((RES, RES, 3))
     x = L.Conv2D(8, 3, strides=2, padding="same")(i)

@@ -9,6 +9,9 @@ from PIL import Image
 from tinyq.cli import main
 from tinyq.report.plots import FIGURES
 
+pytestmark = pytest.mark.slow  # quantizes models and draws reports
+
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
