@@ -101,3 +101,50 @@ def test_an_impossible_budget_fails_before_any_folder_or_data(float_model, tmp_p
                                   str(tmp_path / "no-data"), "--out", str(out)])
     assert r.exit_code == 1 and "below this model's weights at their smallest" in r.stderr, r.stderr
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_outputs_never_replace_special_files_and_leave_nothing_on_failure(runs, tmp_path):
+    """--out naming a symlink or a FIFO was replaced by a regular file (as root, /dev/null would be);
+    convert into a folder or onto a full disk left X.names.json and X.compaction.json behind."""
+    import os
+
+    from click.testing import CliRunner
+
+    from tinyq.cli import main
+
+    def invoke(*args):
+        return CliRunner().invoke(main, [str(a) for a in args])
+
+    target = tmp_path / "target.tflite"
+    target.write_bytes(b"mine")
+    link = tmp_path / "link.tflite"
+    link.symlink_to(target)
+    fifo = tmp_path / "fifo.tflite"
+    os.mkfifo(fifo)
+    for out, kind in ((link, "a symlink"), (fifo, "a device or special file")):
+        r = invoke("convert", runs[8], "--out", out)
+        assert r.exit_code == 1 and kind in r.stderr.strip().splitlines()[-1], r.stderr
+    assert link.is_symlink() and target.read_bytes() == b"mine" and not fifo.is_file()
+    r = invoke("export", runs[8], "--out", link)
+    assert r.exit_code == 1 and "a symlink" in r.stderr
+    folder = tmp_path / "folder.tflite"
+    folder.mkdir()
+    r = invoke("convert", runs[8], "--out", folder)
+    assert r.exit_code == 1 and "is a folder" in r.stderr.strip().splitlines()[-1], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.tflite", "folder.tflite", "link.tflite", "target.tflite"]
+
+
+
+def test_files_written_together_are_all_or_none(tmp_path):
+    """A file and its sidecars (convert's X.names.json, X.compaction.json) go out together: when one cannot
+    be written, none is, and no folder made for them stays."""
+    from tinyq.errors import TinyqError
+    from tinyq.runfolder import write_files
+
+    blocked = tmp_path / "new" / "m.compaction.json"
+    blocked.mkdir(parents=True)  # a folder where a file must go
+    with pytest.raises(TinyqError, match="is a folder"):
+        write_files({tmp_path / "new" / "deeper" / "m.tflite": b"model", tmp_path / "new" / "m.names.json": b"{}",
+                     blocked: b"{}"})
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["new", "new/m.compaction.json"]

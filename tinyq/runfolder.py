@@ -17,17 +17,53 @@ from tinyq.errors import TinyqError
 FORMAT_VERSION = 1
 
 
+def require_writable(path: str | Path, what: str = "--out") -> None:
+    """A one-line error unless ``path`` can become a regular file (or a folder, for a run): tinyq never
+    replaces a device, a symlink or a folder with a file, and says so before any work when the
+    nearest existing folder above it is not writable."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not (path.is_file() or path.is_dir())):
+        kind = "a symlink" if path.is_symlink() else "a device or special file"
+        raise TinyqError(f"{what} {str(path)!r} is {kind}; tinyq writes regular files only: choose another path")
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise TinyqError(f"{what} {str(path)!r}: {str(parent)!r} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TinyqError(f"{what} {str(path)!r}: {str(parent.resolve())!r} is not writable; choose a writable {what}")
+
+
+def _made_folders(path: Path) -> list[Path]:
+    """The folders ``path.parent`` needs that do not exist yet, deepest first."""
+    missing = [p for p in path.parents if not p.exists()]
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
 
-    A crash, Ctrl-C or error leaves the old file (or none), never a half-written one.
+    A crash, Ctrl-C or error leaves the old file (or none), never a half-written one, and no folder
+    it had to make. A symlink, device or folder at ``path`` is refused, not replaced.
     """
     path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a folder" if path.is_dir() and not path.is_symlink() else \
+            "a symlink" if path.is_symlink() else "a device or special file"
+        raise TinyqError(f"{str(path)!r} is {kind}; tinyq writes regular files only: choose another --out")
+    made = _made_folders(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
     except OSError as e:
+        _remove_empty(made)
         raise TinyqError(f"cannot write {str(path)!r}: {e.strerror}; choose a writable --out") from None
     os.close(fd)
     tmp_path = Path(tmp)
@@ -37,11 +73,13 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp_path, path)
+        made = []
     except OSError as e:
         raise TinyqError(f"cannot write {str(path)!r}: {e.strerror}; free space or choose another --out") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+        _remove_empty(made)
 
 
 def write_files(files: dict[Path, bytes]) -> None:
@@ -69,8 +107,13 @@ def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode())
 
 
+def json_bytes(obj) -> bytes:
+    """How tinyq writes JSON: sorted keys, indented, a final newline."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
 def write_json(path: str | Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_bytes(path, json_bytes(obj))
 
 
 def read_json(path: str | Path) -> dict:

@@ -11,7 +11,7 @@ from tinyq.convert.converter import convert
 from tinyq.errors import TinyqError
 from tinyq.logs import Log, quiet
 from tinyq.qat import load_model
-from tinyq.runfolder import Run, atomic_path, write_bytes, write_json
+from tinyq.runfolder import Run, atomic_path, json_bytes, require_writable, write_files
 from tinyq.tflite import flatbuffer
 from tinyq.verify import against_integer_model
 
@@ -29,6 +29,9 @@ def convert_run(run: Run | str | Path, storage_bits: int | None = None, out: str
                 compact: bool = True, keep_uncompacted: bool = False) -> Path:
     """Convert the run's QAT model to ``out`` (default ``RUN/model.tflite``), compacted unless ``compact=False``."""
     run = (run if isinstance(run, Run) else Run(run)).require()
+    target = Path(out) if out is not None else run.tflite
+    for path in (target, *sidecars(target, keep_uncompacted)):  # before any work: nothing to undo
+        require_writable(path)
     config = run.config()
     trained_bits = int(config["train"]["bits"])
     if storage_bits is not None and storage_bits < trained_bits:
@@ -50,28 +53,34 @@ def convert_run(run: Run | str | Path, storage_bits: int | None = None, out: str
     model = load_model(source)
     data = convert(model, representative, contract, storage_bits, log,
                    allow_float=bool(config["train"].get("allow_float")))
-    target = Path(out) if out is not None else run.tflite
+    files = {}
     if compact:
-        data = compact_file(data, representative, contract, target, keep_uncompacted, log)
+        data, files = compact_file(data, representative, contract, target, keep_uncompacted, log)
     if not converter_ptq:
         outputs = against_integer_model(model, data, representative, contract, storage_bits, log)
         if target == run.tflite:
             run.update_metrics(integer_check=outputs)
-    write_bytes(target, data)
+    write_files({target: data, **files})  # the file and its sidecars, all or none
     log(f"wrote {target} ({len(data):,} bytes)")
     return target
 
 
-def compact_file(data: bytes, representative: np.ndarray, contract: InputContract, target: Path,
-                 keep_uncompacted: bool = False, log: Log = quiet) -> bytes:
-    """:func:`tinyq.convert.compact.compact` verified on up to 32 representative images.
+def sidecars(target: Path, keep_uncompacted: bool = False) -> list[Path]:
+    """The files written beside ``target``: its tensor-name map, the compaction record, and with
+    ``keep_uncompacted`` the converter's file."""
+    paths = [flatbuffer.names_path(target), target.with_name(target.stem + ".compaction.json")]
+    return paths + ([target.with_name(target.stem + ".uncompacted.tflite")] if keep_uncompacted else [])
 
-    Writes the tensor-name map beside ``target`` (``inspect`` and ``report`` read it) and, with
-    ``keep_uncompacted``, the file before compaction as ``X.uncompacted.tflite``.
-    """
-    if keep_uncompacted:
-        write_bytes(target.with_name(target.stem + ".uncompacted.tflite"), data)
-    write_json(flatbuffer.names_path(target), {"tensor_names": tensor_names(data)})
+
+def compact_file(data: bytes, representative: np.ndarray, contract: InputContract, target: Path,
+                 keep_uncompacted: bool = False, log: Log = quiet) -> tuple[bytes, dict[Path, bytes]]:
+    """:func:`tinyq.convert.compact.compact` verified on up to 32 representative images, and the files to write
+    beside ``target`` (:func:`sidecars`): the tensor-name map (``inspect`` and ``report`` read it), the
+    compaction record and, with ``keep_uncompacted``, the file before compaction."""
     compacted, record = compact_verified(data, representative, contract, log=log)
-    write_json(target.with_name(target.stem + ".compaction.json"), record)
-    return compacted
+    names, record_path, *rest = sidecars(target, keep_uncompacted)
+    files = {names: json_bytes({"tensor_names": tensor_names(data)}), record_path: json_bytes(record)}
+    if rest:
+        files[rest[0]] = data
+    return compacted, files
+

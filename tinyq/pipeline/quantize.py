@@ -22,7 +22,7 @@ from tinyq.fit import evaluate_keras
 from tinyq.graph import check_supported, contract_of
 from tinyq.logs import Log, log_stderr
 from tinyq.pipeline.options import QuantOptions
-from tinyq.pipeline.stages import check_plan_inputs, choose_plan, finish, prepare_run, qat_phase
+from tinyq.pipeline.stages import check_plan_inputs, choose_plan, finish, make_run_folder, prepare_run, qat_phase
 from tinyq.qat import load_model
 from tinyq.version import __version__
 from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
@@ -136,7 +136,7 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     prepare_run(run, record, resume)
     check_plan_inputs(teacher, job, log)  # before a folder or any data
     splits = load_job_data(job, contract, teacher, log)
-    run.path.mkdir(parents=True, exist_ok=True)
+    make_run_folder(run)
     keras.utils.set_random_seed(job.seed)
     tf.config.experimental.enable_op_determinism()
     with atomic_path(run.float_model) as tmp:

@@ -13,12 +13,15 @@ from tinyq.logs import Log
 from tinyq.mixed.learnbits import learn_plan
 from tinyq.plan import default_plan, plan_from_file
 from tinyq.qat import build_qat, diagnostics, load_model
-from tinyq.runfolder import Run, atomic_path, write_json
+from tinyq.runfolder import Run, atomic_path, require_writable, write_json
 from tinyq.spec import QuantSpec
 
 
 def prepare_run(run: Run, record: dict, resume: bool) -> None:
-    """Refuse to overwrite a run, or to resume one with other settings."""
+    """Refuse to overwrite a run, to resume one with other settings, or a folder tinyq could not write."""
+    require_writable(run.path)
+    if run.path.exists() and not run.path.is_dir():
+        raise TinyqError(f"--out {str(run.path)!r} is a file; a run is a folder: choose another --out")
     if run.config_path.exists():
         old = run.config()
         if not resume:
@@ -26,6 +29,14 @@ def prepare_run(run: Run, record: dict, resume: bool) -> None:
         if old.get("train") != record["train"]:
             raise TinyqError(f"--resume with different settings than {str(run.path)!r} was started with; "
                              "resume with the same flags or choose another --out")
+
+
+def make_run_folder(run: Run) -> None:
+    """The run folder, made once its inputs are valid."""
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TinyqError(f"cannot make the run folder {str(run.path)!r}: {e.strerror}; choose a writable --out") from None
 
 
 def load_data(data: str | None, contract: InputContract, log: Log, *, seed: int, limit: int | None = None,

@@ -10,8 +10,8 @@ from tinyq.errors import TinyqError
 from tinyq.fit import fit_phase
 from tinyq.logs import Log, log_stderr
 from tinyq.pipeline.options import QuantOptions
-from tinyq.pipeline.stages import (check_plan_inputs, choose_plan, finish, load_data, load_init, prepare_run,
-                                   qat_phase)
+from tinyq.pipeline.stages import (check_plan_inputs, choose_plan, finish, load_data, load_init,
+                                   make_run_folder, prepare_run, qat_phase)
 from tinyq.qat import load_model
 from tinyq.version import __version__
 from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
@@ -60,7 +60,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
         check_plan_inputs(recipe.model(config.channels), replace(config, size_budget=None), log)
     splits = load_data(config.data, contract, log, seed=config.seed, limit=config.limit,
                        synthetic_images=config.synthetic_images)
-    run.path.mkdir(parents=True, exist_ok=True)
+    make_run_folder(run)
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     if resume and run.float_model.exists():
