@@ -242,6 +242,21 @@ def test_a_2bit_file_declaring_more_outputs_fails_cleanly(good_2bit_file, folder
     assert not row["export"]["fw_exists"]
 
 
+def test_a_decode_op_with_one_input_fails_cleanly(good_2bit_file, folders, tmp_path):
+    """A valid flatbuffer whose DECODE lost its value-table input: inspect's traceback (issue 30)."""
+    def one_input(model):
+        op = _op_by_custom(model, b"DECODE")
+        op.inputs, op.outputs = op.inputs[:1], op.outputs[:1]
+
+    path = tmp_path / "m.tflite"
+    path.write_bytes(_rewritten(good_2bit_file, one_input))
+    _assert_refused(_commands_on(path, folders), "not a valid")
+
+
+def _op_by_custom(model, code: bytes):
+    return next(op for op in model.subgraphs[0].operators if code in (model.operatorCodes[op.opcodeIndex].customCode or b""))
+
+
 def test_rewriting_keeps_a_good_file_good(good_file):
     """The object-API round trip above changes nothing a reader sees: the damage is all a test adds."""
     from tinyq.tflite import flatbuffer

@@ -139,6 +139,9 @@ def parse(data: bytes, what: str = "the model") -> Flatbuffer:
         for op in ops:  # -1: an optional input left out
             if any(not -1 <= x < len(tensors) for x in op.inputs + op.outputs):
                 raise bad
+            # DECODE takes (encoded, ancillary) pairs and gives one output per pair
+            if op.name in DECODE_OPS and (not op.inputs or len(op.inputs) % 2 or len(op.outputs) != len(op.inputs) // 2):
+                raise bad
         if any(not 0 <= x < len(tensors) for x in list(sg.inputs) + list(sg.outputs)):
             raise bad
         return Flatbuffer(len(data), tensors, ops, [int(x) for x in sg.inputs], [int(x) for x in sg.outputs])
