@@ -15,6 +15,7 @@ class Board:
     support: str  # folder of firmware_export/device holding board.c and the linker script
     linker_script: str
     tick_instructions: float  # instructions per timer tick under -icount shift=0: the count's resolution
+    compile_flags: tuple[str, ...] = ()
 
 
 BOARDS: dict[str, Board] = {b.name: b for b in [
@@ -22,10 +23,10 @@ BOARDS: dict[str, Board] = {b.name: b for b in [
           "mps2", "mps2.ld", 40),
     Board("m7", "Cortex-M7", "mps2-an500", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"),
           "mps2", "mps2.ld", 40),
-    # -mrestrict-it: GCC 12 otherwise puts a VCVT in an IT block for the M55 (TFLM's resize_nearest_neighbor
-    # at -O2), which its own assembler rejects
-    Board("m55", "Cortex-M55 (Helium)", "mps3-an547",
-          ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard", "-mrestrict-it"), "mps3_an547", "an547.ld", 31.25),
+    # no if-conversion: GCC 12 otherwise puts a VCVT in an IT block for the M55 (TFLM's resize_nearest_neighbor
+    # at -O2 with NDEBUG), which its own assembler rejects
+    Board("m55", "Cortex-M55 (Helium)", "mps3-an547", ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),
+          "mps3_an547", "an547.ld", 31.25, ("-fno-if-conversion", "-fno-if-conversion2")),
 ]}
 
 KERNELS = ("reference", "cmsis-nn")

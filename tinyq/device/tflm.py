@@ -105,7 +105,7 @@ def find_tree(path: str | Path | None, cmsis_nn: bool) -> Tree:
 
 def flags(board: Board, cmsis_nn: bool, logs: bool) -> dict[str, list[str]]:
     """Compiler flags (``c``, ``cc``) as TFLM's release builds use them; ``logs`` keeps TFLM's messages."""
-    common = [*board.cpu_flags, "-ffunction-sections", "-fdata-sections", "-fno-unwind-tables",
+    common = [*board.cpu_flags, *board.compile_flags, "-ffunction-sections", "-fdata-sections", "-fno-unwind-tables",
               "-fno-asynchronous-unwind-tables", "-funsigned-char", "-DTF_LITE_STATIC_MEMORY",
               "-DTF_LITE_DISABLE_X86_NEON", "-DNDEBUG", "-Wno-unused-parameter"]
     if not logs:
