@@ -130,7 +130,9 @@ def test_arduino_library_layout(exported, bits):
     assert "#include <TensorFlowLite.h>" in ino and "#include <PersonDetect.h>" in ino
     body = (sketch / "run_sample.cpp").read_text()
     assert "MicroMutableOpResolver<PERSON_DETECT_NUM_OPS>" in body and "PERSON_DETECT_OPS(TINYQ_ADD_OP)" in body
-    assert "person_detect_preprocess(g_person_detect_sample_pixels" in body
+    # the sample goes the camera's way: classify() preprocesses pixels into the input tensor
+    assert "person_detect_classify(g_person_detect_sample_pixels, scores)" in body
+    assert "person_detect_preprocess(pixels, g_interpreter->input(0)->data.int8)" in body
     assert ("DECODE included" in body) == (bits == 2)
 
 
