@@ -258,7 +258,7 @@ def test_bad_export_options(runs, tmp_path, args, message):
 def test_output_under_a_file_is_a_one_line_error(runs, tmp_path):
     (tmp_path / "file").write_text("x")
     r = invoke("export", runs[8], "--target", "cmake", "--out", tmp_path / "file" / "fw")
-    assert r.exit_code == 1 and "cannot write" in r.stderr and "Traceback" not in r.stderr
+    assert r.exit_code == 1 and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
