@@ -27,7 +27,7 @@ class Options:
         if self.lang not in ("cc", "c"):
             raise expected_one_of("language", ("cc", "c"), self.lang)
         taken = next((p for p in (self.out, *self.out.parents) if p.exists()), None)
-        if taken is not None and not taken.is_dir():
+        if taken is not None and not taken.is_dir() and not taken.is_symlink():  # a symlink: require_writable says so
             raise TinyqError(f"--out {str(self.out)!r}: {str(taken)!r} is a file, not a folder; choose a folder to "
                              "export into")
 

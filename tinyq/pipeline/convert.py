@@ -32,6 +32,8 @@ def convert_run(run: Run | str | Path, storage_bits: int | None = None, out: str
     target = Path(out) if out is not None else run.tflite
     for path in (target, *sidecars(target, keep_uncompacted)):  # before any work: nothing to undo
         require_writable(path)
+        if path.is_dir():
+            raise TinyqError(f"--out {str(path)!r} is a folder; give a file name such as {str(path / 'model.tflite')!r}")
     config = run.config()
     trained_bits = int(config["train"]["bits"])
     if storage_bits is not None and storage_bits < trained_bits:
