@@ -23,10 +23,11 @@ def invoke(*args):
 
 
 def _needs_tools():
+    """The Arm toolchain, QEMU and make are part of the test environment (the README's test command installs
+    them): missing, the device tests fail and say which; only ../shared's TFLM tree may be absent (skipped)."""
     missing = [t for t in ("arm-none-eabi-gcc", "qemu-system-arm", "make") if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} absent: the device tests need gcc-arm-none-eabi, libnewlib-arm-none-eabi "
-                    "and qemu-system-arm (.ci/run installs them)")
+    assert not missing, (f"{', '.join(missing)} not installed: the README's test command installs "
+                         "gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm and make")
 
 
 @pytest.fixture(scope="session")

@@ -160,9 +160,7 @@ def test_cmake_example_builds_against_tflm_and_prints_ok_on_qemu(exported, tmp_p
     from conftest import shared_path
 
     tree = shared_path("tflm-kit", "tflm")
-    qemu = shutil.which("qemu-system-arm")
-    if qemu is None:
-        pytest.skip("qemu-system-arm absent (.ci/run installs it)")
+    qemu = need("qemu-system-arm")
     folder, _ = exported["cmake", 2]
     build = tmp_path / "m4"
     r = subprocess.run([need("cmake"), "-S", folder, "-B", build, f"-DTFLM_DIR={tree}", "-DTINYQ_BOARD=mps2-an386",
