@@ -43,4 +43,5 @@ RECIPE = Recipe(
     build=build,
     resolution=96,
     labels=("non_person", "person"),
+    pretrained="vww_96.h5",  # MLPerf Tiny's float model (Apache-2.0): vww_96.md
 )

@@ -22,6 +22,12 @@ class Recipe:
     resolution: int
     labels: tuple[str, ...]
     value_range: tuple[float, float] = (0.0, 1.0)
+    pretrained: str | None = None  # a float Keras model shipped in models/, the default start
+
+    @property
+    def pretrained_path(self) -> Path | None:
+        """The shipped pretrained float model, or None when the recipe has none."""
+        return models_dir() / self.pretrained if self.pretrained else None
 
     def contract(self, channels: int = 3) -> InputContract:
         return InputContract(self.resolution, channels, self.value_range, self.labels)
