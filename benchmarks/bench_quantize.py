@@ -44,7 +44,7 @@ def run_row(args, bits: int, mode: str) -> dict:
     this = points[("this run", args.vww)]
     return {"bits": bits, "mode": mode + (f" ({fields['ptq']})" if "ptq" in fields else ""),
             "vww_dev_tflm": this["accuracy"], "file_bytes": this["bytes"],
-            "held_out_tflm": report["metrics"].get("tflm_test_accuracy"),
+            "held_out_tflm": report["metrics"].get("tflm_test_accuracy", report["metrics"].get("tflm_test_agreement")),
             "float_vww_dev": points[("float original", args.vww)]["accuracy"],
             "reference": {name: p for (name, data), p in points.items()
                           if data == args.vww and name not in ("this run", "float original")},

@@ -42,10 +42,18 @@ def test_quantize_unlabeled_any_folder(float_model, folders, tmp_path):
     r = invoke("quantize", float_model, "--bits", 4, "--data", folders / "flat", "--unlabeled", "--epochs", 1,
                "--batch", 16, "--out", out)
     assert r.exit_code == 0, r.stderr
-    assert "agreement with the teacher" in r.stderr and "(weight 1.0, features 1.0)" in r.stderr
+    assert "agreement with the float model" in r.stderr and "(weight 1.0, features 1.0)" in r.stderr
+    assert " agree " in r.stderr and " acc " not in r.stderr  # epoch lines name what they measure
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["float_val_accuracy"] == 1.0  # labels are the teacher's own top-1
-    assert 0.5 <= metrics["tflm_test_accuracy"] <= 1.0
+    # labels are the teacher's own top-1: every figure is agreement, and the float model has none
+    assert metrics["measure"] == "agreement"
+    assert not [k for k in metrics if k.endswith("_accuracy")], metrics
+    assert 0.5 <= metrics["tflm_test_agreement"] <= 1.0
+    history = json.loads((out / "history.json").read_text())
+    assert {"agreement", "val_agreement"} <= set(history["qat"][0])
+    report = (out / "report.md").read_text()
+    assert "agreement with the float model" in report and "float original" not in report
+    assert "agreement with the float model" in r.stdout and "float model (Keras)" not in r.stdout
     # a flat folder without --unlabeled is the layout error
     r = invoke("quantize", float_model, "--data", folders / "flat", "--out", tmp_path / "x")
     assert r.exit_code == 1 and "no person/ or non_person/" in r.stderr and not (tmp_path / "x").exists()

@@ -13,7 +13,7 @@ from tinyq._tf import keras, tf
 from tinyq.contract import InputContract
 from tinyq.data import ImageSet
 from tinyq.data.pipeline import dataset, epoch_seed, training_batches
-from tinyq.logs import Log
+from tinyq.logs import Log, bar
 from tinyq.errors import TinyqError
 from tinyq.runfolder import Run, read_json, write_json
 
@@ -22,27 +22,48 @@ class EpochLog(keras.callbacks.Callback):
     """One line per epoch (phase, loss, accuracy, validation accuracy, time), recorded in history.json.
 
     Each finished epoch is written to ``RUN/history.json`` at once, keyed by epoch, so a
-    resumed run keeps the epochs of the process that was interrupted.
+    resumed run keeps the epochs of the process that was interrupted. With ``agreement`` the
+    labels are the teacher's top-1, and Keras' accuracy is recorded and shown as agreement.
     """
 
-    def __init__(self, phase: str, epochs: int, log: Log, history_path: Path) -> None:
+    def __init__(self, phase: str, epochs: int, log: Log, history_path: Path, agreement: bool = False) -> None:
         super().__init__()
         self.phase, self.epochs, self.log, self.path = phase, epochs, log, history_path
+        self.measure = "agreement" if agreement else "accuracy"
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = {k: float(v) for k, v in (logs or {}).items()}
+        logs = {k.replace("accuracy", self.measure): float(v) for k, v in (logs or {}).items()}
         seconds = time.time() - self.t0
         history = read_history(self.path)
         epochs = {int(e["epoch"]): e for e in history.get(self.phase, [])}
         epochs[epoch + 1] = {"epoch": epoch + 1, **logs, "seconds": seconds}
         history[self.phase] = [epochs[k] for k in sorted(epochs)]
         write_json(self.path, history)
-        self.log(f"  [{self.phase}] epoch {epoch + 1}/{self.epochs}  loss {logs.get('loss', float('nan')):.4f}  "
-                 f"acc {logs.get('accuracy', float('nan')):.4f}  val_acc {logs.get('val_accuracy', float('nan')):.4f}  "
+        short = "acc" if self.measure == "accuracy" else "agree"
+        nan = float("nan")
+        self.log(f"  [{self.phase}] epoch {epoch + 1}/{self.epochs}  loss {logs.get('loss', nan):.4f}  "
+                 f"{short} {logs.get(self.measure, nan):.4f}  val_{short} {logs.get('val_' + self.measure, nan):.4f}  "
                  f"({seconds:.1f}s)")
+
+
+class BatchBar(keras.callbacks.Callback):
+    """A progress bar over each epoch's batches, with its ETA (on a terminal only: :func:`tinyq.logs.bar`)."""
+
+    def __init__(self, phase: str, epochs: int, steps: int) -> None:
+        super().__init__()
+        self.phase, self.epochs, self.steps, self.shown = phase, epochs, steps, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.shown = bar(self.steps, f"[{self.phase}] epoch {epoch + 1}/{self.epochs}", "batch")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.shown.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.shown.close()
 
 
 class EpochRandomness(keras.callbacks.Callback):
@@ -98,7 +119,8 @@ def fit_phase(model, splits, contract, epochs: int, lr: float, phase: str, run: 
     train_ds = training_batches(splits["train"].x, splits["train"].y, contract, batch, seed, epochs, first)
     val_ds = dataset(splits["val"].x, splits["val"].y, contract, batch) if len(splits.get("val", ())) else None
     # history before the backup: an epoch killed between the two is re-run and its entry replaced
-    callbacks = [EpochLog(phase, epochs, log, run.history_path), keras.callbacks.BackupAndRestore(str(backup)),
+    callbacks = [BatchBar(phase, epochs, steps), EpochLog(phase, epochs, log, run.history_path, agreement=unlabeled),
+                 keras.callbacks.BackupAndRestore(str(backup)),
                  EpochRandomness(seed), *method_callbacks(model, epochs, steps, carried), *callbacks,
                  interrupt.stop_at_batch_end_callback()]  # last: after the epoch's backup is written
     with interrupt.deferred():

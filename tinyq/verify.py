@@ -125,6 +125,10 @@ def check(tflite: str | Path, data_dir: str | Path, limit: int | None = None, lo
                     "labels": list(contract.labels), "ops": fb.op_names}
 
     keras_prob = integer_out = None
+    if run is not None and run.float_model.exists():  # the float original, for scale
+        log("check: float model ...")
+        fprob = evaluate_keras(load_model(run.float_model), images, contract)
+        result["float"] = {"accuracy": float((fprob.argmax(1) == images.y).mean()), "n": len(images)}
     if run is not None and run.model.exists():
         log("check: Keras QAT model ...")
         qat = load_model(run.model)

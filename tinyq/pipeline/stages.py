@@ -130,12 +130,14 @@ def qat_phase(float_model, plan, splits, contract, run: Run, log: Log, *, epochs
             + ", ".join(f"{name} {n}" for name, n in dropped.items()))
     if len(splits.get("val", ())):
         val = splits["val"]
-        start = {"float_val_accuracy": accuracy(float_model, val, contract),
-                 "qat_step0_val_accuracy": accuracy(qat, val, contract)}
-        run.update_metrics(**start)
-        log(f"val accuracy{' (agreement with the teacher)' if unlabeled else ''}: float "
-            f"{start['float_val_accuracy']:.4f}; quantized before QAT (BN folded, ranges calibrated) "
-            f"{start['qat_step0_val_accuracy']:.4f}")
+        step0 = accuracy(qat, val, contract)
+        if unlabeled:  # the labels are the float model's answers: it agrees with itself
+            run.update_metrics(qat_step0_val_agreement=step0)
+            log(f"val agreement with the float model: quantized before QAT (BN folded, ranges calibrated) {step0:.4f}")
+        else:
+            run.update_metrics(float_val_accuracy=accuracy(float_model, val, contract), qat_step0_val_accuracy=step0)
+            log(f"val accuracy: float {run.metrics()['float_val_accuracy']:.4f}; quantized before QAT (BN folded, "
+                f"ranges calibrated) {step0:.4f}")
     if epochs:
         log(f"QAT: {epochs} epochs, {what}" + (
             f"; distilled from {teacher_name} (weight {distill}"
@@ -148,36 +150,39 @@ def qat_phase(float_model, plan, splits, contract, run: Run, log: Log, *, epochs
     return qat
 
 
-def finish(run: Run, qat, splits, contract, data_name: str, log: Log, float_model=None) -> Run:
+def finish(run: Run, qat, splits, contract, data_name: str, log: Log, float_model=None,
+           agreement: bool = False) -> Run:
     """Held-out accuracy in Keras, conversion to ``model.tflite``, its accuracy in TFLM, the report.
 
     ``qat`` is None for the converter's PTQ (no Keras quantized model); ``float_model`` adds
-    the float original's accuracy on the same images.
+    the float original's accuracy on the same images. With ``agreement`` the labels are the
+    float model's answers: figures are named ``*_agreement`` and the float model has none.
     """
     from tinyq.pipeline.budget import check_trained_file
     from tinyq.pipeline.convert import convert_run
     from tinyq.report import write_report
     from tinyq.verify import confusion, tflm_predictions
 
-    metrics = {"data": data_name}
+    measure = "agreement" if agreement else "accuracy"
+    metrics = {"data": data_name, "measure": measure}
     if qat is not None:
         metrics["diagnostics"] = diagnostics(qat)
     for split in ("val", "test"):
         if len(splits.get(split, ())):
-            for prefix, model in (("keras", qat), ("float", float_model)):
+            for prefix, model in (("keras", qat), ("float", None if agreement else float_model)):
                 if model is not None:
-                    metrics[f"{prefix}_{split}_accuracy"] = accuracy(model, splits[split], contract)
+                    metrics[f"{prefix}_{split}_{measure}"] = accuracy(model, splits[split], contract)
             metrics[f"keras_{split}_n"] = len(splits[split])
     run.update_metrics(**metrics)
-    log("  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("accuracy")))
+    log("  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(measure)))
     convert_run(run, representative=splits["train"].x, log=log)
     check_trained_file(run, log)
     test = splits.get("test", ())
     if len(test):
         log(f"TFLM: running model.tflite on {len(test)} test images ...")
         pred = tflm_predictions(run.tflite.read_bytes(), test, contract)
-        run.update_metrics(tflm_test_accuracy=float((pred == test.y).mean()), test_n=len(test),
-                           tflm_test_confusion=confusion(test.y, pred, len(contract.labels)))
+        run.update_metrics(**{f"tflm_test_{measure}": float((pred == test.y).mean()), "test_n": len(test),
+                              "tflm_test_confusion": confusion(test.y, pred, len(contract.labels))})
     write_report(run.path)
     log(f"report: {run / 'report.md'} (tinyq report RUN --data DIR measures it on other images too)")
     return run

@@ -105,8 +105,10 @@ def _card(config: dict, layers: list[dict], float_ops: list[str], dropped: dict[
     }
 
 
-def _point(model: str, nbytes: int, acc: float, n: int, data: str, runtime: str) -> dict:
-    return {"model": model, "bytes": nbytes, "accuracy": acc, "n": n, "data": data, "runtime": runtime}
+def _point(model: str, nbytes: int, acc: float, n: int, data: str, runtime: str, measure: str = "accuracy") -> dict:
+    """``measure``: "accuracy" against labels, or "agreement" with the float model (labels were its answers)."""
+    return {"model": model, "bytes": nbytes, "accuracy": acc, "n": n, "data": data, "runtime": runtime,
+            "measure": measure}
 
 
 def build_report(run_path: str | Path, data: str | Path | None = None, references: Sequence[str] = (),
@@ -127,9 +129,10 @@ def build_report(run_path: str | Path, data: str | Path | None = None, reference
 
     accuracy: list[dict] = []
     held_out = f"{metrics.get('data', '?')} (held-out test split)"
-    if "tflm_test_accuracy" in metrics:
-        accuracy.append(_point("this run", len(tflite), metrics["tflm_test_accuracy"], metrics.get("test_n", 0),
-                               held_out, "TFLM, int8"))
+    measure = metrics.get("measure", "accuracy")
+    if f"tflm_test_{measure}" in metrics:
+        accuracy.append(_point("this run", len(tflite), metrics[f"tflm_test_{measure}"], metrics.get("test_n", 0),
+                               held_out, "TFLM, int8", measure))
     if "float_test_accuracy" in metrics and float_bytes:
         accuracy.append(_point("float original", float_bytes, metrics["float_test_accuracy"],
                                metrics.get("keras_test_n", 0), held_out, "Keras, float32"))

@@ -51,7 +51,8 @@ def render(report: dict) -> str:
             "| model | accuracy | images | data | runtime | file bytes |", "|---|---|---|---|---|---|"]
     for p in report["accuracy_vs_size"]:
         size = f"{p['bytes']:,}" if p["bytes"] else "n/a"
-        out.append(f"| {p['model']} | {_pct(p['accuracy'])} | {p['n']} | {p['data']} | {p['runtime']} | {size} |")
+        value = _pct(p["accuracy"]) + (" agreement with the float model" if p.get("measure") == "agreement" else "")
+        out.append(f"| {p['model']} | {value} | {p['n']} | {p['data']} | {p['runtime']} | {size} |")
     if "accuracy_size" in report["plots"]:
         out += ["", "![accuracy against size](plots/accuracy_size.png)"]
     c = report["confusion"]
@@ -100,9 +101,11 @@ def render(report: dict) -> str:
     out += ["", "## Training"]
     if "curves" in report["plots"]:
         history = report["history"]
-        out += ["", "| phase | epochs | last loss | last val accuracy |", "|---|---|---|---|"]
+        measure = report["metrics"].get("measure", "accuracy")
+        label = "last val agreement with the float model" if measure == "agreement" else "last val accuracy"
+        out += ["", f"| phase | epochs | last loss | {label} |", "|---|---|---|---|"]
         out += [f"| {phase} | {len(eps)} | {eps[-1].get('loss', float('nan')):.4f} | "
-                f"{_pct(eps[-1].get('val_accuracy'))} |" for phase, eps in history.items()]
+                f"{_pct(eps[-1].get('val_' + measure))} |" for phase, eps in history.items()]
         out += ["", "![training curves](plots/curves.png)"]
     else:
         out += ["", "No training epochs (post-training quantization)."]

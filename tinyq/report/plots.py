@@ -5,10 +5,13 @@ import io
 import math
 from typing import Callable
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on build machines
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 BIT_COLOURS = {2: "#d62728", 3: "#ff7f0e", 4: "#ff7f0e", 8: "#1f77b4"}
 
@@ -20,22 +23,48 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _percent_axis(ax, values: list[float], reference: float | None = None) -> None:
+    """A y range in percent that holds every value and the reference, at least 10 points tall, so a
+    difference of two images does not fill the plot."""
+    seen = [v for v in values if v is not None] + ([reference] if reference is not None else [])
+    if not seen:
+        return
+    lo, hi = min(seen), max(seen)
+    pad = max(0.0, 10.0 - (hi - lo)) / 2 + 1.0
+    ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + pad) + 0.5)
+
+
 def curves(report: dict) -> bytes | None:
-    """Loss and validation accuracy per epoch, one line per phase (float, qat)."""
+    """Loss and validation accuracy per epoch on one timeline: the float epochs, then QAT's after them."""
     history = report["history"]
     if not history:
         return None
+    measure = report["metrics"].get("measure", "accuracy")
+    name = "agreement with the float model" if measure == "agreement" else "accuracy"
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
+    offset, shown = 0, []
     for phase, epochs in history.items():
-        x = [e["epoch"] for e in epochs]
+        x = [offset + e["epoch"] for e in epochs]
+        val = [None if e.get(f"val_{measure}") is None else 100 * e[f"val_{measure}"] for e in epochs]
+        train = [None if e.get(measure) is None else 100 * e[measure] for e in epochs]
         ax_loss.plot(x, [e.get("loss") for e in epochs], marker="o", label=phase)
-        ax_acc.plot(x, [e.get("val_accuracy") for e in epochs], marker="o", label=f"{phase} val")
-        ax_acc.plot(x, [e.get("accuracy") for e in epochs], linestyle="--", label=f"{phase} train")
-    ax_loss.set(title="loss", xlabel="epoch")
-    ax_acc.set(title="accuracy", xlabel="epoch")
+        ax_acc.plot(x, val, marker="o", label=f"{phase}, validation")
+        ax_acc.plot(x, train, marker=".", linestyle="--", label=f"{phase}, training")
+        shown += val + train
+        if offset:
+            for ax in (ax_loss, ax_acc):
+                ax.axvline(offset + 0.5, color="grey", linestyle=":", linewidth=0.8)
+        offset = x[-1] if x else offset
+    reference = report["metrics"].get("float_val_accuracy") if measure == "accuracy" else None
+    if reference is not None:
+        ax_acc.axhline(100 * reference, color="black", linewidth=0.8, label="float model, validation")
+    _percent_axis(ax_acc, shown, None if reference is None else 100 * reference)
+    ax_loss.set(title="loss", xlabel="epoch (all phases)")
+    ax_acc.set(title=f"{name} (%)", xlabel="epoch (all phases)")
     for ax in (ax_loss, ax_acc):
-        ax.legend()
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     return _png(fig)
 
 
@@ -78,23 +107,33 @@ def bits_and_bytes(report: dict) -> bytes:
 
 
 def accuracy_vs_size(report: dict) -> bytes | None:
-    """Accuracy against file bytes, one marker per model and data set."""
+    """Accuracy against file bytes, one marker per model and data set; accuracy against labels where
+    there is any, else agreement with the float model (never both on one axis)."""
     points = [p for p in report["accuracy_vs_size"] if p["bytes"]]
+    labelled = [p for p in points if p.get("measure", "accuracy") == "accuracy"]
+    points = labelled or points
     if not points:
         return None
+    name = "top-1 accuracy" if labelled else "agreement with the float model"
     fig, ax = plt.subplots(figsize=(6.5, 4))
     datasets = sorted({p["data"] for p in points})
     markers = "osD^v"
     for i, data in enumerate(datasets):
         sel = [p for p in points if p["data"] == data]
+        label = Path(data).name or data if "/" in data else data
         ax.scatter([p["bytes"] / 1024 for p in sel], [100 * p["accuracy"] for p in sel], marker=markers[i % 5],
-                   s=50, label=data)
+                   s=60, zorder=3, label=f"{label} ({sel[0]['n']} images)")
         for p in sel:
-            ax.annotate(p["model"], (p["bytes"] / 1024, 100 * p["accuracy"]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
+            ax.annotate(f"{p['model']}: {100 * p['accuracy']:.1f}%", (p["bytes"] / 1024, 100 * p["accuracy"]),
+                        fontsize=8, xytext=(5, 4), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set(xlabel="file size (KiB, log scale)", ylabel="top-1 accuracy (%)", title="accuracy against size")
-    ax.legend(fontsize=7)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    kib = [p["bytes"] / 1024 for p in points]
+    ax.set_xlim(min(kib) / 1.6, max(kib) * 2.2)  # room for the labels right of the markers
+    _percent_axis(ax, [100 * p["accuracy"] for p in points])
+    ax.set(xlabel="file size (KiB, log scale)", ylabel=f"{name} (%)", title=f"{name} against size")
+    ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     return _png(fig)
 
@@ -107,9 +146,11 @@ def confusion(report: dict) -> bytes | None:
     n = len(m)
     fig, ax = plt.subplots(figsize=(1.6 * n + 1.5, 1.4 * n + 1))
     ax.imshow(m, cmap="Blues")
+    top = max(max(row) for row in m) or 1
     for i in range(n):
-        for j in range(n):
-            ax.text(j, i, str(m[i][j]), ha="center", va="center", fontsize=11)
+        for j in range(n):  # white on the dark cells, black on the light ones
+            ax.text(j, i, str(m[i][j]), ha="center", va="center", fontsize=12,
+                    color="white" if m[i][j] > 0.6 * top else "black")
     ax.set_xticks(range(n), c["labels"])
     ax.set_yticks(range(n), c["labels"])
     ax.set(xlabel="predicted", ylabel="true", title=f"confusion ({c['runtime']})")
