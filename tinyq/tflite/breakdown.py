@@ -1,6 +1,7 @@
 """Where a flatbuffer's bytes go: per tensor, and weights / tables / quantization / the rest."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,18 @@ import numpy as np
 from tinyq.tflite import flatbuffer
 
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+# the converter fuses op names into "model/quant_conv2d_3/Conv2D;model/quant_conv2d_3/FakeQuant...;..."
+_KERAS_LAYER = re.compile(r"(?:^|/)(?:quant_)?([A-Za-z0-9_.-]+)/(?:Conv2D|depthwise|MatMul|BiasAdd|Relu|Relu6|"
+                          r"FakeQuant|LastValueQuant|Mean|Reshape|Softmax|BatchNorm)")
+
+_BIAS_OF = re.compile(r"(?:^|/)(?:quant_)?([A-Za-z0-9_.-]+)/BiasAdd")
+
+
+def layer_name(tensor_name: str) -> str:
+    """The Keras layer a converted tensor belongs to (``conv2d_3`` for TFMOT's ``quant_conv2d_3``),
+    else the tensor's name up to its first ``;``."""
+    m = _BIAS_OF.search(tensor_name) or _KERAS_LAYER.search(tensor_name)  # a fused bias: its conv, not the ReLU
+    return m.group(1) if m else tensor_name.split(";")[0]
 
 
 def inspect_model(path: str | Path) -> dict:
@@ -40,8 +53,11 @@ def inspect_model(path: str | Path) -> dict:
         if w is not None:
             params += count
             packed_bits += count * bits
+        # a LUT tensor is stored as a flat byte vector: its shape is the decoded tensor's
         rows.append({"index": t.index, "name": t.name, "type": f"LUT{bits}" if lut else t.type,
-                     "bits": bits, "shape": list(t.shape), "bytes": t.nbytes, "kind": kind, "params": count,
+                     "layer": w.get("layer", layer_name(t.name)) if w is not None else layer_name(t.name),
+                     "bits": bits, "shape": w["shape"] if lut else list(t.shape), "stored_shape": list(t.shape),
+                     "bytes": t.nbytes, "kind": kind, "params": count,
                      "channels": w["channels"] if w is not None else int(t.scales.size)})
         if kind in totals:
             totals[kind] += t.nbytes
@@ -67,8 +83,10 @@ def stored_weights(fb: flatbuffer.Flatbuffer) -> dict[int, dict]:
             t = op.inputs[1]
             src = producers.get(t)
             if src is not None and src.name in flatbuffer.DECODE_OPS:
+                decoded = fb.tensors[src.outputs[0]]
                 out[src.inputs[0]] = {"bits": _lut_bits(fb.tensors[src.inputs[1]]), "table": src.inputs[1],
-                                      "channels": int(fb.tensors[src.outputs[0]].scales.size)}
+                                      "channels": int(decoded.scales.size), "shape": list(decoded.shape),
+                                      "layer": layer_name(decoded.name)}
             else:
                 out[t] = {"bits": fb.tensors[t].bits, "table": None, "channels": int(fb.tensors[t].scales.size)}
     return out
@@ -83,12 +101,12 @@ def _lut_bits(ancillary: flatbuffer.Tensor) -> int:
 
 def format_table(info: dict) -> str:
     lines = [f"{info['file']}: {info['file_bytes']:,} bytes, {len(info['ops'])} ops",
-             f"{'#':>4} {'type':<8}{'bits':>5}{'bytes':>9}  {'kind':<13}{'shape':<18} name"]
+             f"{'#':>4} {'type':<8}{'bits':>5}{'bytes':>9}  {'kind':<13}{'shape':<20} layer"]
     for r in info["tensors"]:
         if r["kind"] == "activation":
             continue
         lines.append(f"{r['index']:>4} {r['type']:<8}{r['bits']:>5}{r['bytes']:>9}  {r['kind']:<13}"
-                     f"{str(r['shape']):<18} {r['name'][:60]}")
+                     f"{str(r['shape']):<20} {r.get('layer', r['name'])[:40]}")
     lines.append("breakdown:")
     for k, v in info["breakdown"].items():
         lines.append(f"  {k:<13}{v:>9,} bytes  {100 * v / info['file_bytes']:5.1f}%")
