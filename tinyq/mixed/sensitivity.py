@@ -21,6 +21,7 @@ from tinyq._tf import keras, tf
 from tinyq.errors import expected_one_of
 from tinyq.fold import fold_batchnorm
 from tinyq.graph import WEIGHT_LAYERS, channel_axis, kernel_attr
+from tinyq.logs import bar
 from tinyq.quantizers import grid, mse_scale
 
 ESTIMATORS = ("hutchinson", "fisher")
@@ -40,7 +41,9 @@ def curvature(model: keras.Model, x: np.ndarray, estimator: str = "hutchinson", 
     rng = np.random.default_rng(seed)
     sums = np.zeros(len(layers))
     count = 0
+    shown = bar(len(x), "sensitivity", "image")
     for start in range(0, len(x), batch):
+        shown.update(min(batch, len(x) - start))
         xb = tf.constant(x[start:start + batch])
         if estimator == "fisher":
             probs = model(xb, training=False).numpy().astype(np.float64)
@@ -68,6 +71,7 @@ def curvature(model: keras.Model, x: np.ndarray, estimator: str = "hutchinson", 
                         gv = tf.reduce_sum(g * v)
                     sums[li] += float(tf.reduce_sum(v * outer.gradient(gv, kernel)))
                 count += 1
+    shown.close()
     return {layer.name: float(s / count / int(np.prod(k.shape))) for layer, k, s in zip(layers, kernels, sums)}
 
 

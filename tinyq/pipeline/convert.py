@@ -53,10 +53,12 @@ def convert_run(run: Run | str | Path, storage_bits: int | None = None, out: str
         save_representative(run, representative)
     # converter PTQ: the float model goes to the converter, which picks every scale itself
     model = load_model(source)
+    log("convert: the TFLite converter, then the check of every weight tensor (under a minute) ...")
     data = convert(model, representative, contract, storage_bits, log,
                    allow_float=bool(config["train"].get("allow_float")))
     files = {}
     if compact:
+        log("compact: dropping what TFLM does not read, each step checked in TFLM ...")
         data, files = compact_file(data, representative, contract, target, keep_uncompacted, log)
     if not converter_ptq:
         outputs = against_integer_model(model, data, representative, contract, storage_bits, log)

@@ -11,7 +11,7 @@ import numpy as np
 
 from tinyq.contract import InputContract
 from tinyq.errors import TinyqError
-from tinyq.logs import captured_fd2
+from tinyq.logs import bar, captured_fd2
 from tinyq.tflite import flatbuffer
 
 LITERT_OPS_MISSING = set(flatbuffer.DECODE_OPS)
@@ -121,8 +121,10 @@ def tflm_outputs(data: bytes, x: np.ndarray) -> np.ndarray:
     """TFLM's int8 outputs for the int8 inputs ``x`` (N, H, W, C)."""
     it = tflm_interpreter(data)
     outs = []
-    for xi in x:
-        it.set_input(xi[None], 0)
-        it.invoke()
-        outs.append(np.array(it.get_output(0))[0])
+    with bar(len(x), "TFLM", "image") as shown:
+        for xi in x:
+            it.set_input(xi[None], 0)
+            it.invoke()
+            outs.append(np.array(it.get_output(0))[0])
+            shown.update(1)
     return np.stack(outs)
