@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     sets = {"people96_test": Path(args.data) / "test", "vww_dev": Path(args.vww)}
     t0 = time.time()
     common = dict(data=args.data, epochs=args.epochs, qat_epochs=args.qat_epochs, seed=args.seed)
-    runs = {8: train(TrainConfig(bits=8, **common), out / "w8", resume=(out / "w8").exists())}
+    runs = {8: train(TrainConfig(bits=8, from_scratch=True, **common), out / "w8", resume=(out / "w8").exists())}
     for bits in (4, 2):
         runs[bits] = train(TrainConfig(bits=bits, init=str(out / "w8" / "float.h5"), **common), out / f"w{bits}",
                            resume=(out / f"w{bits}").exists())

@@ -22,6 +22,7 @@ import numpy as np
 
 from bench_pipeline import float_row
 from tinyq.verify import check
+from tinyq.pipeline.options import SCRATCH
 from tinyq.pipeline.train import TrainConfig, train
 from tinyq.logs import log_stderr
 
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     def run(bits: int, method: str, **extra) -> dict:
         folder = out / f"w{bits}-{method.replace('+', '-')}"
         if not (folder / "model.tflite").exists():
-            train(TrainConfig(bits=bits, method=method, **common, **extra), folder,
+            train(TrainConfig(bits=bits, method=method, from_scratch="init" not in extra, **common, **extra), folder,
                   resume=(folder / "config.json").exists())
         return {"bits": bits, "method": method, **measure(folder / "model.tflite", sets)}
 
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     base = out / "w8-ste"
     rows.insert(0, {"bits": "float", "method": "", **{k: v for k, v in float_row(base, sets).items()
                                                        if k == "file_bytes" or k.endswith("_keras")}})
-    rows.append(tfmot_row(base / "float.h5", args.data, out, args.qat_epochs, TrainConfig.qat_lr,
+    rows.append(tfmot_row(base / "float.h5", args.data, out, args.qat_epochs, SCRATCH["qat_lr"],
                           TrainConfig.batch, args.seed, sets))
     for bits in (int(b) for b in args.bits.split(",")):
         rows += [run(bits, m, init=str(base / "float.h5")) for m in args.methods.split(",")]

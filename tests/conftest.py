@@ -32,7 +32,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     out = {}
     for bits in BITS:
-        args = ("train", "person-detect", "--bits", bits, "--epochs", 1, "--qat-epochs", 1,
+        args = ("train", "person-detect", "--from-scratch", "--bits", bits, "--epochs", 1, "--qat-epochs", 1,
                 "--synthetic-images", 300, "--batch", 32, "--out", root / f"w{bits}")
         r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
         assert r.exit_code == 0, r.output + r.stderr

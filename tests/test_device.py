@@ -60,7 +60,7 @@ def mixed_run(runs, tmp_path_factory):
     plan = tmp_path_factory.mktemp("plan") / "plan.json"
     plan.write_text(json.dumps({"layers": [{"name": n, "bits": (8, 4, 2)[i % 3]} for i, n in enumerate(names)]}))
     out = tmp_path_factory.mktemp("mixed") / "run"
-    r = invoke("train", "person-detect", "--bits", 8, "--plan", plan, "--epochs", 0, "--qat-epochs", 1,
+    r = invoke("train", "person-detect", "--from-scratch", "--bits", 8, "--plan", plan, "--epochs", 0, "--qat-epochs", 1,
                "--synthetic-images", 300, "--batch", 32, "--init", runs[8] / "float.h5", "--out", out)
     assert r.exit_code == 0, r.output
     return out

@@ -198,7 +198,7 @@ def test_check_on_real_images(runs, people96):
 
 def test_same_seed_same_bytes(runs, tmp_path):
     """--seed makes a run reproducible: retraining with the same flags gives the same file."""
-    r = invoke("train", "person-detect", "--bits", 4, "--epochs", 1, "--qat-epochs", 1,
+    r = invoke("train", "person-detect", "--from-scratch", "--bits", 4, "--epochs", 1, "--qat-epochs", 1,
                "--synthetic-images", 300, "--batch", 32, "--out", tmp_path / "again")
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "again" / "model.tflite").read_bytes() == (runs[4] / "model.tflite").read_bytes()
@@ -206,7 +206,7 @@ def test_same_seed_same_bytes(runs, tmp_path):
 
 def test_grayscale_channels(tmp_path, synthetic_eval):
     out = tmp_path / "grey"
-    r = invoke("train", "person-detect", "--bits", 8, "--channels", 1, "--epochs", 1, "--qat-epochs", 1,
+    r = invoke("train", "person-detect", "--from-scratch", "--bits", 8, "--channels", 1, "--epochs", 1, "--qat-epochs", 1,
                "--synthetic-images", 100, "--batch", 32, "--out", out)
     assert r.exit_code == 0, r.stderr
     _, fb = flatbuffer.read(out / "model.tflite")

@@ -10,7 +10,7 @@ import pytest
 pytestmark = pytest.mark.slow  # trains, kills and resumes runs
 
 
-TRAIN = [sys.executable, "-m", "tinyq.cli", "train", "person-detect", "--bits", "4", "--epochs", "3",
+TRAIN = [sys.executable, "-m", "tinyq.cli", "train", "person-detect", "--from-scratch", "--bits", "4", "--epochs", "3",
          "--qat-epochs", "2", "--synthetic-images", "200", "--batch", "32",
          "--method", "cpq"]  # cpq: its sampled levels and DropBits must resume too
 

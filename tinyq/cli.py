@@ -72,6 +72,27 @@ def quant_options(command):
     return command
 
 
+def output_options(command):
+    """``--quiet`` and ``--json``: what a long command prints, for scripts and CI."""
+    command = click.option("--json", "as_json", is_flag=True,
+                           help="Print the summary as one JSON object on stdout, nothing else.")(command)
+    return click.option("--quiet", "-q", is_flag=True, help="No progress lines or bars; errors still print.")(command)
+
+
+def _log(quiet_flag: bool):
+    from tinyq.logs import log_stderr, quiet, show_progress
+
+    show_progress(not quiet_flag)
+    return quiet if quiet_flag else log_stderr
+
+
+def preflight():
+    """The checks a command makes before TensorFlow is imported (:mod:`tinyq.pipeline.preflight`)."""
+    from tinyq.pipeline import preflight as checks
+
+    return checks
+
+
 def _size(text: str | None) -> int | None:
     from tinyq.mixed.budget import parse_size
 
@@ -100,70 +121,106 @@ def _default_out(recipe: str, bits: int) -> Path:
 @click.argument("recipe")
 @quant_options
 @click.option("--data", type=click.Path(), default=None,
-              help="Image folder: person/ and non_person/ (optionally under train/ val/ test/). "
-                   "Default: a synthetic set made on the fly.")
-@click.option("--channels", type=int, default=3, show_default=True, help="3 (RGB) or 1 (grayscale).")
-@click.option("--epochs", type=int, default=10, show_default=True, help="Float training epochs.")
-@click.option("--qat-epochs", type=int, default=5, show_default=True, help="Quantization-aware epochs after float.")
-@click.option("--batch", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=1e-2, show_default=True, help="Float learning rate (cosine decay).")
-@click.option("--qat-lr", type=float, default=5e-4, show_default=True, help="QAT learning rate (cosine decay).")
+              help="Image folder: person/ and non_person/ (optionally under train/ val/ test/). Default: images "
+                   "generated from the pretrained model (drawn figures with --from-scratch).")
+@click.option("--from-scratch", is_flag=True,
+              help="Train the recipe from random weights (float phase, then QAT) instead of quantizing its "
+                   "pretrained model.")
+@click.option("--channels", type=int, default=3, show_default=True, help="3 (RGB) or 1 (grayscale, --from-scratch).")
+@click.option("--epochs", type=click.IntRange(min=0), default=None,
+              help="Float training epochs (--from-scratch) [default: 10].")
+@click.option("--qat-epochs", type=click.IntRange(min=0), default=None,
+              help="Quantization-aware epochs [default from the pretrained model: 3 with --data, 15 on generated "
+                   "images; 5 --from-scratch].")
+@click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=float, default=None, help="Float learning rate, cosine decay (--from-scratch) [default: 0.01].")
+@click.option("--qat-lr", type=float, default=None,
+              help="QAT learning rate, cosine decay [default: 2e-4 from the pretrained model, 5e-4 --from-scratch].")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
-              help="Seeds data order, augmentation and init.")
-@click.option("--synthetic-images", type=click.IntRange(min=30), default=3000, show_default=True,
-              help="Size of the synthetic default set.")
+              help="Seeds data order, augmentation, generated images and init.")
+@click.option("--synthetic-images", type=click.IntRange(min=30), default=None,
+              help="Size of the set made without --data [default: 512 generated from the pretrained model, "
+                   "3000 drawn figures --from-scratch].")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use at most N images per split folder (quick runs).")
 @click.option("--init", type=click.Path(), default=None,
-              help="Start QAT from this float model (.h5, or a run folder's float.h5); skips the float phase.")
+              help="Start QAT from this float model (.h5, or a run folder's float.h5) and train on --data's labels.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/RECIPE-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
-def train(recipe, bits, method, act_bits, keep_8bit, learn_bits, size_budget, plan_file, data, channels, epochs, qat_epochs, batch, lr, qat_lr, seed,
-          synthetic_images, limit, init, out, resume):
-    """Train RECIPE (see tinyq models) with QAT; writes a run folder with model.tflite."""
+@output_options
+def train(recipe, bits, method, act_bits, keep_8bit, learn_bits, size_budget, plan_file, data, from_scratch, channels,
+          epochs, qat_epochs, batch, lr, qat_lr, seed, synthetic_images, limit, init, out, resume, quiet, as_json):
+    """Make RECIPE (see tinyq models) a quantized model: its pretrained model distilled, or trained from
+    scratch; writes a run folder with model.tflite."""
     from tinyq import recipes
-    from tinyq.api import TrainConfig, log_stderr, parse_keep
-    from tinyq.api import train as run_training
+    from tinyq.pipeline.options import TrainConfig
+    from tinyq.plan import parse_keep
 
     recipes.get(recipe)
     config = TrainConfig(recipe=recipe, bits=bits, method=method, act_bits=act_bits, keep_8bit=parse_keep(keep_8bit),
-                         data=data,
-                         channels=channels, epochs=epochs, qat_epochs=qat_epochs, batch=batch, lr=lr,
-                         qat_lr=qat_lr, seed=seed, synthetic_images=synthetic_images, limit=limit, init=init,
-                         learn_bits=learn_bits, size_budget=_size(size_budget), plan=plan_file)
+                         data=data, from_scratch=from_scratch, channels=channels, epochs=epochs,
+                         qat_epochs=qat_epochs, batch=batch, lr=lr, qat_lr=qat_lr, seed=seed,
+                         synthetic_images=synthetic_images, limit=limit, init=init, learn_bits=learn_bits,
+                         size_budget=_size(size_budget), plan=plan_file)
     if out is None:
         if resume:
             raise TinyqError("--resume needs --out RUN, the run folder to continue")
         out = _default_out(recipe, bits)
-    run = run_training(config, out, resume=resume, log=log_stderr)
-    _summary(run, synthetic=data is None)
-    if data is None:
-        click.echo("note: trained on SYNTHETIC figures; for a real detector pass --data DIR, and train longer with "
-                   "--epochs 30 --qat-epochs 10")
+    from tinyq.api import train as run_training  # TensorFlow: only once the arguments are known to be good
+
+    run = run_training(config, out, resume=resume, log=_log(quiet))
+    _summary(run, as_json)
+    if data is None and not config.starts_pretrained() and not as_json:
+        click.echo("note: trained on SYNTHETIC figures; for a real detector drop --from-scratch, or pass --data DIR "
+                   "and train longer with --epochs 30 --qat-epochs 10")
 
 
-def _summary(run, synthetic: bool) -> None:
+def _summary_dict(run) -> dict:
+    """What a finished run gives: file, bytes and held-out figures (``--json`` prints this object)."""
     m = run.metrics()
+    measure = m.get("measure", "accuracy")
+    out = {"run": str(run.path), "model": str(run.tflite), "bytes": run.tflite.stat().st_size, "measure": measure,
+           "data": m.get("data"), "test_images": m.get("test_n", m.get("keras_test_n"))}
+    for key in ("float", "keras", "tflm"):
+        if f"{key}_test_{measure}" in m:
+            out[f"{key}_test_{measure}"] = m[f"{key}_test_{measure}"]
+    return out
+
+
+def _summary(run, as_json: bool = False) -> None:
+    """The run's held-out figures, the float model's beside the quantized ones where the data has labels."""
+    s = _summary_dict(run)
+    if as_json:
+        click.echo(json.dumps(s))
+        return
+    measure = s["measure"]
     click.echo(f"run folder: {run.path}")
-    for key in ("float_test_accuracy", "keras_test_accuracy", "tflm_test_accuracy"):
-        if key in m:
-            click.echo(f"  {key}: {m[key]:.4f} on {m.get('test_n', m.get('keras_test_n'))} held-out images"
-                       f"{' (synthetic)' if synthetic else ''}")
-    click.echo(f"  model.tflite: {run.tflite.stat().st_size:,} bytes")
+    if s["test_images"]:
+        what = "agreement with the float model" if measure == "agreement" else "accuracy"
+        click.echo(f"  {what} on {s['test_images']} held-out images ({s['data']}):")
+        for key, name in (("float", "float model (Keras)"), ("keras", "quantized (Keras)"),
+                          ("tflm", "model.tflite (TFLM)")):
+            if f"{key}_test_{measure}" in s:
+                click.echo(f"    {name:<21} {s[f'{key}_test_{measure}']:.4f}")
+    click.echo(f"  model.tflite: {s['bytes']:,} bytes")
     click.echo(f"next: tinyq check {run.tflite} --data DIR   |   tinyq export {run.path} --target c --out firmware/")
 
 
 @main.command()
 @click.argument("model", type=click.Path())
-@click.option("--data", type=click.Path(), required=True,
-              help="Images: person/ + non_person/ (optionally under train/ val/ test/); with --unlabeled any folder.")
+@click.option("--data", type=click.Path(), default=None,
+              help="Images: person/ + non_person/ (optionally under train/ val/ test/); with --unlabeled any folder. "
+                   "Default: images generated from MODEL's batch-norm statistics (figures are then agreement).")
 @quant_options
 @click.option("--unlabeled", is_flag=True, help="Ignore labels: the float model alone supervises.")
+@click.option("--synthetic-images", "generated_images", type=click.IntRange(min=30), default=512,
+              show_default=True, help="Images to generate from MODEL without --data.")
 @click.option("--distill", type=float, default=0.5, show_default=True,
               help="Weight of the float model's outputs in the loss (the rest: labels); 1 with --unlabeled.")
 @click.option("--distill-features", type=float, default=1.0, show_default=True,
               help="Weight of matching the float model's activations, layer by layer (0: outputs only).")
-@click.option("--epochs", type=int, default=3, show_default=True, help="QAT epochs.")
+@click.option("--epochs", type=click.IntRange(min=0), default=None,
+              help="QAT epochs [default: 3 with --data, 15 on generated images].")
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=2e-4, show_default=True, help="Learning rate (cosine decay).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
@@ -180,16 +237,18 @@ def _summary(run, synthetic: bool) -> None:
                    "at 8 bits, tinyq below.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/MODEL-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
-def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_budget, plan_file, unlabeled, distill,
-             distill_features, epochs, batch, lr, seed, limit, value_range, labels, allow_float, ptq, out, resume):
+@output_options
+def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_budget, plan_file, unlabeled,
+             generated_images, distill, distill_features, epochs, batch, lr, seed, limit, value_range, labels,
+             allow_float, ptq, out, resume, quiet, as_json):
     """Quantize a float Keras classifier (.h5, .keras, SavedModel) with QAT and distillation."""
-    from tinyq.api import QuantizeJob, log_stderr, parse_keep, ptq_kind
-    from tinyq.api import quantize as run_quantize
+    from tinyq.pipeline.options import QuantizeJob, ptq_kind
+    from tinyq.plan import parse_keep
 
     lo, hi = _range(value_range)
     job = QuantizeJob(model=model, data=data, bits=bits, method=method, act_bits=act_bits,
                       keep_8bit=parse_keep(keep_8bit),
-                      unlabeled=unlabeled, distill=distill, distill_features=distill_features, epochs=epochs,
+                      unlabeled=unlabeled, generated_images=generated_images, distill=distill, distill_features=distill_features, epochs=epochs,
                       batch=batch, lr=lr, seed=seed, limit=limit,
                       value_range=(lo, hi), labels=tuple(labels.split(",")) if labels else None,
                       allow_float=allow_float, ptq=ptq_kind(bits, ptq) if ptq else None, learn_bits=learn_bits,
@@ -198,8 +257,10 @@ def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_bu
         if resume:
             raise TinyqError("--resume needs --out RUN, the run folder to continue")
         out = _default_out(Path(model).stem + (f"-ptq-{job.ptq}" if job.ptq else ""), bits)
-    run = run_quantize(job, out, resume=resume, log=log_stderr)
-    _summary(run, synthetic=False)
+    from tinyq.api import quantize as run_quantize
+
+    run = run_quantize(job, out, resume=resume, log=_log(quiet))
+    _summary(run, as_json)
 
 
 @main.command()
@@ -212,6 +273,7 @@ def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_bu
 @click.option("--keep-uncompacted", is_flag=True, help="Also write X.uncompacted.tflite beside the output, for debugging.")
 def convert(run, bits, out, no_compact, keep_uncompacted):
     """Convert a run's QAT model to a full-integer .tflite (compacted; see tinyq inspect)."""
+    preflight().convert(run, out)
     from tinyq.api import convert_run, log_stderr
 
     click.echo(str(convert_run(run, storage_bits=bits, out=out, log=log_stderr, compact=not no_compact,
@@ -232,6 +294,7 @@ def convert(run, bits, out, no_compact, keep_uncompacted):
 @click.option("--json", "as_json", is_flag=True, help="Print files, arena and flash bytes as JSON.")
 def export(source, target, out, lang, name, sample, as_json):
     """Firmware sources or a project for a run folder or .tflite; reports arena and flash bytes."""
+    preflight().export(source, out)
     from tinyq.api import export as do_export
     from tinyq.api import log_stderr
 
@@ -254,13 +317,15 @@ def export(source, target, out, lang, name, sample, as_json):
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use at most N images of --data.")
 def report(run, data, references, limit):
     """Write RUN/report.md, RUN/report.json and RUN/plots/*.png."""
-    from tinyq.api import log_stderr, write_report
-
     if references and data is None:
         raise TinyqError("--reference needs --data DIR: references are measured on the same images as the run")
+    preflight().report(run, data, references)
+    from tinyq.api import log_stderr, write_report
+
     rep = write_report(run, data, references, limit, log=log_stderr)
     for p in rep["accuracy_vs_size"]:
-        click.echo(f"  {p['model']:<28} {100 * p['accuracy']:5.1f}%  {p['n']:>5} images of {p['data']}  "
+        agreement = " agreement with the float model," if p.get("measure") == "agreement" else ""
+        click.echo(f"  {p['model']:<28} {100 * p['accuracy']:5.1f}%{agreement}  {p['n']:>5} images of {p['data']}  "
                    f"({p['runtime']}){'  ' + format(p['bytes'], ',') + ' bytes' if p['bytes'] else ''}")
     click.echo(f"wrote {Path(run) / 'report.md'}, report.json and {len(rep['plots'])} plots in {Path(run) / 'plots'}")
 
@@ -272,6 +337,7 @@ def report(run, data, references, limit):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout, nothing else.")
 def check(tflite, data, limit, as_json):
     """Run TFLITE in LiteRT and TFLM on a data folder: accuracy, agreement, arena, size."""
+    preflight().check(tflite, data)
     from tinyq.api import check as do_check
     from tinyq.api import log_stderr
 
@@ -280,12 +346,13 @@ def check(tflite, data, limit, as_json):
         click.echo(json.dumps(result))
         return
     click.echo(f"{result['file']}: {result['file_bytes']:,} bytes, {result['n']} images from {result['data']}")
-    for rt in ("keras", "litert", "tflm"):
+    names = {"float": "float model (Keras)", "keras": "QAT model (Keras)", "litert": "LiteRT", "tflm": "TFLM"}
+    for rt, shown in names.items():
         entry = result.get(rt)
         if entry is None:
             continue
         if "skipped" in entry:
-            click.echo(f"  {rt:<7} skipped: {entry['skipped']}")
+            click.echo(f"  {shown:<19} skipped: {entry['skipped']}")
             continue
         extra = ""
         if "agreement_with_keras" in entry:
@@ -294,7 +361,7 @@ def check(tflite, data, limit, as_json):
                 extra += (f" ({entry['disagreements']} differ, each where Keras's top two probabilities are within "
                           f"{entry['keras_margin_max']:.3f})")
         arena = f"  arena {entry['arena_bytes']:,} bytes" if "arena_bytes" in entry else ""
-        click.echo(f"  {rt:<7} accuracy {entry['accuracy']:.4f}{extra}{arena}")
+        click.echo(f"  {shown:<19} accuracy {entry['accuracy']:.4f}{extra}{arena}")
     integer = result.get("keras_integer")
     if integer is not None:
         if "skipped" in integer:
@@ -323,6 +390,7 @@ def check(tflite, data, limit, as_json):
 def device(source, board, kernels, tflm_dir, data, limit, logs, as_json):
     """Run SOURCE (a run folder or a .tflite) on an emulated Cortex-M: outputs against TFLM on the host,
     instructions per inference, flash and RAM."""
+    preflight().device(source, board, kernels, tflm_dir, data)
     from tinyq.api import format_device, log_stderr, run_on_device
 
     result = run_on_device(source, board=board, kernels=kernels, tree=tflm_dir, data=data, limit=limit, logs=logs,
@@ -338,7 +406,7 @@ def device(source, board, kernels, tflm_dir, data, limit, logs, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout, nothing else.")
 def inspect(tflite, as_json):
     """Per-tensor types, bits and bytes, and where the file's bytes go."""
-    from tinyq.api import format_table, inspect_model
+    from tinyq.tflite.breakdown import format_table, inspect_model  # no TensorFlow: a flatbuffer reader
 
     info = inspect_model(tflite)
     click.echo(json.dumps(info) if as_json else format_table(info))
@@ -370,9 +438,11 @@ def models():
               help="Plan file, for train/quantize --plan.")
 def plan(target, size_budget, data, init, bits, method, act_bits, estimator, value_range, limit, out):
     """Per-layer bits for TARGET (a recipe or a model file) within --size-budget; no training."""
+    budget = _size(size_budget)
+    preflight().plan(target, data, init)
     from tinyq.api import log_stderr, plan_target
 
-    result = plan_target(target, _size(size_budget), data=data, init=init, bits=bits, method=method,
+    result = plan_target(target, budget, data=data, init=init, bits=bits, method=method,
                          act_bits=act_bits, estimator=estimator, value_range=_range(value_range), limit=limit,
                          out=out, log=log_stderr)
     click.echo(result.table())

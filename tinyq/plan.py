@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from tinyq.errors import TinyqError
-from tinyq.graph import L, weight_layers
 from tinyq.spec import QuantSpec
 
 KEEP_CHOICES = ("first", "last", "depthwise")
@@ -30,6 +29,8 @@ def default_plan(model, bits: int, method: str = "ste", keep_8bit=KEEP_CHOICES, 
     3x3 depthwise filter has 9 weights per channel, too few to survive 2 bits; together they
     hold about 14% of MobileNetV1-0.25's weights.
     """
+    from tinyq.graph import L, weight_layers  # here: the options that name plans are read before TensorFlow
+
     layers = weight_layers(model)
     if not layers:
         raise TinyqError("the model has no Conv2D, DepthwiseConv2D or Dense layer to quantize")
@@ -79,6 +80,8 @@ def plan_from_file(path, model, method: str, act_bits: int) -> dict[str, QuantSp
     except (ValueError, KeyError, TypeError, OSError, RecursionError):
         raise TinyqError(f"{str(path)!r} is not a tinyq plan (JSON with layers: [{{name, bits}}]); "
                          "make one with tinyq plan") from None
+    from tinyq.graph import weight_layers
+
     names = [layer.name for layer in weight_layers(model)]
     if set(names) != set(layers):
         missing, extra = sorted(set(names) - set(layers)), sorted(set(layers) - set(names))

@@ -17,6 +17,22 @@ from tinyq.errors import TinyqError
 FORMAT_VERSION = 1
 
 
+def cache_root() -> Path:
+    """tinyq's cache: ``$TINYQ_CACHE``, else ``$XDG_CACHE_HOME/tinyq`` or ``~/.cache/tinyq``."""
+    return Path(os.environ.get("TINYQ_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                / "tinyq")
+
+
+def require_folder_out(path: str | Path, what: str = "--out") -> None:
+    """A one-line error unless ``path`` can be a folder to write into: no file in its place or above it."""
+    path = Path(path)
+    taken = next((p for p in (path, *path.parents) if p.exists()), None)
+    if taken is not None and not taken.is_dir() and not taken.is_symlink():  # a symlink: require_writable says so
+        raise TinyqError(f"{what} {str(path)!r}: {str(taken)!r} is a file, not a folder; choose a folder to "
+                         "export into")
+    require_writable(path, what)
+
+
 def require_writable(path: str | Path, what: str = "--out") -> None:
     """A one-line error unless ``path`` can become a regular file (or a folder, for a run): tinyq never
     replaces a device, a symlink or a folder with a file, and says so before any work when the

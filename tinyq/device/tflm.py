@@ -19,6 +19,7 @@ from pathlib import Path
 from tinyq.device.boards import Board
 from tinyq.errors import TinyqError
 from tinyq.logs import Log
+from tinyq.runfolder import cache_root
 
 INTERPRETER_H = "tensorflow/lite/micro/micro_interpreter.h"
 # third-party folders: (what must be there, include folders relative to it)
@@ -114,11 +115,6 @@ def flags(board: Board, cmsis_nn: bool, logs: bool) -> dict[str, list[str]]:
         common += ["-DCMSIS_NN", "-DARM_NN_ENABLE_F16=0", "-DARM_NN_ENABLE_F32=0"]
     return {"c": ["-std=c11", *common],
             "cc": ["-std=c++17", "-fno-rtti", "-fno-exceptions", "-fno-threadsafe-statics", *common]}
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TINYQ_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                / "tinyq")
 
 
 def build_dir(tree: Tree, board: Board, kernels: str, logs: bool) -> Path:

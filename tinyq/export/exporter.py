@@ -9,7 +9,7 @@ from tinyq.export.bundle import prepare
 from tinyq.export.flash import flash_bytes
 from tinyq.export.sources import model_sources, values
 from tinyq.export.targets import Options, files_for, validate
-from tinyq.runfolder import require_writable, write_files
+from tinyq.runfolder import write_files
 
 
 @dataclass
@@ -37,7 +37,6 @@ def export(source: str | Path, out: str | Path, target: str = "c", lang: str = "
     """Write ``target``'s files for ``source`` (a run folder or a .tflite file) into ``out``."""
     opts = Options(Path(out), lang)
     validate(target, opts)
-    require_writable(opts.out)
     bundle = prepare(source, name=name, sample=sample, log=log)
     v = values(bundle)
     files = files_for(target, v, opts)

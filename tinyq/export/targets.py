@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from tinyq.errors import TinyqError, expected_one_of
+from tinyq.runfolder import require_folder_out
 from tinyq.export.sources import MODEL_HEADERS, fill, model_sources, run_sample_sources, templates_dir
 
 EXAMPLE = "person_detect"
@@ -26,10 +27,7 @@ class Options:
     def __post_init__(self) -> None:
         if self.lang not in ("cc", "c"):
             raise expected_one_of("language", ("cc", "c"), self.lang)
-        taken = next((p for p in (self.out, *self.out.parents) if p.exists()), None)
-        if taken is not None and not taken.is_dir() and not taken.is_symlink():  # a symlink: require_writable says so
-            raise TinyqError(f"--out {str(self.out)!r}: {str(taken)!r} is a file, not a folder; choose a folder to "
-                             "export into")
+        require_folder_out(self.out)
 
 
 def c_target(v: dict, opts: Options) -> dict[str, str]:

@@ -1,9 +1,13 @@
-"""How a run quantizes: the options ``train``, ``quantize`` and ``plan`` share, validated before any data is read."""
+"""What a run is asked to do: the options ``train``, ``quantize`` and ``plan`` share (:class:`QuantOptions`),
+a quantize job and a train config, validated on construction, before TensorFlow is imported or
+any data is read (the command line builds them first, so every argument error is immediate)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from tinyq.errors import TinyqError
+from tinyq import recipes
+from tinyq.errors import TinyqError, expected_one_of
 from tinyq.mixed.budget import require_choice
 from tinyq.plan import KEEP_CHOICES, chooser, describe_plan
 from tinyq.spec import QuantSpec
@@ -48,3 +52,135 @@ class QuantOptions:
         """One log line: the widths and methods (``chosen_by`` overrides what chose per-layer widths)."""
         return describe_plan(self.bits, self.act_bits, self.method, self.keep_8bit,
                              chosen_by or chooser(self.learn_bits, self.size_budget, self.plan))
+
+
+def distill_epochs(data: str | None) -> int:
+    """QAT epochs when distilling a pretrained model: 3 on a folder of images; 15 on the few hundred
+    generated without one, which need more passes for as many steps (docs/results.md)."""
+    return 3 if data is not None else 15
+
+
+PTQ_CHOICES = ("converter", "tinyq")
+
+
+def ptq_kind(bits: int, choice: str) -> str:
+    """``--ptq`` without a value: the converter's int8 PTQ at 8 bits, tinyq's rounding below."""
+    return ("converter" if bits == 8 else "tinyq") if choice == "auto" else choice
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantizeJob(QuantOptions):
+    model: str
+    data: str | None = None  # None: images generated from the model (tinyq.data.invert)
+    unlabeled: bool = False
+    generated_images: int = 512
+    distill: float = 0.5
+    distill_features: float = 1.0  # weight of the feature term (tinyq.distill)
+    epochs: int | None = None  # None: distill_epochs(data)
+    batch: int = 64
+    lr: float = 2e-4
+    seed: int = 0
+    limit: int | None = None
+    value_range: tuple[float, float] = (0.0, 1.0)
+    labels: tuple[str, ...] | None = None
+    allow_float: bool = False
+    ptq: str | None = None  # None: QAT; "converter": the TFLite converter's int8 PTQ; "tinyq": rounding only
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_run(self.seed, self.limit)
+        lo, hi = self.value_range
+        if not lo < hi:
+            raise TinyqError(f"--value-range needs lo < hi; got {lo},{hi}")
+        if self.learn_bits and self.ptq:
+            raise TinyqError("--learn-bits trains (it learns widths by gradient); it cannot go with --ptq")
+        if self.ptq not in (None, *PTQ_CHOICES):
+            raise expected_one_of("--ptq", PTQ_CHOICES, self.ptq)
+        if self.ptq == "converter" and (self.size_budget or self.plan):
+            raise TinyqError("--ptq converter makes int8 only; per-layer widths need --ptq tinyq (or QAT)")
+        if self.ptq == "converter" and self.bits != 8:
+            raise TinyqError(f"--ptq converter is the TFLite converter's int8 quantization; got --bits {self.bits}: "
+                             "use --ptq tinyq for 2-4 bits")
+        if not 0.0 <= self.distill <= 1.0:
+            raise TinyqError(f"--distill must lie in 0..1 (the weight of the teacher's term); got {self.distill}")
+        if self.distill_features < 0:
+            raise TinyqError(f"--distill-features must be >= 0 (0: outputs only); got {self.distill_features}")
+        if self.epochs is None:
+            object.__setattr__(self, "epochs", distill_epochs(self.data))
+        if self.epochs < 0 or self.batch < 1:
+            raise TinyqError("--epochs must be >= 0 and --batch >= 1")
+        if not Path(self.model).exists():
+            raise TinyqError(f"model {self.model!r} does not exist; give a .h5, .keras or SavedModel folder")
+        if self.generated_images < 30:
+            raise TinyqError(f"--synthetic-images must be at least 30 (three splits of both classes); got "
+                             f"{self.generated_images}")
+
+    @property
+    def agreement(self) -> bool:
+        """Whether the labels are the float model's top-1 (``--unlabeled``, or generated data): every
+        figure is then agreement with the float model, not accuracy."""
+        return self.unlabeled or self.data is None
+
+
+@dataclass(frozen=True)
+class TrainConfig(QuantOptions):
+    recipe: str = "person-detect"
+    data: str | None = None
+    channels: int = 3
+    # None: the default of the path taken (SCRATCH or PRETRAINED below)
+    epochs: int | None = None
+    qat_epochs: int | None = None
+    batch: int = 64
+    lr: float | None = None
+    qat_lr: float | None = None
+    seed: int = 0
+    synthetic_images: int | None = None
+    limit: int | None = None  # images per split folder (seeded sample), for quick runs
+    init: str | None = None  # a float model (.h5) to start QAT from, instead of the float phase
+    from_scratch: bool = False  # train the recipe from random weights even when it ships a pretrained model
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_run(self.seed, self.limit)
+        pretrained = self.starts_pretrained()
+        for option, value in (("--epochs", self.epochs), ("--lr", self.lr)):
+            if pretrained and value is not None:
+                raise TinyqError(f"{option} sets the float phase, and starting from the pretrained model has none: "
+                                 "drop it, or pass --from-scratch to train the recipe from random weights")
+        if pretrained and self.channels != 3:
+            raise TinyqError(f"the pretrained {self.recipe} model takes RGB images; --channels {self.channels} "
+                             "needs --from-scratch")
+        if self.init and self.from_scratch:
+            raise TinyqError("--init starts QAT from your float model and --from-scratch trains one: pass one of them")
+        defaults = {**PRETRAINED, "qat_epochs": distill_epochs(self.data)} if pretrained else SCRATCH
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if self.synthetic_images < 30:
+            raise TinyqError(f"--synthetic-images must be at least 30 (three splits of both classes); got "
+                             f"{self.synthetic_images}")
+        if self.epochs < 0 or self.qat_epochs < 0 or (self.epochs == 0 and self.qat_epochs == 0 and not pretrained):
+            raise TinyqError("--epochs and --qat-epochs must be >= 0 and not both 0")
+        if self.batch < 1:
+            raise TinyqError(f"--batch must be at least 1; got {self.batch}")
+
+    def starts_pretrained(self) -> bool:
+        """Whether the run quantizes the recipe's shipped model (not ``from_scratch``, no ``init``)."""
+        return not self.from_scratch and not self.init and recipes.get(self.recipe).pretrained is not None
+
+    def quantize_job(self) -> QuantizeJob:
+        """The quantization of the recipe's pretrained model this config asks for."""
+        recipe = recipes.get(self.recipe)
+        return QuantizeJob(model=str(recipe.pretrained_path), data=self.data, epochs=self.qat_epochs,
+                           lr=self.qat_lr, batch=self.batch, seed=self.seed, limit=self.limit,
+                           generated_images=self.synthetic_images, value_range=recipe.value_range,
+                           labels=recipe.labels, bits=self.bits, method=self.method, act_bits=self.act_bits,
+                           keep_8bit=self.keep_8bit, learn_bits=self.learn_bits, size_budget=self.size_budget,
+                           plan=self.plan)
+
+
+# the float phase and QAT of a recipe trained from random weights
+SCRATCH = {"epochs": 10, "qat_epochs": 5, "lr": 1e-2, "qat_lr": 5e-4, "synthetic_images": 3000}
+# distillation from the pretrained model: short and gentle, it starts where the float model is;
+# without --data, the images are generated from the model (synthetic_images of them)
+PRETRAINED = {"epochs": 0, "lr": 0.0, "qat_lr": 2e-4, "synthetic_images": 512}

@@ -3,11 +3,13 @@
 The float model is the teacher; its quantized copy (BN folded, ranges calibrated) learns
 from the teacher's outputs and, when the data is labelled, the labels. With ``unlabeled``
 any folder of images serves: each image's label becomes the teacher's top-1, so every
-accuracy reported is agreement with the float model.
+figure reported is agreement with the float model. Without data, the images are generated
+from the teacher's batch-norm statistics (:mod:`tinyq.data.invert`) and serve the same way.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,67 +17,45 @@ import numpy as np
 from tinyq import layers
 from tinyq._tf import keras, tf
 from tinyq.contract import InputContract
-from tinyq.data import ImageSet, layout, load_splits
+from tinyq.data import ImageSet, invert, layout, load_splits
 from tinyq.data.folder import SPLITS, load_images, split
-from tinyq.errors import TinyqError, expected_one_of
+from tinyq.errors import TinyqError
 from tinyq.fit import evaluate_keras
 from tinyq.graph import check_supported, contract_of
-from tinyq.logs import Log, log_stderr
-from tinyq.pipeline.options import QuantOptions
+from tinyq.logs import Log, bar, log_stderr
+from tinyq.pipeline.options import PTQ_CHOICES, QuantizeJob, ptq_kind
 from tinyq.pipeline.stages import check_plan_inputs, choose_plan, finish, make_run_folder, prepare_run, qat_phase
 from tinyq.qat import load_model
 from tinyq.version import __version__
-from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
-
-PTQ_CHOICES = ("converter", "tinyq")
-
-
-def ptq_kind(bits: int, choice: str) -> str:
-    """``--ptq`` without a value: the converter's int8 PTQ at 8 bits, tinyq's rounding below."""
-    return ("converter" if bits == 8 else "tinyq") if choice == "auto" else choice
+from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, cache_root, write_json
+__all__ = ["PTQ_CHOICES", "QuantizeJob", "ptq_kind", "quantize"]
 
 
-@dataclass(frozen=True, kw_only=True)
-class QuantizeJob(QuantOptions):
-    model: str
-    data: str
-    unlabeled: bool = False
-    distill: float = 0.5
-    distill_features: float = 1.0  # weight of the feature term (tinyq.distill)
-    epochs: int = 3
-    batch: int = 64
-    lr: float = 2e-4
-    seed: int = 0
-    limit: int | None = None
-    value_range: tuple[float, float] = (0.0, 1.0)
-    labels: tuple[str, ...] | None = None
-    allow_float: bool = False
-    ptq: str | None = None  # None: QAT; "converter": the TFLite converter's int8 PTQ; "tinyq": rounding only
+def check_job_data(job: QuantizeJob, teacher) -> None:
+    """Before any work: data-free quantization needs batch-norm statistics to generate images from."""
+    if job.data is None and not invert.can_invert(teacher):
+        raise TinyqError(f"{job.model!r} has no BatchNormalization layers to generate images from; pass --data DIR "
+                         "(any folder of images, with --unlabeled)")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_run(self.seed, self.limit)
-        lo, hi = self.value_range
-        if not lo < hi:
-            raise TinyqError(f"--value-range needs lo < hi; got {lo},{hi}")
-        if self.learn_bits and self.ptq:
-            raise TinyqError("--learn-bits trains (it learns widths by gradient); it cannot go with --ptq")
-        if self.ptq not in (None, *PTQ_CHOICES):
-            raise expected_one_of("--ptq", PTQ_CHOICES, self.ptq)
-        if self.ptq == "converter" and (self.size_budget or self.plan):
-            raise TinyqError("--ptq converter makes int8 only; per-layer widths need --ptq tinyq (or QAT)")
-        if self.ptq == "converter" and self.bits != 8:
-            raise TinyqError(f"--ptq converter is the TFLite converter's int8 quantization; got --bits {self.bits}: "
-                             "use --ptq tinyq for 2-4 bits")
-        if not 0.0 <= self.distill <= 1.0:
-            raise TinyqError(f"--distill must lie in 0..1 (the weight of the teacher's term); got {self.distill}")
-        if self.distill_features < 0:
-            raise TinyqError(f"--distill-features must be >= 0 (0: outputs only); got {self.distill_features}")
-        if self.epochs < 0 or self.batch < 1:
-            raise TinyqError("--epochs must be >= 0 and --batch >= 1")
+
+def generated_data(job: QuantizeJob, contract: InputContract, teacher, log: Log) -> dict[str, ImageSet]:
+    """:func:`tinyq.data.invert.generated_splits` with a progress line, cached under tinyq's cache."""
+    t0 = time.time()
+    log(f"data: no --data: generating {job.generated_images} images from the model's batch-norm statistics "
+        f"(seed {job.seed}; kept in tinyq's cache for the next run)")
+    with bar(job.generated_images, "generating", "image") as shown:
+        splits, cached = invert.generated_splits(teacher, job.generated_images, contract.value_range, job.seed,
+                                                 cache=cache_root() / "generated",
+                                                 progress=lambda done, total: shown.update(done - shown.n))
+    log("data: read from the cache" if cached else f"data: generated in {time.time() - t0:.0f}s")
+    for name in SPLITS:
+        log(f"data: {name}: {len(splits[name])} images")
+    return splits
 
 
 def load_job_data(job: QuantizeJob, contract: InputContract, teacher, log: Log) -> dict[str, ImageSet]:
+    if job.data is None:
+        return relabel(generated_data(job, contract, teacher, log), teacher, contract)
     path = Path(job.data)
     labelled = True
     try:
@@ -89,14 +69,20 @@ def load_job_data(job: QuantizeJob, contract: InputContract, teacher, log: Log) 
     else:
         splits = split(load_images(path, contract.resolution, contract.channels, job.limit, job.seed), seed=job.seed)
     if job.unlabeled:
-        for name, part in splits.items():  # the teacher's top-1 is the label: accuracy = agreement
-            if len(part):
-                part.y = evaluate_keras(teacher, part, contract).argmax(1).astype(np.int32)
+        splits = relabel(splits, teacher, contract)
     for name in SPLITS:
         if name in splits:
             log(f"data: {name}: {len(splits[name])} images" + ("" if job.unlabeled else f" {splits[name].counts()}"))
     if len(splits["train"]) == 0:
         raise TinyqError(f"no training images in {job.data!r}")
+    return splits
+
+
+def relabel(splits: dict[str, ImageSet], teacher, contract: InputContract) -> dict[str, ImageSet]:
+    """Each image's label becomes the teacher's top-1: accuracy on them is agreement with the teacher."""
+    for part in splits.values():
+        if len(part):
+            part.y = evaluate_keras(teacher, part, contract).argmax(1).astype(np.int32)
     return splits
 
 
@@ -135,35 +121,40 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
               "train": settings, "contract": contract.to_dict()}
     prepare_run(run, record, resume)
     check_plan_inputs(teacher, job, log)  # before a folder or any data
+    check_job_data(job, teacher)
     splits = load_job_data(job, contract, teacher, log)
     make_run_folder(run)
     keras.utils.set_random_seed(job.seed)
     tf.config.experimental.enable_op_determinism()
     with atomic_path(run.float_model) as tmp:
         teacher.save(tmp)
-    distill = 1.0 if job.unlabeled else job.distill
+    distill = 1.0 if job.agreement else job.distill
     uses_teacher = distill > 0 or job.distill_features > 0  # QAT's features; --learn-bits' search matches outputs
     plan = choose_plan(teacher, splits, contract, run, log, bits=job.bits, method=job.method, act_bits=job.act_bits,
                        keep_8bit=job.keep_8bit, size_budget=job.size_budget, plan_file=job.plan,
                        learn_bits=job.learn_bits, lr=job.lr, batch=job.batch, seed=job.seed,
-                       teacher=teacher if distill > 0 else None, distill=distill, unlabeled=job.unlabeled,
+                       teacher=teacher if distill > 0 else None, distill=distill, unlabeled=job.agreement,
                        keep_float=keep_float)
     plan = layers.apply_declared(plan, declared)
+    data_name = job.data or "generated from the model"
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
     write_json(run.config_path, record)
     if job.ptq == "converter":
         log("PTQ: the TFLite converter's int8 post-training quantization of the float model "
             "(per-channel weights, ranges from representative images)")
-        return finish(run, None, splits, contract, job.data, log, float_model=teacher)
+        return finish(run, None, splits, contract, data_name, log, float_model=teacher,
+                      agreement=job.agreement)
     if job.ptq == "tinyq":
         log(f"PTQ: tinyq's rounding, weights {job.bits}-bit per channel with MSE-searched clipping, no training")
         qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=0, lr=job.lr, batch=job.batch,
                         seed=job.seed, what="", keep_float=keep_float, start=start)
-        return finish(run, qat, splits, contract, job.data, log, float_model=teacher)
+        return finish(run, qat, splits, contract, data_name, log, float_model=teacher,
+                      agreement=job.agreement)
     qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=job.epochs, lr=job.lr, batch=job.batch,
                     seed=job.seed, teacher=teacher if uses_teacher else None, distill=distill,
-                    unlabeled=job.unlabeled, keep_float=keep_float, features=job.distill_features, start=start,
+                    unlabeled=job.agreement, keep_float=keep_float, features=job.distill_features, start=start,
                     what=job.describe("declared by the model's tinyq layers" if declared else None),
                     teacher_name="your model as it computes (kernels Q(w))" if declared else "the float model",
                     callbacks=callbacks)
-    return finish(run, qat, splits, contract, job.data, log, float_model=teacher)
+    return finish(run, qat, splits, contract, data_name, log, float_model=teacher,
+                      agreement=job.agreement)

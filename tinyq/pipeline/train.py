@@ -1,51 +1,35 @@
-"""``tinyq train RECIPE``: a float phase, then QAT; a backup every epoch, ``resume``, seeded runs."""
+"""``tinyq train RECIPE``: from the recipe's pretrained model, quantization with distillation
+(:mod:`tinyq.pipeline.quantize`); with ``from_scratch``, a float phase, then QAT. A backup every
+epoch, ``resume``, seeded runs."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from tinyq import recipes
 from tinyq._tf import keras, tf
-from tinyq.errors import TinyqError
 from tinyq.fit import fit_phase
 from tinyq.logs import Log, log_stderr
-from tinyq.pipeline.options import QuantOptions
+from tinyq.pipeline.options import TrainConfig
+from tinyq.pipeline.quantize import quantize
 from tinyq.pipeline.stages import (check_plan_inputs, choose_plan, finish, load_data, load_init,
                                    make_run_folder, prepare_run, qat_phase)
 from tinyq.qat import load_model
 from tinyq.version import __version__
 from tinyq.runfolder import FORMAT_VERSION, Run, atomic_path, write_json
 
-
-@dataclass(frozen=True)
-class TrainConfig(QuantOptions):
-    recipe: str = "person-detect"
-    data: str | None = None
-    channels: int = 3
-    epochs: int = 10
-    qat_epochs: int = 5
-    batch: int = 64
-    lr: float = 1e-2
-    qat_lr: float = 5e-4
-    seed: int = 0
-    synthetic_images: int = 3000
-    limit: int | None = None  # images per split folder (seeded sample), for quick runs
-    init: str | None = None  # a float model (.h5) to start QAT from, instead of the float phase
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_run(self.seed, self.limit)
-        if self.synthetic_images < 30:
-            raise TinyqError(f"--synthetic-images must be at least 30 (three splits of both classes); got "
-                             f"{self.synthetic_images}")
-        if self.epochs < 0 or self.qat_epochs < 0 or (self.epochs == 0 and self.qat_epochs == 0):
-            raise TinyqError("--epochs and --qat-epochs must be >= 0 and not both 0")
-        if self.batch < 1:
-            raise TinyqError(f"--batch must be at least 1; got {self.batch}")
+__all__ = ["TrainConfig", "train"]
 
 
 def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log = log_stderr, callbacks=()) -> Run:
-    """Train ``config.recipe`` into the run folder ``out``; returns the run. ``callbacks`` (Keras) join the QAT fit's."""
+    """Train ``config.recipe`` into the run folder ``out``; returns the run. ``callbacks`` (Keras) join the QAT fit's.
+
+    From the recipe's pretrained model (the default where it ships one) this is
+    :func:`tinyq.pipeline.quantize.quantize` of that model: distillation plus the labels of
+    ``config.data``, or images generated from the model without it.
+    """
+    if config.starts_pretrained():
+        return quantize(config.quantize_job(), out, resume=resume, log=log, callbacks=callbacks)
     recipe = recipes.get(config.recipe)
     contract = recipe.contract(config.channels)
     run = Run(out)
