@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import Phase
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -12,6 +13,17 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("TINYQ_SHARED", ROOT.parent / "shared"))
 BITS = (2, 4, 8)
 RES = 32  # input size of the small float model users bring in the quantize tests
+
+
+# property tests of hostile input: no shrinking (a failing case is reported as drawn; shrinking one
+# through TFLM runs took minutes)
+QUICK = (Phase.explicit, Phase.reuse, Phase.generate)
+
+
+def battery(default: int) -> int:
+    """Examples per property test of hostile input: ``default`` in the suite, more with
+    ``TINYQ_BATTERY=N`` (the battery docs/benchmarks.md records runs them N at a time)."""
+    return int(os.environ.get("TINYQ_BATTERY", default))
 
 
 def shared_path(*parts: str) -> Path:

@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from conftest import QUICK, battery
+
 pytestmark = pytest.mark.slow  # quantizes models and runs every command on damaged files
 
 
@@ -78,7 +80,7 @@ def good_file(float_model, folders, tmp_path_factory):
     return _quantized(float_model, folders, tmp_path_factory, "--bits", "4", "--ptq", "tinyq")
 
 
-@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=battery(2), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(damage, min_size=12, max_size=12))
 @example([("cut", 0.0)] * 11 + [("splice", 0.75, b"\x01")])  # LiteRT loaded it, then invoke raised a RuntimeError
 def test_damaged_files_fail_cleanly(good_file, folders, tmp_path_factory, damages):
@@ -264,3 +266,90 @@ def test_rewriting_keeps_a_good_file_good(good_file):
     a, b = flatbuffer.parse(good_file), flatbuffer.parse(_rewritten(good_file, lambda m: None))
     assert [(t.type, t.shape, t.nbytes) for t in a.tensors] == [(t.type, t.shape, t.nbytes) for t in b.tensors]
     assert [(o.name, o.inputs, o.outputs) for o in a.ops] == [(o.name, o.inputs, o.outputs) for o in b.ops]
+
+
+def _edits():
+    """Edits that keep a flatbuffer well formed but make it lie: subgraph inputs and outputs, a tensor's
+    shape, type, scales, zero points or quantized axis, an op's inputs, outputs or opcode, a buffer's
+    bytes; each picks its target by a fraction of the candidates."""
+    ints = st.integers(-3, 1 << 20) | st.integers(-(1 << 31), (1 << 31) - 1)
+    floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
+    index = st.floats(0.0, 0.999)
+    return st.one_of(
+        st.tuples(st.just("graph_inputs"), st.lists(st.integers(-2, 80), max_size=3)),
+        st.tuples(st.just("graph_outputs"), st.lists(st.integers(-2, 80), max_size=3)),
+        st.tuples(st.just("shape"), index, st.lists(ints, max_size=5)),
+        st.tuples(st.just("type"), index, st.integers(0, 20)),
+        st.tuples(st.just("scale"), index, st.lists(floats, max_size=4)),
+        st.tuples(st.just("zero_point"), index, st.lists(ints, max_size=4)),
+        st.tuples(st.just("axis"), index, ints),
+        st.tuples(st.just("op_inputs"), index, st.lists(st.integers(-2, 80), max_size=4)),
+        st.tuples(st.just("op_outputs"), index, st.lists(st.integers(-2, 80), max_size=2)),
+        st.tuples(st.just("opcode"), index, st.integers(0, 12)),
+        st.tuples(st.just("buffer"), index, st.binary(max_size=48)),
+    )
+
+
+def _edit(model, edit) -> None:
+    import numpy as np
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    sg = model.subgraphs[0]
+    kind = edit[0]
+    if kind == "graph_inputs":
+        sg.inputs = edit[1]
+    elif kind == "graph_outputs":
+        sg.outputs = edit[1]
+    elif kind in ("shape", "type", "scale", "zero_point", "axis"):
+        t = sg.tensors[int(edit[1] * len(sg.tensors))]
+        if kind == "shape":
+            t.shape = edit[2]
+        elif kind == "type":
+            t.type = edit[2]
+        else:
+            if t.quantization is None:
+                t.quantization = schema.QuantizationParametersT()
+            q = t.quantization
+            if kind == "scale":
+                q.scale = np.array(edit[2], np.float32)
+            elif kind == "zero_point":
+                q.zeroPoint = np.array(edit[2], np.int64)
+            else:
+                q.quantizedDimension = edit[2]
+    elif kind in ("op_inputs", "op_outputs", "opcode"):
+        op = sg.operators[int(edit[1] * len(sg.operators))]
+        if kind == "op_inputs":
+            op.inputs = edit[2]
+        elif kind == "op_outputs":
+            op.outputs = edit[2]
+        else:
+            op.opcodeIndex = edit[2]
+    else:
+        with_data = [b for b in model.buffers if b.data is not None] or model.buffers
+        with_data[int(edit[1] * len(with_data))].data = np.frombuffer(edit[2], np.uint8)
+
+
+@settings(max_examples=battery(3), deadline=None, derandomize=True, phases=QUICK,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(_edits(), min_size=1, max_size=3), min_size=8, max_size=8))
+def test_odd_but_valid_flatbuffers_fail_cleanly(good_file, good_2bit_file, folders, tmp_path_factory, edit_sets):
+    """Hypothesis builds well-formed flatbuffers that lie about their structure (from a real INT4
+    and a real 2-bit file); inspect, export and check run on each in a child process: it must not
+    die, and each command succeeds or gives one ``error:`` line with no export folder left."""
+    folder = tmp_path_factory.mktemp("odd")
+    files = []
+    for i, edits in enumerate(edit_sets):
+        base = good_2bit_file if i % 2 else good_file
+        path = folder / f"m{i}.tflite"
+        path.write_bytes(_rewritten(base, lambda m, edits=edits: [_edit(m, e) for e in edits]))
+        files.append(str(path))
+    child = subprocess.run([sys.executable, "-c", CHILD, str(folders / "labelled"), *files],
+                           capture_output=True, text=True, timeout=1200)
+    assert child.returncode == 0, f"a runtime crashed on a lying file (exit {child.returncode}): {child.stderr[-800:]}"
+    rows = json.loads(child.stdout.strip().splitlines()[-1])
+    for f, row in zip(files, rows):
+        for cmd, r in row.items():
+            assert r["exception"] is None and r["code"] in (0, 1), (f, cmd, r)
+            if r["code"] == 1:
+                assert r["last"].startswith("error: "), (f, cmd, r)
+                assert not (cmd == "export" and r["fw_exists"]), (f, "export left a folder")

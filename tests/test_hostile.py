@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from conftest import QUICK, battery
+
 
 @pytest.mark.slow
 def test_a_file_that_aborts_tflm_cannot_take_tinyq_down(folders, tmp_path):
@@ -148,3 +150,155 @@ def test_files_written_together_are_all_or_none(tmp_path):
         write_files({tmp_path / "new" / "deeper" / "m.tflite": b"model", tmp_path / "new" / "m.names.json": b"{}",
                      blocked: b"{}"})
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["new", "new/m.compaction.json"]
+
+
+def test_a_killed_write_leaves_no_file_and_the_next_write_removes_its_temp(tmp_path):
+    """kill -9 runs no cleanup: the half-written temporary stays hidden beside the target, the
+    target is untouched, and the next write of that file removes the dead process's temporary."""
+    import signal
+
+    from tinyq.runfolder import TMP_MARK, write_bytes
+
+    target = tmp_path / "fw" / "model_data.cc"
+    target.parent.mkdir()
+    target.write_bytes(b"the old file")
+    child = ("import os, signal, sys\nfrom tinyq.runfolder import atomic_path\n"
+             "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'half')\n"
+             "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, "-c", child, str(target)])
+    assert r.returncode == -signal.SIGKILL
+    left = list(target.parent.glob(f".*{TMP_MARK}*"))
+    assert len(left) == 1 and target.read_bytes() == b"the old file"
+    write_bytes(target, b"the new file")
+    assert target.read_bytes() == b"the new file"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model_data.cc"]
+
+
+# every bounded option of every command, and values outside its bounds (issue 30, class 5)
+def _numbers(lo=None, hi=None):
+    """Integers and floats below ``lo`` or above ``hi``, and the non-numbers."""
+    from hypothesis import strategies as st
+
+    parts = [st.sampled_from(["nan", "inf", "-inf", "", "1e999", "x", "1,2"])]
+    if lo is not None:
+        parts += [st.integers(max_value=lo - 1).map(str), st.floats(max_value=lo, exclude_max=True).map(repr)]
+    if hi is not None:
+        parts += [st.integers(min_value=hi + 1).map(str), st.floats(min_value=hi, exclude_min=True).map(repr)]
+    return st.one_of(*parts)
+
+
+def _bounded():
+    from hypothesis import strategies as st
+
+    bits = _numbers(2, 8).filter(lambda v: v not in ("2.0", "8.0"))
+    pairs = st.tuples(st.floats(allow_nan=True, allow_infinity=True), st.floats(allow_nan=True, allow_infinity=True))
+    value_range = pairs.filter(lambda p: not (p[0] < p[1] and all(map(math.isfinite, p)))).map(
+        lambda p: f"{p[0]!r},{p[1]!r}")
+    return {
+        ("train", "--bits"): bits, ("train", "--act-bits"): bits, ("quantize", "--bits"): bits,
+        ("train", "--seed"): _numbers(0, 2 ** 32 - 1), ("quantize", "--seed"): _numbers(0, 2 ** 32 - 1),
+        ("train", "--limit"): _numbers(1), ("quantize", "--limit"): _numbers(1), ("check", "--limit"): _numbers(1),
+        ("train", "--synthetic-images"): _numbers(30), ("quantize", "--synthetic-images"): _numbers(30),
+        ("train", "--batch"): _numbers(1), ("quantize", "--batch"): _numbers(1),
+        ("train", "--qat-epochs"): _numbers(0), ("quantize", "--epochs"): _numbers(0),
+        ("train", "--qat-lr"): _numbers(0).filter(lambda v: v not in ("0", "-0.0")) | st.just("0"),
+        ("quantize", "--lr"): _numbers(0) | st.just("0"),
+        ("quantize", "--distill"): _numbers(0, 1), ("quantize", "--distill-features"): _numbers(0),
+        ("quantize", "--value-range"): value_range,
+        ("train", "--size-budget"): st.one_of(st.integers(min_value=(1 << 30) + 1).map(str),
+                                              st.text(max_size=12).filter(lambda t: not t.strip().isdigit())),
+    }
+
+
+import math  # noqa: E402
+
+
+@pytest.mark.parametrize("command, option", sorted(_bounded()))
+def test_out_of_range_options_are_one_line_errors_with_nothing_written(tmp_path, command, option):
+    """Hypothesis draws values outside each option's bounds: a one-line ``error:``, exit 1 or 2, no
+    traceback, and no run folder."""
+    from click.testing import CliRunner
+    from hypothesis import HealthCheck, given, settings
+
+    from tinyq.cli import main
+
+    model = tmp_path / "m.h5"
+    model.write_bytes(b"\x89HDF\r\n\x1a\n")  # exists; never read, the option fails first
+    head = {"train": ["train", "person-detect"], "quantize": ["quantize", str(model)],
+            "check": ["check", str(model), "--data", str(tmp_path)]}[command]
+
+    @settings(max_examples=battery(25), deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_bounded()[(command, option)])
+    def one(value):
+        out = tmp_path / "run"
+        r = CliRunner().invoke(main, [*head, option, value, *(["--out", str(out)] if command != "check" else [])])
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.exit_code in (1, 2), (value, r.exit_code, r.stderr[-500:], repr(r.exception))
+        assert r.exception is None or isinstance(r.exception, SystemExit), (value, repr(r.exception))
+        assert len(lines) == 1 and lines[0].startswith("error: "), (value, r.stderr[-500:])
+        assert not out.exists()
+
+    one()
+
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                              max_size=3), max_leaves=8)
+
+
+def _folder_damage():
+    """(file, damage): a run folder file replaced by other JSON, cut, overwritten with noise or deleted."""
+    from hypothesis import strategies as st
+
+    files = st.sampled_from(["config.json", "metrics.json", "history.json", "model.h5", "float.h5",
+                             "representative.npy"])
+    damage = st.one_of(st.tuples(st.just("json"), _json_values()), st.tuples(st.just("cut"), st.floats(0, 0.99)),
+                       st.tuples(st.just("noise"), st.binary(max_size=64)), st.tuples(st.just("delete"), st.none()))
+    return st.tuples(files, damage)
+
+
+@pytest.mark.slow
+def test_damaged_run_folders_never_give_a_traceback(runs, folders, tmp_path):
+    """Hypothesis damages one file of a real run folder; report, convert, check and export each
+    succeed or give one ``error:`` line, never a traceback or another exception."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+    from hypothesis import HealthCheck, given, settings
+
+    from tinyq.cli import main
+
+    @settings(max_examples=battery(12), deadline=None, derandomize=True, phases=QUICK,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_folder_damage())
+    def one(case):
+        name, (kind, value) = case
+        run = tmp_path / "run"
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(runs[8], run)
+        path = run / name
+        if kind == "json":
+            path.write_text(json.dumps(value))
+        elif kind == "cut":
+            path.write_bytes(path.read_bytes()[: int(value * path.stat().st_size)])
+        elif kind == "noise":
+            path.write_bytes(value)
+        else:
+            path.unlink()
+        for args in (["report", run], ["convert", run, "--out", tmp_path / "again.tflite"],
+                     ["check", run, "--data", folders / "labelled", "--limit", 8], ["export", run, "--out", tmp_path / "fw"]):
+            r = CliRunner().invoke(main, [str(a) for a in args])
+            lines = [line for line in r.stderr.splitlines() if line.strip()]
+            assert r.exception is None or isinstance(r.exception, SystemExit), (case, args[0], repr(r.exception))
+            assert "Traceback" not in r.stderr
+            assert r.exit_code == 0 or (r.exit_code == 1 and lines[-1].startswith("error: ")), \
+                (case, args[0], r.exit_code, r.stderr[-800:])
+        shutil.rmtree(tmp_path / "fw", ignore_errors=True)
+        (tmp_path / "again.tflite").unlink(missing_ok=True)
+
+    one()

@@ -62,12 +62,42 @@ def _remove_empty(folders: list[Path]) -> None:
             pass
 
 
+TMP_MARK = ".tinyq-tmp-"  # temporary files are ".<name>.tinyq-tmp-<pid>-<random><suffix>" beside their target
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove the temporary files a killed tinyq left beside ``path`` (``kill -9`` runs no cleanup):
+    those of processes no longer alive."""
+    try:
+        leftovers = list(path.parent.glob(f".{path.name}{TMP_MARK}*"))
+    except OSError:
+        return
+    for tmp in leftovers:
+        pid = tmp.name[len(f".{path.name}{TMP_MARK}"):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
 
     A crash, Ctrl-C or error leaves the old file (or none), never a half-written one, and no folder
-    it had to make. A symlink, device or folder at ``path`` is refused, not replaced.
+    it had to make. A symlink, device or folder at ``path`` is refused, not replaced. A process
+    killed outright leaves its temporary file; the next write of ``path`` removes it.
     """
     path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_file()):
@@ -75,9 +105,11 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
             "a symlink" if path.is_symlink() else "a device or special file"
         raise TinyqError(f"{str(path)!r} is {kind}; tinyq writes regular files only: choose another --out")
     made = _made_folders(path)
+    remove_stale_temps(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}{os.getpid()}-", suffix=suffix or path.suffix,
+                                   dir=path.parent)
     except OSError as e:
         _remove_empty(made)
         raise TinyqError(f"cannot write {str(path)!r}: {e.strerror}; choose a writable --out") from None

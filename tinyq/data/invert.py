@@ -17,13 +17,15 @@ range, clipped to it; the result is rounded to uint8 pixels, as a camera would g
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from tinyq.data.folder import ImageSet
+from tinyq.errors import TinyqError
+from tinyq.runfolder import write_bytes
 
 
 def bn_layers(model) -> list:
@@ -146,17 +148,16 @@ def generated_splits(model, n: int, value_range: tuple[float, float], seed: int,
             with np.load(path) as f:
                 images = ImageSet(f["x"], f["y"], [], source=str(f["source"]))
             hit = images.x.shape[0] == n
-        except (OSError, ValueError, KeyError):
-            hit = False  # a damaged cache entry is made again
+        except Exception:  # noqa: BLE001 - any damage to a cache entry (a cut zip, a foreign file): make it again
+            hit = False
     if not hit:
         images = invert(model, n, value_range, seed=seed, progress=progress)
         if path is not None:
+            buf = io.BytesIO()
+            np.savez(buf, x=images.x, y=images.y, source=images.source)
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-                np.savez(tmp, x=images.x, y=images.y, source=images.source)
-                os.replace(tmp, path)
-            except OSError:
+                write_bytes(path, buf.getvalue())
+            except TinyqError:
                 pass  # a cache that cannot be written costs the next run time, not this one its result
     n_eval = max(n // 10, 2)
     parts = {"train": slice(0, n - 2 * n_eval), "val": slice(n - 2 * n_eval, n - n_eval), "test": slice(n - n_eval, n)}

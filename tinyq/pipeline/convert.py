@@ -48,7 +48,14 @@ def convert_run(run: Run | str | Path, storage_bits: int | None = None, out: str
         rep_path = run / "representative.npy"
         if not rep_path.exists():
             raise TinyqError(f"{str(run.path)!r} has no representative.npy for calibration; train again")
-        representative = np.load(rep_path)
+        try:
+            representative = np.load(rep_path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise TinyqError(f"{str(rep_path)!r} is damaged ({str(e).splitlines()[0][:80]}); train again, or "
+                             "convert with the run's images") from None
+        if representative.ndim != 4 or representative.shape[0] == 0:
+            raise TinyqError(f"{str(rep_path)!r} does not hold calibration images (shape "
+                             f"{representative.shape}); train again")
     else:
         save_representative(run, representative)
     # converter PTQ: the float model goes to the converter, which picks every scale itself

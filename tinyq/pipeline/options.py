@@ -3,6 +3,7 @@ a quantize job and a train config, validated on construction, before TensorFlow 
 any data is read (the command line builds them first, so every argument error is immediate)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,12 @@ class QuantOptions:
                              "pass --bits 4 or 8")
         if self.size_budget is not None:
             require_choice(self.bits)
+
+    @staticmethod
+    def check_rate(option: str, value: float) -> None:
+        """A learning rate: finite and positive."""
+        if not (math.isfinite(value) and value > 0):
+            raise TinyqError(f"{option} must be a positive learning rate such as 2e-4; got {value}")
 
     @staticmethod
     def check_run(seed: int, limit: int | None) -> None:
@@ -103,8 +110,9 @@ class QuantizeJob(QuantOptions):
                              "use --ptq tinyq for 2-4 bits")
         if not 0.0 <= self.distill <= 1.0:
             raise TinyqError(f"--distill must lie in 0..1 (the weight of the teacher's term); got {self.distill}")
-        if self.distill_features < 0:
+        if not 0.0 <= self.distill_features < math.inf:
             raise TinyqError(f"--distill-features must be >= 0 (0: outputs only); got {self.distill_features}")
+        self.check_rate("--lr", self.lr)
         if self.epochs is None:
             object.__setattr__(self, "epochs", distill_epochs(self.data))
         if self.epochs < 0 or self.batch < 1:
@@ -159,6 +167,9 @@ class TrainConfig(QuantOptions):
         if self.synthetic_images < 30:
             raise TinyqError(f"--synthetic-images must be at least 30 (three splits of both classes); got "
                              f"{self.synthetic_images}")
+        self.check_rate("--qat-lr", self.qat_lr)
+        if not pretrained:
+            self.check_rate("--lr", self.lr)
         if self.epochs < 0 or self.qat_epochs < 0 or (self.epochs == 0 and self.qat_epochs == 0 and not pretrained):
             raise TinyqError("--epochs and --qat-epochs must be >= 0 and not both 0")
         if self.batch < 1:
