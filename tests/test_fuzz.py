@@ -329,7 +329,7 @@ def _edit(model, edit) -> None:
         with_data[int(edit[1] * len(with_data))].data = np.frombuffer(edit[2], np.uint8)
 
 
-@settings(max_examples=battery(3), deadline=None, derandomize=True, phases=QUICK,
+@settings(max_examples=battery(2), deadline=None, derandomize=True, phases=QUICK,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.lists(_edits(), min_size=1, max_size=3), min_size=8, max_size=8))
 def test_odd_but_valid_flatbuffers_fail_cleanly(good_file, good_2bit_file, folders, tmp_path_factory, edit_sets):

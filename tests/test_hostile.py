@@ -273,7 +273,7 @@ def test_damaged_run_folders_never_give_a_traceback(runs, folders, tmp_path):
 
     from tinyq.cli import main
 
-    @settings(max_examples=battery(12), deadline=None, derandomize=True, phases=QUICK,
+    @settings(max_examples=battery(6), deadline=None, derandomize=True, phases=QUICK,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(_folder_damage())
     def one(case):
