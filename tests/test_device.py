@@ -60,7 +60,7 @@ def mixed_run(runs, tmp_path_factory):
     plan = tmp_path_factory.mktemp("plan") / "plan.json"
     plan.write_text(json.dumps({"layers": [{"name": n, "bits": (8, 4, 2)[i % 3]} for i, n in enumerate(names)]}))
     out = tmp_path_factory.mktemp("mixed") / "run"
-    r = invoke("train", "person-detect", "--from-scratch", "--bits", 8, "--plan", plan, "--epochs", 0, "--qat-epochs", 1,
+    r = invoke("train", "person-detect", "--bits", 8, "--plan", plan, "--epochs", 0, "--qat-epochs", 1,
                "--synthetic-images", 300, "--batch", 32, "--init", runs[8] / "float.h5", "--out", out)
     assert r.exit_code == 0, r.output
     return out
@@ -91,6 +91,29 @@ def test_outputs_on_cortex_m4_equal_host_tflm(runs, mixed_run, folders, tflm_tre
     ram = result["ram_bytes"]
     assert 0 < ram["arena_used"] <= ram["arena_buffer"] <= ram["static"] and 0 < ram["stack_used"] < 32768
     assert result["instructions_per_inference"]["median"] > 1_000_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["int8", "int4", "lut2", "mixed"])
+def test_aot_engine_on_cortex_m4_equals_host_tflm(runs, mixed_run, folders, which):
+    """tinyq's AOT C engine (no TFLM, no tree) on QEMU's Cortex-M4: every output TFLM's on the host."""
+    _needs_tools()
+    source = {"int8": runs[8], "int4": runs[4], "lut2": runs[2], "mixed": mixed_run}[which]
+    r = invoke("device", source, "--board", "m4", "--engine", "aot", "--data", folders / "labelled", "--limit", 3,
+               "--json")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["engine"] == "aot" and result["tflm"] is None
+    assert result["n"] == 3 and result["identical_to_host_tflm"] == 3 and result["max_abs_diff"] == 0
+    flash = result["flash_bytes"]
+    assert flash["tflm"] == 0 and flash["model"] > 0 and not result["stdio_linked"]
+    ram = result["ram_bytes"]
+    assert ram["arena_used"] == ram["arena_buffer"] > 0 and 0 < ram["stack_used"] < 8192
+
+
+def test_aot_engine_refuses_tflm_options():
+    r = invoke("device", "missing.tflite", "--engine", "aot", "--kernels", "cmsis-nn")
+    assert r.exit_code == 1 and r.stderr.strip().startswith("error:") and "--engine aot" in r.stderr
 
 
 @pytest.mark.slow

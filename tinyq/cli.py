@@ -284,7 +284,8 @@ def convert(run, bits, out, no_compact, keep_uncompacted):
 @click.argument("source", type=click.Path())
 @click.option("--target", default="c", show_default=True,
               help="c (sources), arduino (a library with an example sketch), cmake (a project with a TFLM "
-                   "example) or zephyr (a module with a sample).")
+                   "example), zephyr (a module with a sample) or aot (plain C99 with no TFLM: tinyq's own "
+                   "ahead-of-time engine).")
 @click.option("--out", type=click.Path(), required=True, help="Output folder.")
 @click.option("--lang", type=click.Choice(["cc", "c"]), default="cc", show_default=True,
               help="--target c: C++17 (.cc) or C11 (.c) sources.")
@@ -386,15 +387,17 @@ def check(tflite, data, limit, as_json):
               help="Image folder (person/ + non_person/) [default: the export's sample image].")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N images of --data.")
 @click.option("--logs", is_flag=True, help="Keep TFLM's error messages in the firmware (links the C library's stdio).")
+@click.option("--engine", default="tflm", show_default=True,
+              help="tflm (TensorFlow Lite Micro with --kernels) or aot (tinyq's ahead-of-time C engine, no TFLM).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout, nothing else.")
-def device(source, board, kernels, tflm_dir, data, limit, logs, as_json):
+def device(source, board, kernels, tflm_dir, data, limit, logs, engine, as_json):
     """Run SOURCE (a run folder or a .tflite) on an emulated Cortex-M: outputs against TFLM on the host,
     instructions per inference, flash and RAM."""
-    preflight().device(source, board, kernels, tflm_dir, data)
+    preflight().device(source, board, kernels, tflm_dir, data, engine, logs)
     from tinyq.api import format_device, log_stderr, run_on_device
 
     result = run_on_device(source, board=board, kernels=kernels, tree=tflm_dir, data=data, limit=limit, logs=logs,
-                           log=log_stderr)
+                           engine=engine, log=log_stderr)
     click.echo(json.dumps(result) if as_json else format_device(result))
     if result["identical_to_host_tflm"] != result["n"]:
         raise TinyqError(f"{result['n'] - result['identical_to_host_tflm']} of {result['n']} outputs on the board differ "

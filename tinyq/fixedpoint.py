@@ -145,8 +145,12 @@ def softmax_params(input_scale: float, beta: float = 1.0) -> tuple[int, int, int
 
 def softmax_int8(x, input_scale: float, beta: float = 1.0) -> np.ndarray:
     """The int8 softmax over the last axis, output scale 1/256 and zero point -128, as TFLM computes it."""
+    return softmax_int8_raw(x, *softmax_params(input_scale, beta))
+
+
+def softmax_int8_raw(x, q: int, left: int, diff_min: int) -> np.ndarray:
+    """:func:`softmax_int8` from its parameters (:func:`softmax_params`)."""
     x = _i64(x)
-    q, left, diff_min = softmax_params(input_scale, beta)
     diff = x - x.max(axis=-1, keepdims=True)
     used = diff >= diff_min
     exps = _exp_on_negative_values(srdhm(diff << left, q))

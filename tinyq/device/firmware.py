@@ -80,6 +80,42 @@ def build(bundle: Bundle, board: Board, kernels: str, tree: Tree, library: Path,
                                  "arena_buffer": bundle.arena}, stdio)
 
 
+AOT_SUPPORT = ("tinyq_board.h", "semihost.c", "startup.c", "runner_aot.c", "sections.ld")
+
+
+def build_aot(bundle: Bundle, board: Board, folder: Path) -> Firmware:
+    """``bundle`` as tinyq's AOT engine (:mod:`tinyq.aot`) with the AOT runner and board support, no TFLM."""
+    from tinyq.aot.codegen import generate
+    from tinyq.aot.lower import lower
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    src = folder / "src"
+    src.mkdir(parents=True)
+    generated = generate(lower(bundle.data), "tq_model", "TQ_MODEL")
+    (src / "tq_model.h").write_text(generated.header)
+    (src / "tq_model.c").write_text(generated.source)
+    support = support_dir()
+    for name in AOT_SUPPORT:
+        shutil.copy(support / name, src / name)
+    shutil.copy(support / board.support / "board.c", src / "board.c")
+    shutil.copy(support / board.support / board.linker_script, src / board.linker_script)
+    f = flags(board, False, False)["c"]
+    objects = []
+    for path in sorted(src.glob("*.c")):
+        obj = folder / (path.stem + ".o")
+        _run(["arm-none-eabi-gcc", *f, "-Os", f"-I{src}", "-c", str(path), "-o", str(obj)], f"compiling {path.name}")
+        objects.append(str(obj))
+    elf, map_file = folder / "firmware.elf", folder / "firmware.map"
+    _run(["arm-none-eabi-gcc", *board.cpu_flags, "-nostartfiles", f"-T{src / board.linker_script}", f"-L{src}",
+          "-Wl,--gc-sections", f"-Wl,-Map={map_file}", "--specs=nano.specs", "--specs=nosys.specs",
+          *objects, "-lm", "-o", str(elf)], "linking the AOT firmware")
+    split, sections = flash_split(map_file.read_text(), "tq_model")
+    stdio = bool(re.search(r"\b_?v?s?n?printf|_svfprintf_r|_vfprintf_r", map_file.read_text()))
+    return Firmware(elf, split, {"static": sections.get(".data", 0) + sections.get(".bss", 0),
+                                 "arena_buffer": generated.buffer_bytes}, stdio)
+
+
 _OUTPUT = re.compile(r"^(\.[\w.]+)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)")
 _INPUT = re.compile(r"^\s+(?:(\S+)\s+)?0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+(\S.*)$")
 _INPUT_NAME = re.compile(r"^ (\.\S+|COMMON)\s*$")
@@ -92,7 +128,7 @@ def owner(path: str, model: str) -> str:
         return "tflm"
     if any(lib in path for lib in LIBC) or "/arm-none-eabi/lib" in path:
         return "libc"
-    if name in ("model_data.o",):
+    if name in ("model_data.o", "tq_model.o"):  # TFLM's flatbuffer; the AOT engine (kernels and constants)
         return "model"
     return "application"
 

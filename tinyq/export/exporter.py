@@ -27,6 +27,9 @@ class ExportResult:
         if not self.flash:
             return f"{arena}; flash not measured: {self.flash_unmeasured}"
         f = self.flash
+        if "engine" in f:  # --target aot: no TFLM, no arena
+            return (f"AOT engine: {f['engine']:,} bytes of flash on cortex-m4 -Os (code and constants), "
+                    f"{f['buffer']:,} bytes of static buffer; preprocessing {f['model_io.c']:,}")
         return (f"{arena}; flash on cortex-m4 -Os (arm-none-eabi-size): model {f['model_data.c']:,} bytes, "
                 f"preprocessing {f['model_io.c']:,}, sample {f['sample_input.c']:,} (drop sample_input.* "
                 "once the board matches the host)")
@@ -40,7 +43,15 @@ def export(source: str | Path, out: str | Path, target: str = "c", lang: str = "
     bundle = prepare(source, name=name, sample=sample, log=log)
     v = values(bundle)
     files = files_for(target, v, opts)
-    measured = flash_bytes(model_sources(v, "c"))
+    if target == "aot":
+        engine = f"{v['name']}.c"
+        measured = flash_bytes({k: t for k, t in files.items() if "/" not in k and k.endswith((".c", ".h"))})
+        if isinstance(measured, dict):
+            buffer = next(int(line.split()[2]) for line in files[f"{v['name']}.h"].splitlines()
+                          if line.startswith(f"#define {v['guard']}_BUFFER_BYTES"))
+            measured = {"engine": measured[engine], "buffer": buffer, "model_io.c": measured["model_io.c"]}
+    else:
+        measured = flash_bytes(model_sources(v, "c"))
     result = ExportResult([], bundle.arena, bundle.arena_measured,
                           **({"flash": measured} if isinstance(measured, dict) else {"flash_unmeasured": measured}))
     write_files({opts.out / rel: text.encode() for rel, text in files.items()})

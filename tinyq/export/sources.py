@@ -66,6 +66,7 @@ def values(bundle: Bundle) -> dict[str, object]:
         sample_source=bundle.sample_source, sample_pixels=c_array(bundle.sample_pixels),
         sample_expected=", ".join(str(int(v)) for v in bundle.sample_expected),
         expected_summary=", ".join(f"{l} {p:.3f}" for l, p in zip(c.labels, probs)) + f" (top: {c.labels[top]})",
+        tflite=bundle.data,  # not a template variable: the AOT target reads the file itself
     )
 
 

@@ -94,8 +94,25 @@ def zephyr_target(v: dict, opts: Options) -> dict[str, str]:
     return files
 
 
+def aot_target(v: dict, opts: Options) -> dict[str, str]:
+    """Plain C99 with no TFLM (tinyq.aot): the engine (NAME.h, NAME.c), model_settings.h (the input
+    contract), model_io and sample_input, example/main.c (the sample against the host's scores), README.md."""
+    from tinyq.aot.codegen import generate
+    from tinyq.aot.lower import lower
+
+    generated = generate(lower(v["tflite"]), v["name"], v["guard"], settings="model_settings.h")
+    w = dict(v, buffer_bytes=generated.buffer_bytes, constant_bytes=generated.constant_bytes,
+             packed_weight_bytes=generated.packed_weight_bytes)
+    files = {f"{v['name']}.h": generated.header, f"{v['name']}.c": generated.source,
+             "model_settings.h": fill("aot/model_settings.h.tmpl", **w),
+             "example/main.c": fill("aot/main.c.tmpl", **w), "README.md": fill("aot/README.md.tmpl", **w)}
+    common = model_sources(v, "c")
+    files |= {k: common[k] for k in ("model_io.h", "model_io.c", "sample_input.h", "sample_input.c")}
+    return files
+
+
 TARGETS: dict[str, Callable[[dict, Options], dict[str, str]]] = {
-    "c": c_target, "arduino": arduino_target, "cmake": cmake_target, "zephyr": zephyr_target}
+    "c": c_target, "arduino": arduino_target, "cmake": cmake_target, "zephyr": zephyr_target, "aot": aot_target}
 
 
 def validate(target: str, opts: Options) -> None:

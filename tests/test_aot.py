@@ -1,0 +1,202 @@
+"""The ahead-of-time C engine (issue 31): packing with golden bytes, the memory plan, the C
+kernels against their numpy specification, and real files against TFLM and tinyq's integer model."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tinyq.aot.codegen import generate, levels_and_codes, pack_2bit, pack_4bit
+from tinyq.aot.lower import Program, Step, Tensor
+from tinyq.aot.memory import plan_memory
+from tinyq.aot.reference import accumulate, run, run_step
+from tinyq.fixedpoint import quantize_multiplier, softmax_params
+
+MAIN = r"""
+#include <stdio.h>
+#include "model.h"
+int main(void) {
+  static int8_t in[MODEL_INPUT_SIZE];
+  int8_t out[MODEL_OUTPUT_SIZE];
+  while (fread(in, 1, sizeof in, stdin) == sizeof in) {
+    model_invoke(in, out);
+    fwrite(out, 1, sizeof out, stdout);
+  }
+  return 0;
+}
+"""
+
+
+def test_2bit_packing_golden_bytes():
+    """Four indices a byte, least significant first: element k in bits 2 (k % 4) .. 2 (k % 4) + 1."""
+    assert pack_2bit(np.array([0, 1, 2, 3, 3, 2, 1, 0, 1])) == bytes([0b11100100, 0b00011011, 0b00000001])
+
+
+def test_4bit_packing_golden_bytes():
+    """Two int4 a byte, low nibble first, two's complement."""
+    assert pack_4bit(np.array([-8, 7, -1, 0, 3])) == bytes([0x78, 0x0F, 0x03])
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_levels_and_codes_give_the_weights_back(shared):
+    rng = np.random.default_rng(0)
+    if shared:
+        w = rng.choice(np.array([-126, -42, 42, 126], np.int8), size=(6, 1, 1, 5))
+    else:
+        sets = rng.integers(-127, 128, size=(6, 4)).astype(np.int8)
+        w = np.stack([rng.choice(s, size=(1, 1, 5)) for s in sets])
+    levels, codes, is_shared = levels_and_codes(w, 0)
+    assert is_shared == shared and codes.max() <= 3
+    channel = np.arange(6)[:, None, None, None] * (0 if shared else 1)
+    assert np.array_equal(levels[channel, codes], w)
+
+
+def _program(rng, storage: str, x: np.ndarray) -> Program:
+    """A small network of every op the engine computes, weights stored as ``storage``; each layer's
+    multipliers and biases calibrated on ``x`` so its outputs spread over the int8 range."""
+    def weights(shape, axis):
+        if storage == "2bit":
+            levels = rng.integers(-127, 128, size=(shape[axis], 4))
+            idx = rng.integers(0, 4, size=shape)
+            channel = np.arange(shape[axis]).reshape([-1 if d == axis else 1 for d in range(len(shape))])
+            return levels[channel, idx].astype(np.int8)
+        if storage == "int4":
+            return rng.integers(-7, 8, size=shape).astype(np.int8)
+        return rng.integers(-127, 128, size=shape).astype(np.int8)
+
+    t = {0: Tensor(0, (1, 9, 9, 3), 1 / 255, -128), 1: Tensor(1, (1, 5, 5, 6), 0.05, -128),
+         2: Tensor(2, (1, 5, 5, 6), 0.04, -128), 3: Tensor(3, (1, 5, 5, 8), 0.06, -128),
+         4: Tensor(4, (1, 1, 1, 8), 0.03, -128), 5: Tensor(5, (1, 8), 0.03, -128), 6: Tensor(6, (1, 3), 0.03, 5),
+         7: Tensor(7, (1, 3), 1 / 256, -128)}
+    program = Program(t, [], 0, 7)
+    values = {0: x}
+
+    def add(step: Step) -> None:
+        p = step.params
+        if step.op in ("conv", "depthwise", "fc"):
+            p.update(bias=np.zeros(p["weights"].shape[3 if step.op == "depthwise" else 0], np.int64))
+            acc = accumulate(program, step, values[step.inputs[0]]).reshape(-1, len(p["bias"])).astype(np.float64)
+            q, shift = quantize_multiplier(50.0 / (acc.std(axis=0) + 1.0) * rng.uniform(0.8, 1.2, len(p["bias"])))
+            p.update(bias=np.round(-acc.mean(axis=0) + rng.normal(0, 1, len(p["bias"])) * acc.std(axis=0)).astype(np.int64),
+                     multiplier=q.astype(np.int64), shift=shift.astype(np.int64))
+        program.steps.append(step)
+        values[step.output] = run_step(program, step, values[step.inputs[0]])
+
+    def layer(w, storage_, **extra):
+        return {"weights": w, "storage": storage_, "act_min": -128, "act_max": int(rng.integers(60, 128)), **extra}
+
+    add(Step("conv", [0], 1, layer(weights((6, 3, 3, 3), 0), storage, stride=(2, 2), dilation=(1, 1), pad=(1, 1))))
+    add(Step("depthwise", [1], 2, layer(weights((1, 3, 3, 6), 3), storage, stride=(1, 1), dilation=(1, 1),
+                                        pad=(1, 1), depth_multiplier=1)))
+    add(Step("conv", [2], 3, layer(weights((8, 1, 1, 6), 0), storage, stride=(1, 1), dilation=(1, 1), pad=(0, 0))))
+    mq, ms = quantize_multiplier(0.06 / 0.03)
+    bits = min((25).bit_length() - 1, 32, 31 + int(ms))
+    add(Step("mean", [3], 4, {"multiplier": int((int(mq) << bits) // 25), "shift": int(ms) - bits, "count": 25}))
+    add(Step("reshape", [4], 5))
+    add(Step("fc", [5], 6, dict(layer(weights((3, 8), 0), storage), act_max=127)))
+    sq, sl, dmin = softmax_params(0.03)
+    add(Step("softmax", [6], 7, {"multiplier": sq, "left_shift": sl, "diff_min": dmin}))
+    return program
+
+
+def _compile(program: Program, folder) -> str:
+    g = generate(program, "model")
+    (folder / "model.h").write_text(g.header)
+    (folder / "model.c").write_text(g.source)
+    (folder / "main.c").write_text(MAIN)
+    exe = folder / "run"
+    r = subprocess.run(["gcc", "-O2", "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", "-o", str(exe),
+                        str(folder / "main.c"), str(folder / "model.c")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return str(exe)
+
+
+def _c_outputs(exe: str, x: np.ndarray, classes: int) -> np.ndarray:
+    out = subprocess.run([exe], input=x.astype(np.int8).tobytes(), capture_output=True, check=True).stdout
+    return np.frombuffer(out, np.int8).reshape(len(x), classes)
+
+
+@pytest.mark.parametrize("storage", ["2bit", "int4", "int8"])
+def test_c_kernels_compute_their_specification(tmp_path, storage):
+    """Every op in C (compiled with -Wall -Wextra -pedantic -Werror) gives the numpy reference's int8 outputs."""
+    rng = np.random.default_rng({"2bit": 1, "int4": 2, "int8": 3}[storage])
+    x = rng.integers(-128, 128, size=(24, 9, 9, 3)).astype(np.int8)
+    program = _program(rng, storage, x)
+    expected = run(program, x)
+    assert len(np.unique(expected, axis=0)) > len(x) // 2  # the outputs depend on the inputs
+    assert np.array_equal(_c_outputs(_compile(program, tmp_path), x, 3), expected)
+
+
+def test_memory_plan_never_overlaps_live_tensors():
+    rng = np.random.default_rng(4)
+    program = _program(rng, "int8", rng.integers(-128, 128, size=(4, 9, 9, 3)).astype(np.int8))
+    plan = plan_memory(program)
+    live = {}
+    for i, step in enumerate(program.steps):
+        for tensor in (*step.inputs, step.output):
+            live.setdefault(plan_alias(plan, tensor), []).append(i)
+    placed = [(t, plan.offsets[t], program.tensors[t].size, min(s), max(s)) for t, s in live.items() if t in plan.offsets]
+    for a in placed:
+        for b in placed:
+            if a[0] < b[0] and not (a[4] < b[3] or b[4] < a[3]):
+                assert a[1] + a[2] <= b[1] or b[1] + b[2] <= a[1], (a, b)
+    assert plan.alias == {5: 4} and 0 not in plan.offsets and 7 not in plan.offsets  # caller's buffers
+    assert plan.size >= 5 * 5 * 6 + 5 * 5 * 6  # two 5x5x6 tensors live at once
+
+
+def plan_alias(plan, tensor):
+    while tensor in plan.alias:
+        tensor = plan.alias[tensor]
+    return tensor
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_real_files_are_bit_exact_with_tflm_and_the_integer_model(runs, folders, tmp_path, bits):
+    """A trained run at 2, 4 and 8 bits: the C engine, its numpy reference, TFLM and tinyq's integer
+    model of the Keras QAT model give the same int8 outputs on every image."""
+    from tinyq.aot.lower import lower
+    from tinyq.integer import IntegerModel
+    from tinyq.qat import load_model
+    from tinyq.runtimes import tflm_outputs
+    from tinyq.tflite import flatbuffer
+    from tinyq.verify import contract_for, load_eval_data, model_input, run_of
+
+    data, fb = flatbuffer.read(runs[bits] / "model.tflite")
+    contract = contract_for(fb, run_of(runs[bits] / "model.tflite"))
+    images = load_eval_data(folders / "labelled", contract, 40, lambda m: None)
+    x = model_input(fb, images.x, contract)
+    program = lower(data)
+    tflm = tflm_outputs(data, x)
+    assert np.array_equal(run(program, x), tflm)
+    assert np.array_equal(_c_outputs(_compile(program, tmp_path), x, tflm.shape[1]), tflm)
+    integer = IntegerModel(load_model(runs[bits] / "model.h5")).predict(contract.to_float(images.x))
+    assert np.array_equal(np.asarray(integer, np.int8).reshape(tflm.shape), tflm)
+
+
+@pytest.mark.slow
+def test_export_aot_builds_and_matches_the_host_scores(runs, tmp_path):
+    """``tinyq export RUN --target aot``: the example, built with the host's C compiler, prints OK
+    (the sample's scores equal TFLM's); a model with an op the engine lacks is a one-line error."""
+    from click.testing import CliRunner
+
+    from tinyq.cli import main
+
+    out = tmp_path / "aot"
+    r = CliRunner().invoke(main, ["export", str(runs[2]), "--target", "aot", "--out", str(out)])
+    assert r.exit_code == 0, r.stderr
+    assert "AOT engine:" in r.stderr and "static buffer" in r.stderr
+    sources = sorted(str(p) for p in out.glob("*.c"))
+    build = subprocess.run(["cc", "-O2", "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", f"-I{out}",
+                            *sources, str(out / "example" / "main.c"), "-o", str(tmp_path / "example")],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    ran = subprocess.run([str(tmp_path / "example")], capture_output=True, text=True)
+    assert ran.returncode == 0 and "OK: identical to TFLM" in ran.stdout, ran.stdout
+    assert "TFLM" not in (out / f"{out.glob('*.h').__next__().stem}.c").read_text().split("*/", 1)[1]  # no TFLM code
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))

@@ -1,0 +1,417 @@
+"""C99 for one model: its constants in the form the kernels read, the kernels it uses, one call.
+
+Weights are stored as the kernels read them, in the flatbuffer's element order (conv OHWI,
+depthwise 1HWC, fully connected OI):
+
+- ``int8``: one byte each;
+- ``int4``: two per byte, element ``k`` in bits ``4 (k % 2) .. 4 (k % 2) + 3`` of byte ``k / 2``
+  (low nibble first), two's complement;
+- ``2bit``: four per byte, element ``k`` in bits ``2 (k % 4) .. 2 (k % 4) + 1`` of byte
+  ``k / 4`` (least significant first), an index into the layer's four int8 levels (one set
+  for the tensor when its channels share them, else four per output channel).
+
+Biases take int16 where every one fits, else int32; requantization is a per-channel int32
+multiplier and int8 shift (:mod:`tinyq.aot.lower`). The arithmetic is TFLM's reference
+kernels', integer for integer (``tinyq.aot.reference`` is the same in numpy).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinyq.aot.lower import Program, Step
+from tinyq.aot.memory import MemoryPlan, plan_memory
+
+KERNEL_OPS = {"conv": "TQ_CONV", "depthwise": "TQ_DEPTHWISE", "fc": "TQ_FC"}
+
+
+def pack_2bit(codes: np.ndarray) -> bytes:
+    """Indices 0..3, four per byte, least significant first (module docstring)."""
+    c = np.asarray(codes, np.uint8).ravel()
+    c = np.concatenate([c, np.zeros(-len(c) % 4, np.uint8)]).reshape(-1, 4)
+    return (c[:, 0] | (c[:, 1] << 2) | (c[:, 2] << 4) | (c[:, 3] << 6)).astype(np.uint8).tobytes()
+
+
+def pack_4bit(values: np.ndarray) -> bytes:
+    """int4 values -8..7, two per byte, low nibble first (module docstring)."""
+    v = (np.asarray(values, np.int64).ravel() & 0xF).astype(np.uint8)
+    v = np.concatenate([v, np.zeros(len(v) % 2, np.uint8)]).reshape(-1, 2)
+    return (v[:, 0] | (v[:, 1] << 4)).astype(np.uint8).tobytes()
+
+
+def levels_and_codes(w: np.ndarray, channel_axis: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(levels, codes, shared): the four int8 levels (one set, or one per channel along
+    ``channel_axis``) and each weight's index into its channel's levels."""
+    rows = np.moveaxis(w, channel_axis, 0).reshape(w.shape[channel_axis], -1)
+    shared = np.unique(w)
+    if len(shared) <= 4:
+        levels = np.concatenate([shared, np.full(4 - len(shared), shared[-1])]).astype(np.int8)
+        return levels[None], np.searchsorted(levels[: len(shared)], w), True
+    levels = np.zeros((rows.shape[0], 4), np.int8)
+    codes_rows = np.zeros(rows.shape, np.int64)
+    for c, row in enumerate(rows):
+        u = np.unique(row)
+        if len(u) > 4:
+            raise ValueError(f"channel {c} holds {len(u)} values; a 2-bit layer holds at most 4")
+        levels[c] = np.concatenate([u, np.full(4 - len(u), u[-1])])
+        codes_rows[c] = np.searchsorted(u, row)
+    codes = np.moveaxis(codes_rows.reshape(np.moveaxis(w, channel_axis, 0).shape), 0, channel_axis)
+    return levels, codes, False
+
+
+def _array(ctype: str, name: str, values, per_line: int = 24) -> str:
+    vals = [str(int(v)) for v in np.asarray(values).ravel()] or ["0"]
+    body = ",\n  ".join(", ".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line))
+    return f"static const {ctype} {name}[{len(vals)}] = {{\n  {body}\n}};\n"
+
+
+def _bytes(name: str, data: bytes) -> str:
+    return _array("uint8_t", name, np.frombuffer(data, np.uint8) if data else [0], 32)
+
+
+@dataclass
+class Generated:
+    header: str
+    source: str
+    buffer_bytes: int
+    constant_bytes: int  # bytes of weights, levels, biases and requantization constants
+    packed_weight_bytes: int  # weights alone, at their bits
+
+
+def _layer_constants(i: int, step: Step) -> tuple[str, dict, int, int]:
+    """C arrays of one weight layer and the initialiser fields that point at them."""
+    p = step.params
+    w = p["weights"]
+    axis = 3 if step.op == "depthwise" else 0
+    out = []
+    fields = {}
+    storage = p["storage"]
+    if storage == "2bit":
+        levels, codes, shared = levels_and_codes(w, axis)
+        data = pack_2bit(codes)
+        out.append(_bytes(f"tq_w{i}", data))
+        out.append(_array("int8_t", f"tq_lv{i}", levels))
+        fields.update(w=f"tq_w{i}", levels=f"tq_lv{i}", lv_stride=0 if shared else 4, wbits=2)
+        const = len(data) + levels.size
+        packed = len(data)
+    elif storage == "int4":
+        data = pack_4bit(w)
+        out.append(_bytes(f"tq_w{i}", data))
+        fields.update(w=f"tq_w{i}", levels="0", lv_stride=0, wbits=4)
+        const = packed = len(data)
+    else:
+        out.append(_array("int8_t", f"tq_w{i}", w))
+        fields.update(w=f"(const uint8_t *)tq_w{i}", levels="0", lv_stride=0, wbits=8)
+        const = packed = w.size
+    bias = p["bias"]
+    if np.all((bias >= -32768) & (bias <= 32767)):
+        out.append(_array("int16_t", f"tq_b{i}", bias))
+        fields.update(b16=f"tq_b{i}", b32="0")
+        const += 2 * bias.size
+    else:
+        out.append(_array("int32_t", f"tq_b{i}", bias))
+        fields.update(b16="0", b32=f"tq_b{i}")
+        const += 4 * bias.size
+    out.append(_array("int32_t", f"tq_m{i}", p["multiplier"]))
+    out.append(_array("int8_t", f"tq_s{i}", p["shift"]))
+    fields.update(mult=f"tq_m{i}", shift=f"tq_s{i}")
+    const += 5 * len(p["multiplier"])
+    return "".join(out), fields, const, packed
+
+
+def generate(program: Program, name: str = "model", guard: str | None = None, settings: str | None = None) -> Generated:
+    """``name.h`` and ``name.c`` for ``program``: ``int NAME_invoke(const int8_t *input, int8_t *output)``.
+
+    Macros are ``GUARD_*`` (default: ``name`` in capitals). With ``settings`` (a header's file
+    name) the header includes it for the input contract (sizes, scales, labels) and defines only
+    the buffer's size; else it defines the sizes, scales and zero points itself.
+    """
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"{name!r} is not a C identifier")
+    memory = plan_memory(program)
+    ops = {s.op for s in program.steps}
+    consts, calls, layers = [], [], []
+    constant_bytes = packed_bytes = 0
+    wbits = set()
+    max_row = max([int(np.prod(s.params["weights"].shape[1:3])) * (1 if s.op == "depthwise" else
+                   int(s.params["weights"].shape[-1])) if s.op != "fc" else int(s.params["weights"].shape[1])
+                   for s in program.steps if s.op in KERNEL_OPS] or [1])
+    for i, step in enumerate(program.steps):
+        src, dst = program.tensors[step.inputs[0]], program.tensors[step.output]
+        x, y = _pointer(program, memory, step.inputs[0], "input"), _pointer(program, memory, step.output, "output")
+        p = step.params
+        if step.op in KERNEL_OPS:
+            text, f, const, packed = _layer_constants(i, step)
+            consts.append(text)
+            constant_bytes, packed_bytes = constant_bytes + const, packed_bytes + packed
+            wbits.add(f["wbits"])
+            if step.op == "fc":
+                dims = dict(ih=1, iw=1, ic=src.size, oh=1, ow=1, oc=dst.size, kh=1, kw=1, sh=1, sw=1, dh=1, dw=1,
+                            ph=0, pw=0, dm=1)
+            else:
+                w = p["weights"]
+                dims = dict(ih=src.shape[1], iw=src.shape[2], ic=src.shape[3], oh=dst.shape[1], ow=dst.shape[2],
+                            oc=dst.shape[3], kh=w.shape[1], kw=w.shape[2], sh=p["stride"][0], sw=p["stride"][1],
+                            dh=p["dilation"][0], dw=p["dilation"][1], ph=p["pad"][0], pw=p["pad"][1],
+                            dm=p.get("depth_multiplier", 1))
+            init = ", ".join(f".{k} = {v}" for k, v in dims.items())
+            layers.append(f"static const tq_layer tq_l{i} = {{{init}, .in_offset = {-src.zero_point}, "
+                          f".out_offset = {dst.zero_point}, .act_min = {p['act_min']}, .act_max = {p['act_max']}, "
+                          f".kind = {KERNEL_OPS[step.op]}, .wbits = {f['wbits']}, .w = {f['w']}, "
+                          f".levels = {f['levels']}, .lv_stride = {f['lv_stride']}, .b16 = {f['b16']}, "
+                          f".b32 = {f['b32']}, .mult = {f['mult']}, .shift = {f['shift']}}};\n")
+            calls.append(f"  tq_layer_run(&tq_l{i}, {x}, {y});")
+        elif step.op == "mean":
+            calls.append(f"  tq_mean({x}, {y}, {src.shape[1] * src.shape[2]}, {src.shape[3]}, {-src.zero_point}, "
+                         f"{dst.zero_point}, {p['multiplier']}, {p['shift']});")
+            constant_bytes += 8
+        elif step.op == "reshape":
+            if step.output == program.output:
+                calls.append(f"  for (int i = 0; i < {dst.size}; ++i) output[i] = {x}[i];")
+        elif step.op == "softmax":
+            calls.append(f"  tq_softmax({x}, {y}, {dst.size}, {p['multiplier']}, {p['left_shift']}, {p['diff_min']});")
+            constant_bytes += 12
+    inp, outp = program.tensors[program.input], program.tensors[program.output]
+    g = guard or name.upper()
+    if settings:
+        contract = f'#include "{settings}"  /* input and output: sizes, scales, zero points, labels */\n'
+    else:
+        contract = (f"#define {g}_INPUT_SIZE {inp.size}  /* int8, {'x'.join(map(str, inp.shape[1:]))} (HWC) */\n"
+                    f"#define {g}_OUTPUT_SIZE {outp.size}\n"
+                    f"#define {g}_INPUT_SCALE {inp.scale!r}f\n#define {g}_INPUT_ZERO_POINT {inp.zero_point}\n"
+                    f"#define {g}_OUTPUT_SCALE {outp.scale!r}f\n#define {g}_OUTPUT_ZERO_POINT {outp.zero_point}\n")
+    header = f"""/* {name}: generated by tinyq (export --target aot). One call, no allocation, no TFLM. */
+#ifndef {g}_AOT_H
+#define {g}_AOT_H
+#include <stdint.h>
+{contract}#ifdef __cplusplus
+extern "C" {{
+#endif
+#define {g}_BUFFER_BYTES {memory.size}  /* the static activation buffer, planned ahead of time */
+/* Runs the model on input ({inp.size} int8 values, HWC) into output ({outp.size} int8 scores);
+   returns 0. Not reentrant: one static buffer serves every call. */
+int {name}_invoke(const int8_t *input, int8_t *output);
+#ifdef __cplusplus
+}}
+#endif
+#endif
+"""
+    source = "\n".join([
+        f"/* {name}: generated by tinyq (export --target aot); see {name}.h. */",
+        f'#include "{name}.h"',
+        KERNELS_COMMON,
+        (f"#define TQ_MAX_ROW {max_row}\n" + _layer_kernel(wbits)) if ops & set(KERNEL_OPS) else "",
+        MEAN_KERNEL if "mean" in ops else "",
+        SOFTMAX_KERNEL if "softmax" in ops else "",
+        f"static int32_t tq_buffer_words[{max(-(-memory.size // 4), 1)}]; /* int32: 4-byte aligned */",
+        "#define tq_buffer ((int8_t *)tq_buffer_words)",
+        "".join(consts), "".join(layers),
+        f"int {name}_invoke(const int8_t *input, int8_t *output) {{",
+        *calls,
+        "  return 0;",
+        "}",
+    ])
+    return Generated(header, source, memory.size, constant_bytes, packed_bytes)
+
+
+def _pointer(program: Program, memory: MemoryPlan, tensor: int, role: str) -> str:
+    while tensor in memory.alias and tensor not in memory.offsets and tensor != program.input:
+        tensor = memory.alias[tensor]
+    if tensor == program.input:
+        return "input"
+    if tensor == program.output:
+        return "output"
+    return f"(tq_buffer + {memory.offsets[tensor]})"
+
+
+KERNELS_COMMON = r"""
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define TQ_INLINE static inline __attribute__((always_inline))
+#else
+#define TQ_INLINE static inline
+#endif
+
+/* TFLite's fixed-point arithmetic, as its reference kernels compute it. */
+TQ_INLINE int32_t tq_srdhm(int32_t a, int32_t b) { /* SaturatingRoundingDoublingHighMul */
+  if (a == b && a == INT32_MIN) return INT32_MAX;
+  int64_t ab = (int64_t)a * (int64_t)b;
+  int64_t nudge = ab >= 0 ? (1 << 30) : (1 - (1 << 30));
+  return (int32_t)((ab + nudge) / (1LL << 31));
+}
+TQ_INLINE int32_t tq_rdbp(int32_t x, int e) { /* RoundingDivideByPOT */
+  int32_t mask = (int32_t)((1LL << e) - 1);
+  int32_t rem = x & mask;
+  int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+  return (x >> e) + (rem > threshold ? 1 : 0);
+}
+TQ_INLINE int32_t tq_mbqm(int32_t x, int32_t q, int shift) { /* MultiplyByQuantizedMultiplier */
+  int left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
+  return tq_rdbp(tq_srdhm((int32_t)((uint32_t)x << left), q), right);
+}
+"""
+
+
+def _layer_kernel(wbits: set[int]) -> str:
+    fetch = []
+    if 8 in wbits:
+        fetch.append("  if (l->wbits == 8) return (int8_t)l->w[k];")
+    if 4 in wbits:
+        fetch.append("  if (l->wbits == 4) return (int8_t)((int8_t)(l->w[k >> 1] >> ((k & 1) * 4) << 4) >> 4);")
+    if 2 in wbits:
+        fetch.append("  if (l->wbits == 2) return l->levels[o * l->lv_stride + ((l->w[k >> 2] >> ((k & 3) * 2)) & 3)];")
+    return r"""
+enum { TQ_CONV, TQ_DEPTHWISE, TQ_FC };
+typedef struct {
+  int32_t ih, iw, ic, oh, ow, oc, kh, kw, sh, sw, dh, dw, ph, pw, dm;
+  int32_t in_offset, out_offset, act_min, act_max;
+  uint8_t kind, wbits, lv_stride;
+  const uint8_t *w;        /* weights as stored (tinyq.aot.codegen's docstring) */
+  const int8_t *levels;    /* 2-bit: the four levels, per channel when lv_stride is 4 */
+  const int16_t *b16;      /* biases: one of these two */
+  const int32_t *b32;
+  const int32_t *mult;
+  const int8_t *shift;
+} tq_layer;
+
+/* weight k (flatbuffer order) of output channel o, unpacked from flash as it is read */
+static inline int32_t tq_weight(const tq_layer *l, int32_t k, int o) {
+  (void)o; /* the output channel picks a 2-bit layer's levels */
+""" + "\n".join(fetch) + r"""
+  return 0;
+}
+
+/* conv (OHWI), depthwise (1HWC, depth multiplier dm) and fully connected (OI, as a 1x1 conv), one output
+   channel at a time: its weights are unpacked from flash once into a row of int16 (TQ_MAX_ROW, the
+   largest kernel of the model), then every output position reads them */
+static int16_t tq_row[TQ_MAX_ROW];
+
+/* sum of w[c] * (x[c] + off): a leaf of its own (not inlined), so the compiler keeps it in registers */
+#if defined(__GNUC__)
+#define TQ_NOINLINE __attribute__((noinline))
+#else
+#define TQ_NOINLINE
+#endif
+static TQ_NOINLINE int32_t tq_dot(const int16_t *w, const int8_t *x, int32_t n, int32_t off) {
+  int32_t acc = 0;
+  int32_t c = 0;
+  for (; c + 4 <= n; c += 4) {
+    acc += w[c] * (x[c] + off) + w[c + 1] * (x[c + 1] + off);
+    acc += w[c + 2] * (x[c + 2] + off) + w[c + 3] * (x[c + 3] + off);
+  }
+  for (; c < n; ++c) acc += w[c] * (x[c] + off);
+  return acc;
+}
+
+static void tq_layer_run(const tq_layer *l, const int8_t *in, int8_t *out) {
+  const int depthwise = l->kind == TQ_DEPTHWISE;
+  const int32_t taps = l->kh * l->kw, width = depthwise ? 1 : l->ic, n = taps * width;
+  const int32_t off = l->in_offset;
+  for (int o = 0; o < l->oc; ++o) {
+    for (int32_t i = 0; i < n; ++i)
+      tq_row[i] = (int16_t)tq_weight(l, depthwise ? o + i * l->oc : o * n + i, o);
+    const int32_t bias = l->b16 ? l->b16[o] : l->b32[o];
+    const int32_t q = l->mult[o];
+    const int shift = l->shift[o];
+    const int8_t *base = in + (depthwise ? o / l->dm : 0);
+    for (int oy = 0; oy < l->oh; ++oy) {
+      const int y0 = oy * l->sh - l->ph;
+      for (int ox = 0; ox < l->ow; ++ox) {
+        const int x0 = ox * l->sw - l->pw;
+        int32_t acc = bias;
+        for (int fy = 0; fy < l->kh; ++fy) {
+          const int y = y0 + fy * l->dh;
+          if (y < 0 || y >= l->ih) continue;
+          for (int fx = 0; fx < l->kw; ++fx) {
+            const int x = x0 + fx * l->dw;
+            if (x < 0 || x >= l->iw) continue;
+            if (depthwise) {
+              acc += tq_row[fy * l->kw + fx] * (base[(y * l->iw + x) * l->ic] + off);
+            } else {
+              acc += tq_dot(tq_row + (fy * l->kw + fx) * width, base + (y * l->iw + x) * l->ic, width, off);
+            }
+          }
+        }
+        acc = tq_mbqm(acc, q, shift) + l->out_offset;
+        acc = acc < l->act_min ? l->act_min : acc > l->act_max ? l->act_max : acc;
+        out[(oy * l->ow + ox) * l->oc + o] = (int8_t)acc;
+      }
+    }
+  }
+}
+"""
+
+
+MEAN_KERNEL = r"""
+/* MEAN over height and width, as TFLM's int8 reference kernel */
+static void tq_mean(const int8_t *in, int8_t *out, int n, int channels, int32_t in_offset, int32_t out_offset,
+                    int32_t q, int shift) {
+  for (int c = 0; c < channels; ++c) {
+    int32_t total = 0;
+    for (int i = 0; i < n; ++i) total += in[i * channels + c] + in_offset;
+    int32_t y = tq_mbqm(total, q, shift) + out_offset;
+    out[c] = (int8_t)(y < -128 ? -128 : y > 127 ? 127 : y);
+  }
+}
+"""
+
+SOFTMAX_KERNEL = r"""
+/* int8 softmax (scale 1/256, zero point -128): gemmlowp's fixed point, as TFLM's reference */
+static int32_t tq_add(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
+static int32_t tq_mul_pot(int32_t x, int e) {
+  if (e < 0) return tq_rdbp(x, -e);
+  int64_t v = (int64_t)x * (1LL << e);
+  return v > INT32_MAX ? INT32_MAX : v < INT32_MIN ? INT32_MIN : (int32_t)v;
+}
+static int32_t tq_exp_on_interval(int32_t a) { /* exp on [-1/4, 0), Q0.31 */
+  const int32_t x = tq_add(a, 1 << 28);
+  const int32_t x2 = tq_srdhm(x, x), x3 = tq_srdhm(x2, x), x4 = tq_srdhm(x2, x2);
+  const int32_t poly = tq_rdbp(tq_add(tq_srdhm(tq_add(tq_rdbp(x4, 2), x3), 715827883), x2), 1);
+  return tq_add(1895147668, tq_srdhm(1895147668, tq_add(x, poly)));
+}
+static int32_t tq_exp_on_negative_values(int32_t a) { /* a <= 0 in Q5.26, result in Q0.31 */
+  static const int32_t m[7] = {1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242};
+  const int32_t quarter = 1 << 24;
+  const int32_t a_mod = tq_add(a & (quarter - 1), -quarter);
+  int32_t result = tq_exp_on_interval(tq_mul_pot(a_mod, 5));
+  const int32_t rem = tq_add(a_mod, -a);
+  for (int k = 0; k < 7; ++k)
+    if (rem & (1 << (24 + k))) result = tq_srdhm(result, m[k]);
+  return a == 0 ? INT32_MAX : result;
+}
+static int32_t tq_one_over_one_plus_x(int32_t a) { /* 1 / (1 + a), a in [0, 1) Q0.31 */
+  const int64_t s = (int64_t)a + INT32_MAX;
+  const int32_t half = (int32_t)((s + (s >= 0 ? 1 : -1)) / 2);
+  int32_t x = tq_add(1515870810, tq_srdhm(half, -1010580540));
+  for (int i = 0; i < 3; ++i) {
+    const int32_t one_minus = tq_add(1 << 29, -tq_srdhm(half, x));
+    x = tq_add(x, tq_mul_pot(tq_srdhm(x, one_minus), 2));
+  }
+  return tq_mul_pot(x, 1);
+}
+static void tq_softmax(const int8_t *in, int8_t *out, int n, int32_t q, int left, int32_t diff_min) {
+  int max = in[0];
+  for (int i = 1; i < n; ++i) if (in[i] > max) max = in[i];
+  int32_t total = 0;
+  for (int i = 0; i < n; ++i) {
+    const int32_t diff = in[i] - max;
+    if (diff >= diff_min) total += tq_rdbp(tq_exp_on_negative_values(tq_srdhm(diff * (1 << left), q)), 12);
+  }
+  int headroom = 0;
+  while (headroom < 32 && !((uint32_t)total & (0x80000000u >> headroom))) ++headroom;
+  const int over_unit = 12 - headroom;
+  const int32_t shifted = (int32_t)(((uint32_t)total << headroom) - 0x80000000u);
+  const int32_t scale = tq_one_over_one_plus_x(shifted);
+  for (int i = 0; i < n; ++i) {
+    const int32_t diff = in[i] - max;
+    if (diff < diff_min) { out[i] = -128; continue; }
+    const int32_t e = tq_exp_on_negative_values(tq_srdhm(diff * (1 << left), q));
+    int32_t y = tq_rdbp(tq_srdhm(scale, e), over_unit + 31 - 8) - 128;
+    out[i] = (int8_t)(y < -128 ? -128 : y > 127 ? 127 : y);
+  }
+}
+"""
