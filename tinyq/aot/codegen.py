@@ -285,60 +285,134 @@ static inline int32_t tq_weight(const tq_layer *l, int32_t k, int o) {
   return 0;
 }
 
-/* conv (OHWI), depthwise (1HWC, depth multiplier dm) and fully connected (OI, as a 1x1 conv), one output
-   channel at a time: its weights are unpacked from flash once into a row of int16 (TQ_MAX_ROW, the
-   largest kernel of the model), then every output position reads them */
-static int16_t tq_row[TQ_MAX_ROW];
+/* conv (OHWI), depthwise (1HWC, depth multiplier dm) and fully connected (OI, as a 1x1 conv). The weights
+   of up to four output channels are unpacked from flash into rows of int16 (TQ_MAX_ROW each, the
+   model's largest kernel), then every output position reads them: four channels share each input. */
+static int16_t tq_rows[4 * TQ_MAX_ROW];
 
-/* sum of w[c] * (x[c] + off): a leaf of its own (not inlined), so the compiler keeps it in registers */
 #if defined(__GNUC__)
 #define TQ_NOINLINE __attribute__((noinline))
 #else
 #define TQ_NOINLINE
 #endif
+
+/* acc[g] += sum over c of w[g * TQ_MAX_ROW + c] * (x[c] + off), g < 4: a leaf of its own (not inlined),
+   so the compiler keeps its eleven values in registers */
+static TQ_NOINLINE void tq_dot4(const int16_t *w, const int8_t *x, int32_t n, int32_t off, int32_t *acc) {
+  const int16_t *w0 = w, *w1 = w + TQ_MAX_ROW, *w2 = w + 2 * TQ_MAX_ROW, *w3 = w + 3 * TQ_MAX_ROW;
+  int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  for (int32_t c = 0; c < n; ++c) {
+    const int32_t v = x[c] + off;
+    a0 += w0[c] * v;
+    a1 += w1[c] * v;
+    a2 += w2[c] * v;
+    a3 += w3[c] * v;
+  }
+  acc[0] += a0;
+  acc[1] += a1;
+  acc[2] += a2;
+  acc[3] += a3;
+}
+
 static TQ_NOINLINE int32_t tq_dot(const int16_t *w, const int8_t *x, int32_t n, int32_t off) {
   int32_t acc = 0;
-  int32_t c = 0;
-  for (; c + 4 <= n; c += 4) {
-    acc += w[c] * (x[c] + off) + w[c + 1] * (x[c + 1] + off);
-    acc += w[c + 2] * (x[c + 2] + off) + w[c + 3] * (x[c + 3] + off);
-  }
-  for (; c < n; ++c) acc += w[c] * (x[c] + off);
+  for (int32_t c = 0; c < n; ++c) acc += w[c] * (x[c] + off);
   return acc;
 }
 
+/* depthwise, one channel at a time: its kh x kw weights in registers' reach, interior positions
+   without bounds checks */
+static void tq_depthwise_run(const tq_layer *l, const int8_t *in, int8_t *out) {
+  const int32_t taps = l->kh * l->kw, off = l->in_offset, ic = l->ic;
+  const int three = l->kh == 3 && l->kw == 3;
+  for (int o = 0; o < l->oc; ++o) {
+    int16_t *w = tq_rows;
+    for (int32_t i = 0; i < taps; ++i) w[i] = (int16_t)tq_weight(l, o + i * l->oc, o);
+    const int8_t *base = in + o / l->dm;
+    const int32_t bias = l->b16 ? l->b16[o] : l->b32[o];
+    int32_t inside_offset = 0; /* every tap inside the image: sum of w * (x + off) = sum of w * x + off * sum of w */
+    for (int32_t i = 0; i < taps; ++i) inside_offset += w[i] * off;
+    for (int oy = 0; oy < l->oh; ++oy) {
+      const int y0 = oy * l->sh - l->ph;
+      const int rows_inside = y0 >= 0 && y0 + (l->kh - 1) * l->dh < l->ih;
+      for (int ox = 0; ox < l->ow; ++ox) {
+        const int x0 = ox * l->sw - l->pw;
+        int32_t acc = bias;
+        if (rows_inside && x0 >= 0 && x0 + (l->kw - 1) * l->dw < l->iw) {
+          const int8_t *p = base + (y0 * l->iw + x0) * ic;
+          const int32_t row = l->dh * l->iw * ic, col = l->dw * ic;
+          acc += inside_offset;
+          if (three) {  /* 3x3: the common case, unrolled */
+            acc += w[0] * p[0] + w[1] * p[col] + w[2] * p[2 * col];
+            p += row;
+            acc += w[3] * p[0] + w[4] * p[col] + w[5] * p[2 * col];
+            p += row;
+            acc += w[6] * p[0] + w[7] * p[col] + w[8] * p[2 * col];
+          } else {
+            const int16_t *wt = w;
+            for (int fy = 0; fy < l->kh; ++fy, p += row) {
+              const int8_t *q = p;
+              for (int fx = 0; fx < l->kw; ++fx, q += col) acc += *wt++ * *q;
+            }
+          }
+        } else {
+          for (int fy = 0; fy < l->kh; ++fy) {
+            const int y = y0 + fy * l->dh;
+            if (y < 0 || y >= l->ih) continue;
+            for (int fx = 0; fx < l->kw; ++fx) {
+              const int x = x0 + fx * l->dw;
+              if (x < 0 || x >= l->iw) continue;
+              acc += w[fy * l->kw + fx] * (base[(y * l->iw + x) * ic] + off);
+            }
+          }
+        }
+        acc = tq_mbqm(acc, l->mult[o], l->shift[o]) + l->out_offset;
+        acc = acc < l->act_min ? l->act_min : acc > l->act_max ? l->act_max : acc;
+        out[(oy * l->ow + ox) * l->oc + o] = (int8_t)acc;
+      }
+    }
+  }
+}
+
 static void tq_layer_run(const tq_layer *l, const int8_t *in, int8_t *out) {
-  const int depthwise = l->kind == TQ_DEPTHWISE;
+  if (l->kind == TQ_DEPTHWISE) {
+    tq_depthwise_run(l, in, out);
+    return;
+  }
+  const int depthwise = 0;
   const int32_t taps = l->kh * l->kw, width = depthwise ? 1 : l->ic, n = taps * width;
   const int32_t off = l->in_offset;
-  for (int o = 0; o < l->oc; ++o) {
-    for (int32_t i = 0; i < n; ++i)
-      tq_row[i] = (int16_t)tq_weight(l, depthwise ? o + i * l->oc : o * n + i, o);
-    const int32_t bias = l->b16 ? l->b16[o] : l->b32[o];
-    const int32_t q = l->mult[o];
-    const int shift = l->shift[o];
+  int group;
+  for (int o = 0; o < l->oc; o += group) {
+    group = !depthwise && l->oc - o >= 4 ? 4 : 1;
+    for (int g = 0; g < group; ++g)
+      for (int32_t i = 0; i < n; ++i)
+        tq_rows[g * TQ_MAX_ROW + i] = (int16_t)tq_weight(l, depthwise ? o + i * l->oc : (o + g) * n + i, o + g);
     const int8_t *base = in + (depthwise ? o / l->dm : 0);
     for (int oy = 0; oy < l->oh; ++oy) {
       const int y0 = oy * l->sh - l->ph;
       for (int ox = 0; ox < l->ow; ++ox) {
         const int x0 = ox * l->sw - l->pw;
-        int32_t acc = bias;
+        int32_t acc[4] = {0, 0, 0, 0};
         for (int fy = 0; fy < l->kh; ++fy) {
           const int y = y0 + fy * l->dh;
           if (y < 0 || y >= l->ih) continue;
           for (int fx = 0; fx < l->kw; ++fx) {
             const int x = x0 + fx * l->dw;
             if (x < 0 || x >= l->iw) continue;
-            if (depthwise) {
-              acc += tq_row[fy * l->kw + fx] * (base[(y * l->iw + x) * l->ic] + off);
-            } else {
-              acc += tq_dot(tq_row + (fy * l->kw + fx) * width, base + (y * l->iw + x) * l->ic, width, off);
-            }
+            const int8_t *px = base + (y * l->iw + x) * l->ic;
+            const int16_t *w = tq_rows + (fy * l->kw + fx) * width;
+            if (depthwise) acc[0] += w[0] * (px[0] + off);
+            else if (group == 4) tq_dot4(w, px, width, off, acc);
+            else acc[0] += tq_dot(w, px, width, off);
           }
         }
-        acc = tq_mbqm(acc, q, shift) + l->out_offset;
-        acc = acc < l->act_min ? l->act_min : acc > l->act_max ? l->act_max : acc;
-        out[(oy * l->ow + ox) * l->oc + o] = (int8_t)acc;
+        for (int g = 0; g < group; ++g) {
+          int32_t y = acc[g] + (l->b16 ? l->b16[o + g] : l->b32[o + g]);
+          y = tq_mbqm(y, l->mult[o + g], l->shift[o + g]) + l->out_offset;
+          y = y < l->act_min ? l->act_min : y > l->act_max ? l->act_max : y;
+          out[(oy * l->ow + ox) * l->oc + o + g] = (int8_t)y;
+        }
       }
     }
   }
