@@ -5,7 +5,9 @@ and runs ``--limit`` vww-dev images under ``qemu-system-arm -icount shift=0``: o
 to host TFLM, instructions per inference (median; instructions, not cycles), flash split
 (model, TFLM + kernels, libc, application; no stdio), arena used and stack. Accuracy is on all
 of vww-dev on the host (identical outputs make the device's the same). One row with ``--logs``
-shows what TFLM's messages and the C library's printf cost in flash.
+shows what TFLM's messages and the C library's printf cost in flash. ``aot`` in ``--kernels``
+runs tinyq's ahead-of-time C engine (``tinyq device --engine aot``: no TFLM; its "arena" is its
+static activation buffer) on the same files, boards and images.
 
 Files: ``--runs NAME=RUN ...`` (e.g. bench_budget.py's QAT runs), else made here with
 ``tinyq quantize --ptq tinyq`` (no training: the same widths, ops and sizes as QAT files, lower
@@ -48,11 +50,12 @@ def main() -> None:
     p.add_argument("--runs", nargs="*", default=[], help="NAME=RUN folders instead of making files")
     p.add_argument("--tflm", required=True)
     p.add_argument("--boards", default="m4,m55")
-    p.add_argument("--kernels", default="reference,cmsis-nn")
+    p.add_argument("--kernels", default="reference,cmsis-nn", help="TFLM kernel sets, and aot for tinyq's engine")
     p.add_argument("--limit", type=int, default=4, help="vww-dev images run on each board")
     p.add_argument("--limit-data", type=int, default=2000)
     p.add_argument("--out", required=True)
     args = p.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     files = dict(kv.split("=", 1) for kv in args.runs) if args.runs else make_files(args)
     if args.reference:
         files = {"MLPerf int8": args.reference, **files}
@@ -69,8 +72,9 @@ def main() -> None:
             key = (name, board, kernels, logs)
             if key not in done:
                 try:
-                    r = run_on_device(source, board, kernels, args.tflm, data=args.vww, limit=args.limit, logs=logs,
-                                      log=log_stderr)
+                    aot = kernels == "aot"
+                    r = run_on_device(source, board, "reference" if aot else kernels, args.tflm, data=args.vww,
+                                      limit=args.limit, logs=logs, engine="aot" if aot else "tflm", log=log_stderr)
                 except TinyqError as e:
                     r = {"error": str(e)}
                 done[key] = {"file": name, "board": board, "kernels": kernels, "logs": logs,
@@ -78,8 +82,8 @@ def main() -> None:
                 results.write_text(json.dumps(list(done.values()), indent=1))
             rows.append(done[key])
     print("| file | bytes | board | kernels | identical | instructions | flash total | model | TFLM+kernels | libc | app "
-          "| arena used | stack | vww-dev (host) |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| arena used | stack | RAM (arena + stack) | vww-dev (host) |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if "error" in r:
             print(f"| {r['file']} | | {r['board']} | {r['kernels']} | error: {r['error'][:80]} |")
@@ -88,7 +92,8 @@ def main() -> None:
         print(f"| {r['file']}{' (--logs)' if r['logs'] else ''} | {r['file_bytes']:,} | {r['board']} | {r['kernels']} | "
               f"{r['identical_to_host_tflm']}/{r['n']} | {r['instructions_per_inference']['median'] / 1e6:.2f}M | "
               f"{f['total']:,} | {f['model']:,} | {f['tflm']:,} | {f['libc']:,} | {f['application']:,} | "
-              f"{ram['arena_used']:,} | {ram['stack_used']:,} | {r['vww_dev_accuracy_host']:.1%} |")
+              f"{ram['arena_used']:,} | {ram['stack_used']:,} | {ram['arena_used'] + ram['stack_used']:,} | "
+              f"{r['vww_dev_accuracy_host']:.1%} |")
 
 
 if __name__ == "__main__":
