@@ -1,15 +1,27 @@
-"""One static buffer for every activation, placed ahead of time by tensor lifetimes.
+"""One static buffer for every activation, planned ahead of time.
 
-A tensor lives from the step that writes it to the last step that reads it. Largest first,
-each takes the lowest offset (4-byte aligned) that overlaps no tensor alive at the same time
-(greedy by size, as TFLM's GreedyMemoryPlanner). RESHAPE writes nothing: its output is its
-input, in place. The model's input and output are the caller's buffers, not in the plan.
+The model's input and output are the caller's buffers, not in the plan; RESHAPE writes
+nothing (its output is its input). A chain of steps (each reads only the one before, as
+tinyq's networks are) is planned in place where a kernel allows it:
+
+- a depthwise conv (depth multiplier 1) writes each channel over the same channel of its
+  input, which the kernel first copies to a plane of ``H x W`` bytes (``plane_bytes``);
+- a pointwise conv (1x1, stride 1, no padding) whose weights fit the kernel's rows writes
+  pixel ``p`` at ``p * C_out``: from the first pixel when it narrows its input, from the last
+  when it widens it, each pixel's input copied before its output is written;
+
+and otherwise the output goes below or above its input at the buffer's ends, so the buffer
+is the largest that one step needs. Any other program: a tensor lives from the step that
+writes it to the last that reads it and, largest first, takes the lowest 4-byte-aligned
+offset free for its lifetime (as TFLM's GreedyMemoryPlanner).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tinyq.aot.lower import Program
+import numpy as np
+
+from tinyq.aot.lower import Program, Step
 
 ALIGN = 4
 
@@ -19,9 +31,99 @@ class MemoryPlan:
     offsets: dict[int, int]  # tensor -> byte offset in the buffer
     size: int  # bytes of the buffer
     alias: dict[int, int]  # a RESHAPE's output -> the tensor whose bytes it is
+    in_place: frozenset[int] = frozenset()  # steps (by index) that write over their input
+    plane_bytes: int = 0  # the depthwise kernel's channel plane
+
+
+def row_capacity(program: Program) -> int:
+    """int16 elements of one kernel row: the largest conv / fully connected kernel (codegen's TQ_MAX_ROW)."""
+    rows = [int(np.prod(s.params["weights"].shape[1:3])) if s.op == "depthwise" else
+            int(np.prod(s.params["weights"].shape[1:])) for s in program.steps if s.op in ("conv", "depthwise", "fc")]
+    return max(rows or [1])
+
+
+def can_write_in_place(program: Program, step: Step) -> bool:
+    """Whether the kernel of ``step`` can write its output over its input (module docstring)."""
+    p = step.params
+    if step.op == "depthwise":
+        return p["depth_multiplier"] == 1
+    if step.op != "conv":
+        return False
+    w = p["weights"]
+    return (w.shape[1:3] == (1, 1) and tuple(p["stride"]) == (1, 1) and tuple(p["pad"]) == (0, 0)
+            and tuple(p["dilation"]) == (1, 1) and w.shape[0] * w.shape[3] <= 4 * row_capacity(program))
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _chain(program: Program, alias: dict[int, int]) -> bool:
+    """Whether every step reads only the tensor the step before wrote (RESHAPE seen through)."""
+    def root(t: int) -> int:
+        while t in alias:
+            t = alias[t]
+        return t
+
+    previous = program.input
+    for step in program.steps:
+        if len(step.inputs) != 1 or root(step.inputs[0]) != root(previous):
+            return False
+        previous = step.output
+    return root(previous) == root(program.output)
+
+
+def _plan_chain(program: Program, alias: dict[int, int]) -> MemoryPlan | None:
+    """The chain's plan (module docstring), or None when it is not a chain."""
+    if not _chain(program, alias):
+        return None
+    steps = [(i, s) for i, s in enumerate(program.steps) if s.op != "reshape"]
+    size = {t: _aligned(program.tensors[t].size) for t in program.tensors}
+    external = {program.input, program.output}
+    target = max((size[s.output] for _, s in steps if s.output not in external), default=0)
+    while True:  # the smallest buffer this placement fits, raised until every step fits
+        offsets, in_place, fits = {}, set(), True
+        where = None  # (offset, bytes) of the live input
+        for i, step in steps:
+            src, dst = step.inputs[0], step.output
+            while src in alias:
+                src = alias[src]
+            if dst == program.output:
+                break
+            need = size[dst]
+            if where is None:
+                offsets[dst] = 0
+            elif can_write_in_place(program, step) and where[0] + need <= target:
+                offsets[dst] = where[0]
+                in_place.add(i)
+            elif need <= where[0]:
+                offsets[dst] = 0
+            elif where[0] + where[1] + need <= target:
+                offsets[dst] = target - need
+            else:  # a larger buffer, strictly: the input at one end, this output at the other
+                grown = max(target, where[1] + need)
+                target, fits = grown if grown > target else where[0] + where[1] + need, False
+                break
+            where = (offsets[dst], need)
+        if fits:
+            break
+    for t, base in alias.items():
+        if base in offsets:
+            offsets[t] = offsets[base]
+    planes = [program.tensors[s.inputs[0]].shape[1] * program.tensors[s.inputs[0]].shape[2]
+              for s in program.steps if s.op == "depthwise"]
+    return MemoryPlan(offsets, target, dict(alias), frozenset(in_place), max(planes or [0]))
 
 
 def plan_memory(program: Program) -> MemoryPlan:
+    reshapes = {s.output: s.inputs[0] for s in program.steps if s.op == "reshape"}
+    chained = _plan_chain(program, reshapes)
+    if chained is not None:
+        return chained
+    return _plan_greedy(program)
+
+
+def _plan_greedy(program: Program) -> MemoryPlan:
     alias: dict[int, int] = {}
 
     def root(t: int) -> int:

@@ -113,7 +113,7 @@ def build_aot(bundle: Bundle, board: Board, folder: Path) -> Firmware:
     split, sections = flash_split(map_file.read_text(), "tq_model")
     stdio = bool(re.search(r"\b_?v?s?n?printf|_svfprintf_r|_vfprintf_r", map_file.read_text()))
     return Firmware(elf, split, {"static": sections.get(".data", 0) + sections.get(".bss", 0),
-                                 "arena_buffer": generated.buffer_bytes}, stdio)
+                                 "arena_buffer": generated.buffer_bytes + generated.scratch_bytes}, stdio)
 
 
 _OUTPUT = re.compile(r"^(\.[\w.]+)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)")

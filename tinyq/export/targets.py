@@ -101,7 +101,8 @@ def aot_target(v: dict, opts: Options) -> dict[str, str]:
     from tinyq.aot.lower import lower
 
     generated = generate(lower(v["tflite"]), v["name"], v["guard"], settings="model_settings.h")
-    w = dict(v, buffer_bytes=generated.buffer_bytes, constant_bytes=generated.constant_bytes,
+    w = dict(v, buffer_bytes=generated.buffer_bytes, scratch_bytes=generated.scratch_bytes,
+             constant_bytes=generated.constant_bytes,
              packed_weight_bytes=generated.packed_weight_bytes)
     files = {f"{v['name']}.h": generated.header, f"{v['name']}.c": generated.source,
              "model_settings.h": fill("aot/model_settings.h.tmpl", **w),
