@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tinyq.errors import expected_one_of
+from tinyq.errors import TinyqError, expected_one_of
 
 
 @dataclass(frozen=True)
@@ -42,3 +42,14 @@ def kernels(name: str) -> str:
     if name not in KERNELS:
         raise expected_one_of("--kernels", KERNELS, name)
     return name
+
+
+ENGINES = ("tflm", "aot")
+
+
+def require_engine(engine: str, kernels: str, logs: bool) -> None:
+    """``--engine``: TFLM (with its kernels) or tinyq's AOT engine (which takes neither --kernels nor --logs)."""
+    if engine not in ENGINES:
+        raise expected_one_of("engine", ENGINES, engine)
+    if engine == "aot" and (kernels != "reference" or logs):
+        raise TinyqError("--engine aot runs tinyq's own kernels and has no TFLM messages: drop --kernels and --logs")

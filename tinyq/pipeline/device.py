@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from tinyq.device import boards, firmware, qemu, tflm, toolchain
-from tinyq.errors import TinyqError, expected_one_of
+from tinyq.device.boards import require_engine
+from tinyq.errors import TinyqError
 from tinyq.export.bundle import prepare
 from tinyq.logs import Log, quiet
 from tinyq.runfolder import cache_root
@@ -75,17 +76,6 @@ def run_on_device(source: str | Path, board: str = "m4", kernels: str = "referen
     if labels is not None:
         result["accuracy"] = float((ran.outputs.argmax(1) == labels).mean())
     return result
-
-
-ENGINES = ("tflm", "aot")
-
-
-def require_engine(engine: str, kernels: str, logs: bool) -> None:
-    """``--engine``: TFLM (with its kernels) or tinyq's AOT engine (which takes neither --kernels nor --logs)."""
-    if engine not in ENGINES:
-        raise expected_one_of("engine", ENGINES, engine)
-    if engine == "aot" and (kernels != "reference" or logs):
-        raise TinyqError("--engine aot runs tinyq's own kernels and has no TFLM messages: drop --kernels and --logs")
 
 
 def format_result(r: dict) -> str:

@@ -55,11 +55,9 @@ def report(run, data, references) -> None:
 
 
 def device(source, board: str, kernels: str, tree, data, engine: str = "tflm", logs: bool = False) -> None:
-    from tinyq.pipeline.device import require_engine
-
     boards.board(board)
     cmsis_nn = boards.kernels(kernels) == "cmsis-nn"
-    require_engine(engine, kernels, logs)
+    boards.require_engine(engine, kernels, logs)
     toolchain.require("arm-none-eabi-gcc", "arm-none-eabi-g++", "arm-none-eabi-ar", "qemu-system-arm", "make")
     if engine == "tflm":
         tflm.find_tree(tree, cmsis_nn)
