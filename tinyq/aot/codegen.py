@@ -304,10 +304,31 @@ static int8_t tq_plane[TQ_MAX_PLANE]; /* one channel of a depthwise input */
 
 /* acc[g] += sum over c of w[g * TQ_MAX_ROW + c] * (x[c] + off), g < 4: a leaf of its own (not inlined),
    so the compiler keeps its eleven values in registers */
+#if defined(__ARM_FEATURE_DSP)
+/* Cortex-M4/M7/M33/M55: SMLAD multiplies two int16 pairs and adds both products at once; the sums are
+   the same integers (int16 weights and x + off in -255..255, int32 accumulation) */
+#include <arm_acle.h>
+#include <string.h>
+static inline uint32_t tq_pair(const int16_t *w) { uint32_t v; memcpy(&v, w, 4); return v; }
+static inline uint32_t tq_xpair(const int8_t *x, int32_t off) {
+  return (uint32_t)(uint16_t)(x[0] + off) | ((uint32_t)(uint16_t)(x[1] + off) << 16);
+}
+#endif
+
 static TQ_NOINLINE void tq_dot4(const int16_t *w, const int8_t *x, int32_t n, int32_t off, int32_t *acc) {
   const int16_t *w0 = w, *w1 = w + TQ_MAX_ROW, *w2 = w + 2 * TQ_MAX_ROW, *w3 = w + 3 * TQ_MAX_ROW;
   int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-  for (int32_t c = 0; c < n; ++c) {
+  int32_t c = 0;
+#if defined(__ARM_FEATURE_DSP)
+  for (; c + 2 <= n; c += 2) {
+    const uint32_t v = tq_xpair(x + c, off);
+    a0 = __smlad(tq_pair(w0 + c), v, a0);
+    a1 = __smlad(tq_pair(w1 + c), v, a1);
+    a2 = __smlad(tq_pair(w2 + c), v, a2);
+    a3 = __smlad(tq_pair(w3 + c), v, a3);
+  }
+#endif
+  for (; c < n; ++c) {
     const int32_t v = x[c] + off;
     a0 += w0[c] * v;
     a1 += w1[c] * v;
@@ -322,7 +343,11 @@ static TQ_NOINLINE void tq_dot4(const int16_t *w, const int8_t *x, int32_t n, in
 
 static TQ_NOINLINE int32_t tq_dot(const int16_t *w, const int8_t *x, int32_t n, int32_t off) {
   int32_t acc = 0;
-  for (int32_t c = 0; c < n; ++c) acc += w[c] * (x[c] + off);
+  int32_t c = 0;
+#if defined(__ARM_FEATURE_DSP)
+  for (; c + 2 <= n; c += 2) acc = __smlad(tq_pair(w + c), tq_xpair(x + c, off), acc);
+#endif
+  for (; c < n; ++c) acc += w[c] * (x[c] + off);
   return acc;
 }
 
