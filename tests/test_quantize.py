@@ -52,7 +52,7 @@ def test_quantize_unlabeled_any_folder(float_model, folders, tmp_path):
     history = json.loads((out / "history.json").read_text())
     assert {"agreement", "val_agreement"} <= set(history["qat"][0])
     report = (out / "report.md").read_text()
-    assert "agreement with the float model" in report and "float original" not in report
+    assert "agreement with the float model" in report and "| float original |" not in report  # no 100% row
     assert "agreement with the float model" in r.stdout and "float model (Keras)" not in r.stdout
     # a flat folder without --unlabeled is the layout error
     r = invoke("quantize", float_model, "--data", folders / "flat", "--out", tmp_path / "x")

@@ -36,7 +36,10 @@ def _card(report: dict) -> list[str]:
         lines.append(f"- distillation weight (teacher: the float original): {c['distillation']}")
     if c.get("distillation_features"):
         lines.append(f"- feature distillation weight (every ReLU output matched): {c['distillation_features']}")
-    lines.append(f"- input: {report['contract']}")
+    k = report["contract"]
+    lo, hi = k["value_range"]
+    lines.append(f"- input: {k['resolution']}x{k['resolution']}x{k['channels']}, pixels p as {lo:g} + p / 255 * "
+                 f"({hi:g} - {lo:g}); outputs: {', '.join(k['labels'])}")
     if s.get("data"):
         lines.append(f"- data: {s['data']}")
     return lines
