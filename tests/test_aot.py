@@ -209,3 +209,34 @@ def test_export_aot_builds_and_matches_the_host_scores(runs, tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+@pytest.mark.parametrize("pad", [0, 1])
+def test_average_pool_in_c_computes_its_specification(tmp_path, pad):
+    """AVERAGE_POOL_2D (as the MLPerf int8 file ends): the taps inside the image, rounded half away from zero."""
+    rng = np.random.default_rng(7 + pad)
+    t = {0: Tensor(0, (1, 7, 7, 5), 0.02, -3), 1: Tensor(1, (1, 4 if pad else 3, 4 if pad else 3, 5), 0.02, -3)}
+    step = Step("avgpool", [0], 1, {"filter": (3, 3), "stride": (2, 2), "pad": (pad, pad), "act_min": -100,
+                                    "act_max": 127})
+    program = Program(t, [step], 0, 1)
+    x = rng.integers(-128, 128, size=(16, 7, 7, 5)).astype(np.int8)
+    expected = run(program, x)
+    assert expected.min() >= -100 and len(np.unique(expected)) > 50
+    assert np.array_equal(_c_outputs(_compile(program, tmp_path), x, expected.shape[1]), expected)
+
+
+@pytest.mark.slow
+def test_the_mlperf_int8_file_runs_in_the_aot_engine(tmp_path, vww_dev):
+    """A file tinyq did not write (the MLPerf Tiny int8 reference, AVERAGE_POOL_2D included): C == TFLM."""
+    from conftest import shared_path
+    from tinyq.aot.lower import lower
+    from tinyq.runtimes import tflm_outputs
+    from tinyq.tflite import flatbuffer
+    from tinyq.verify import contract_for, load_eval_data, model_input
+
+    data, fb = flatbuffer.read(shared_path("models", "vww_96_int8.tflite"))
+    contract = contract_for(fb, None)
+    images = load_eval_data(vww_dev, contract, 16, lambda m: None)
+    x = model_input(fb, images.x, contract)
+    tflm = tflm_outputs(data, x)
+    assert np.array_equal(_c_outputs(_compile(lower(data), tmp_path), x, tflm.shape[1]), tflm)

@@ -169,6 +169,10 @@ def generate(program: Program, name: str = "model", guard: str | None = None, se
             calls.append(f"  tq_mean({x}, {y}, {src.shape[1] * src.shape[2]}, {src.shape[3]}, {-src.zero_point}, "
                          f"{dst.zero_point}, {p['multiplier']}, {p['shift']});")
             constant_bytes += 8
+        elif step.op == "avgpool":
+            (kh, kw), (sh, sw), (ph, pw) = p["filter"], p["stride"], p["pad"]
+            calls.append(f"  tq_avgpool({x}, {y}, {src.shape[1]}, {src.shape[2]}, {src.shape[3]}, {dst.shape[1]}, "
+                         f"{dst.shape[2]}, {kh}, {kw}, {sh}, {sw}, {ph}, {pw}, {p['act_min']}, {p['act_max']});")
         elif step.op == "reshape":
             if step.output == program.output:
                 calls.append(f"  for (int i = 0; i < {dst.size}; ++i) output[i] = {x}[i];")
@@ -209,9 +213,10 @@ int {name}_invoke(const int8_t *input, int8_t *output);
         (f"#define TQ_MAX_ROW {max_row}\n#define TQ_MAX_PLANE {max(memory.plane_bytes, 1)}\n" + _layer_kernel(wbits))
         if ops & set(KERNEL_OPS) else "",
         MEAN_KERNEL if "mean" in ops else "",
+        AVGPOOL_KERNEL if "avgpool" in ops else "",
         SOFTMAX_KERNEL if "softmax" in ops else "",
-        f"static int32_t tq_buffer_words[{max(-(-memory.size // 4), 1)}]; /* int32: 4-byte aligned */",
-        "#define tq_buffer ((int8_t *)tq_buffer_words)",
+        (f"static int32_t tq_buffer_words[{-(-memory.size // 4)}]; /* int32: 4-byte aligned */\n"
+         "#define tq_buffer ((int8_t *)tq_buffer_words)") if memory.size else "/* no activation buffer: one step */",
         "".join(consts), "".join(layers),
         f"int {name}_invoke(const int8_t *input, int8_t *output) {{",
         *calls,
@@ -489,6 +494,28 @@ static void tq_mean(const int8_t *in, int8_t *out, int n, int channels, int32_t 
     for (int i = 0; i < n; ++i) total += in[i * channels + c] + in_offset;
     int32_t y = tq_mbqm(total, q, shift) + out_offset;
     out[c] = (int8_t)(y < -128 ? -128 : y > 127 ? 127 : y);
+  }
+}
+"""
+
+AVGPOOL_KERNEL = r"""
+/* AVERAGE_POOL_2D, as TFLM's int8 reference kernel: the taps inside the image, rounded half away from zero */
+static void tq_avgpool(const int8_t *in, int8_t *out, int ih, int iw, int c, int oh, int ow, int kh, int kw,
+                       int sh, int sw, int ph, int pw, int32_t act_min, int32_t act_max) {
+  for (int oy = 0; oy < oh; ++oy) {
+    const int y0 = oy * sh - ph, ya = y0 < 0 ? 0 : y0, yb = y0 + kh > ih ? ih : y0 + kh;
+    for (int ox = 0; ox < ow; ++ox) {
+      const int x0 = ox * sw - pw, xa = x0 < 0 ? 0 : x0, xb = x0 + kw > iw ? iw : x0 + kw;
+      const int32_t count = (yb - ya) * (xb - xa);
+      for (int k = 0; k < c; ++k) {
+        int32_t total = 0;
+        for (int y = ya; y < yb; ++y)
+          for (int x = xa; x < xb; ++x) total += in[(y * iw + x) * c + k];
+        int32_t avg = total > 0 ? (total + count / 2) / count : (total - count / 2) / count;
+        avg = avg < act_min ? act_min : avg > act_max ? act_max : avg;
+        out[(oy * ow + ox) * c + k] = (int8_t)avg;
+      }
+    }
   }
 }
 """

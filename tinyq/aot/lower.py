@@ -1,8 +1,8 @@
 """A tinyq .tflite as integer steps: what each int8 kernel computes, with its constants resolved.
 
 Ops: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED (int8 activations, int8 weights or 2/4-bit
-weights decoded from TFLM's LUT DECODE or packed INT4), MEAN over height and width, RESHAPE,
-SOFTMAX. Per-channel requantization is TFLite's: ``M_c = s_in * s_w[c] / s_out`` in double,
+weights decoded from TFLM's LUT DECODE or packed INT4), AVERAGE_POOL_2D, MEAN over height and
+width, RESHAPE, SOFTMAX. Per-channel requantization is TFLite's: ``M_c = s_in * s_w[c] / s_out`` in double,
 as ``QuantizeMultiplier`` splits it into an int32 ``q`` in ``[2^30, 2^31)`` and a shift;
 fused activations clamp at the quantized 0 and 6 (``CalculateActivationRangeQuantized``).
 """
@@ -212,6 +212,20 @@ def lower(data: bytes) -> Program:
             bits = min(int(n).bit_length() - 1, 32, 31 + int(shift))
             steps.append(Step("mean", [x.index], y.index, {"multiplier": int((int(q) << bits) // n),
                                                              "shift": int(shift) - bits, "count": n}))
+        elif name == "AVERAGE_POOL_2D":
+            x, y = act(inputs[0]), act(outputs[0])
+            if (np.float32(x.scale), x.zero_point) != (np.float32(y.scale), y.zero_point):
+                raise TinyqError("the AOT engine's AVERAGE_POOL_2D keeps its input's scale and zero point, as TFLM's int8 "
+                                 "kernel does")
+            same = opts.padding == schema.Padding.SAME
+            oh, pad_h = _padding(x.shape[1], opts.filterHeight, opts.strideH, 1, same)
+            ow, pad_w = _padding(x.shape[2], opts.filterWidth, opts.strideW, 1, same)
+            if (oh, ow) != tuple(y.shape[1:3]):
+                raise TinyqError(f"op writing tensor {y.index}: output {y.shape} is not what its padding gives")
+            lo, hi = _activation_range(opts.fusedActivationFunction, y.scale, y.zero_point)
+            steps.append(Step("avgpool", [x.index], y.index, {"filter": (opts.filterHeight, opts.filterWidth),
+                                                               "stride": (opts.strideH, opts.strideW),
+                                                               "pad": (pad_h, pad_w), "act_min": lo, "act_max": hi}))
         elif name == "RESHAPE":
             x, y = act(inputs[0]), act(outputs[0])
             steps.append(Step("reshape", [x.index], y.index))
@@ -224,5 +238,5 @@ def lower(data: bytes) -> Program:
                                                                "diff_min": diff_min}))
         else:
             raise TinyqError(f"op {name} is not one the AOT engine computes (conv, depthwise, fully connected, "
-                             "mean, reshape, softmax)")
+                             "average pool, mean, reshape, softmax)")
     return Program(tensors, steps, act(int(sg.inputs[0])).index, act(int(sg.outputs[0])).index)

@@ -55,6 +55,19 @@ def run_step(program: Program, step: Step, x: np.ndarray) -> np.ndarray:
         return np.clip(y, -128, 127).reshape(len(x), *dst.shape[1:])
     if step.op == "reshape":
         return x.reshape(len(x), *dst.shape[1:])
+    if step.op == "avgpool":  # TFLM's int8 average: the taps inside the image, rounded half away from zero
+        (kh, kw), (sh, sw), (ph, pw) = p["filter"], p["stride"], p["pad"]
+        n, h, w, c = x.shape
+        out = np.zeros((n, *dst.shape[1:]), np.int64)
+        for oy in range(dst.shape[1]):
+            y0, y1 = max(0, oy * sh - ph), min(h, oy * sh - ph + kh)
+            for ox in range(dst.shape[2]):
+                x0, x1 = max(0, ox * sw - pw), min(w, ox * sw - pw + kw)
+                total = x[:, y0:y1, x0:x1].astype(np.int64).sum(axis=(1, 2))
+                count = (y1 - y0) * (x1 - x0)
+                avg = np.where(total > 0, (total + count // 2) // count, -((-(total - count // 2)) // count))
+                out[:, oy, ox] = np.clip(avg, p["act_min"], p["act_max"])
+        return out
     if step.op == "softmax":
         return softmax_int8_raw(x, p["multiplier"], p["left_shift"], p["diff_min"])
     raise ValueError(step.op)
