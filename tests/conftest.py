@@ -15,8 +15,8 @@ BITS = (2, 4, 8)
 RES = 32  # input size of the small float model users bring in the quantize tests
 
 
-# property tests of hostile input: no shrinking (a failing case is reported as drawn; shrinking one
-# through TFLM runs took minutes)
+# property tests of hostile input: no shrinking (a failing case is reported as drawn; each shrink step
+# would run TFLM on the case again)
 QUICK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 
