@@ -45,39 +45,47 @@ def _run(cmd: list[str], what: str) -> None:
         raise TinyqError(f"{what} failed: {first[:300]}")
 
 
-def build(bundle: Bundle, board: Board, kernels: str, tree: Tree, library: Path, folder: Path,
-          logs: bool = False) -> Firmware:
-    """Compile and link ``bundle`` for ``board`` in ``folder`` against ``library`` (:func:`tinyq.device.tflm.build_library`)."""
+def _build(folder: Path, board: Board, sources: dict[str, str], support: tuple[str, ...], compile_flags: dict,
+           extra: list[str], libraries: list[str], linker: str, model: str, arena: int) -> Firmware:
+    """Write ``sources`` and the board support into ``folder``/src, compile the C and C++ there (the
+    sample's scores are for the host, not linked), link with ``libraries``; flash from the link map."""
     if folder.exists():
         shutil.rmtree(folder)
     src = folder / "src"
     src.mkdir(parents=True)
-    for name, text in model_sources(values(bundle), "cc").items():
+    for name, text in sources.items():
         (src / name).write_text(text)
-    support = support_dir()
-    for name in SUPPORT:
-        shutil.copy(support / name, src / name)
-    shutil.copy(support / board.support / "board.c", src / "board.c")
-    shutil.copy(support / board.support / board.linker_script, src / board.linker_script)
-    f = flags(board, kernels == "cmsis-nn", logs)
-    defines = [f"-DTQ_MODEL_NAME={bundle.name}", f"-DTQ_MODEL_GUARD={bundle.guard}"]
-    includes = [f"-I{src}", *tree.includes(kernels == "cmsis-nn")]
+    for name in support:
+        shutil.copy(support_dir() / name, src / name)
+    shutil.copy(support_dir() / board.support / "board.c", src / "board.c")
+    shutil.copy(support_dir() / board.support / board.linker_script, src / board.linker_script)
     objects = []
     for path in sorted(src.iterdir()):
         if path.suffix not in (".c", ".cc") or path.name == "sample_input.cc":
             continue
         obj = folder / (path.stem + ".o")
         tool, kind = ("arm-none-eabi-g++", "cc") if path.suffix == ".cc" else ("arm-none-eabi-gcc", "c")
-        _run([tool, *f[kind], "-Os", *defines, *includes, "-c", str(path), "-o", str(obj)], f"compiling {path.name}")
+        _run([tool, *compile_flags[kind], "-Os", f"-I{src}", *extra, "-c", str(path), "-o", str(obj)],
+             f"compiling {path.name}")
         objects.append(str(obj))
     elf, map_file = folder / "firmware.elf", folder / "firmware.map"
-    _run(["arm-none-eabi-g++", *board.cpu_flags, "-nostartfiles", f"-T{src / board.linker_script}", f"-L{src}",
+    _run([linker, *board.cpu_flags, "-nostartfiles", f"-T{src / board.linker_script}", f"-L{src}",
           "-Wl,--gc-sections", f"-Wl,-Map={map_file}", "--specs=nano.specs", "--specs=nosys.specs",
-          *objects, str(library), "-lm", "-o", str(elf)], "linking the firmware")
-    split, sections = flash_split(map_file.read_text(), bundle.name)
-    stdio = bool(re.search(r"\b_?v?s?n?printf|_svfprintf_r|_vfprintf_r", map_file.read_text()))
+          *objects, *libraries, "-lm", "-o", str(elf)], "linking the firmware")
+    link_map = map_file.read_text()
+    split, sections = flash_split(link_map, model)
+    stdio = bool(re.search(r"\b_?v?s?n?printf|_svfprintf_r|_vfprintf_r", link_map))
     return Firmware(elf, split, {"static": sections.get(".data", 0) + sections.get(".bss", 0),
-                                 "arena_buffer": bundle.arena}, stdio)
+                                 "arena_buffer": arena}, stdio)
+
+
+def build(bundle: Bundle, board: Board, kernels: str, tree: Tree, library: Path, folder: Path,
+          logs: bool = False) -> Firmware:
+    """Compile and link ``bundle`` for ``board`` in ``folder`` against ``library`` (:func:`tinyq.device.tflm.build_library`)."""
+    cmsis_nn = kernels == "cmsis-nn"
+    return _build(folder, board, model_sources(values(bundle), "cc"), SUPPORT, flags(board, cmsis_nn, logs),
+                  [f"-DTQ_MODEL_NAME={bundle.name}", f"-DTQ_MODEL_GUARD={bundle.guard}", *tree.includes(cmsis_nn)],
+                  [str(library)], "arm-none-eabi-g++", bundle.name, bundle.arena)
 
 
 AOT_SUPPORT = ("tinyq_board.h", "semihost.c", "startup.c", "runner_aot.c", "sections.ld")
@@ -88,32 +96,10 @@ def build_aot(bundle: Bundle, board: Board, folder: Path) -> Firmware:
     from tinyq.aot.codegen import generate
     from tinyq.aot.lower import lower
 
-    if folder.exists():
-        shutil.rmtree(folder)
-    src = folder / "src"
-    src.mkdir(parents=True)
     generated = generate(lower(bundle.data), "tq_model", "TQ_MODEL")
-    (src / "tq_model.h").write_text(generated.header)
-    (src / "tq_model.c").write_text(generated.source)
-    support = support_dir()
-    for name in AOT_SUPPORT:
-        shutil.copy(support / name, src / name)
-    shutil.copy(support / board.support / "board.c", src / "board.c")
-    shutil.copy(support / board.support / board.linker_script, src / board.linker_script)
-    f = flags(board, False, False)["c"]
-    objects = []
-    for path in sorted(src.glob("*.c")):
-        obj = folder / (path.stem + ".o")
-        _run(["arm-none-eabi-gcc", *f, "-Os", f"-I{src}", "-c", str(path), "-o", str(obj)], f"compiling {path.name}")
-        objects.append(str(obj))
-    elf, map_file = folder / "firmware.elf", folder / "firmware.map"
-    _run(["arm-none-eabi-gcc", *board.cpu_flags, "-nostartfiles", f"-T{src / board.linker_script}", f"-L{src}",
-          "-Wl,--gc-sections", f"-Wl,-Map={map_file}", "--specs=nano.specs", "--specs=nosys.specs",
-          *objects, "-lm", "-o", str(elf)], "linking the AOT firmware")
-    split, sections = flash_split(map_file.read_text(), "tq_model")
-    stdio = bool(re.search(r"\b_?v?s?n?printf|_svfprintf_r|_vfprintf_r", map_file.read_text()))
-    return Firmware(elf, split, {"static": sections.get(".data", 0) + sections.get(".bss", 0),
-                                 "arena_buffer": generated.buffer_bytes + generated.scratch_bytes}, stdio)
+    return _build(folder, board, {"tq_model.h": generated.header, "tq_model.c": generated.source}, AOT_SUPPORT,
+                  flags(board, False, False), [], [], "arm-none-eabi-gcc", "tq_model",
+                  generated.buffer_bytes + generated.scratch_bytes)
 
 
 _OUTPUT = re.compile(r"^(\.[\w.]+)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)")
