@@ -29,70 +29,37 @@ namespace {
 alignas(16) uint8_t g_arena[TQ_ARENA_BYTES];
 alignas(16) int8_t g_input[TQ_GUARD(INPUT_SIZE)];
 
-void say(const char* a, long long n) {
-  char line[40];
-  tq_write(a);
-  char* end = tq_format_int(line, n);
-  end[0] = '\n';
-  end[1] = 0;
-  tq_write(line);
-}
-
-int fail(const char* why) {
-  tq_write("error: ");
-  tq_write(why);
-  tq_write("\n");
-  return 1;
-}
-
 }  // namespace
 
 int main(void) {
-  static char cmdline[256];
-  if (tq_cmdline(cmdline, sizeof(cmdline)) < 0) return fail("no semihosting command line");
-  const char* path = cmdline;  // QEMU passes "runner PATH"; the path is the last word
-  for (const char* p = cmdline; *p; ++p) {
-    if (*p == ' ' && p[1]) path = p + 1;
-  }
+  const char* path = tq_inputs_path();
+  if (!path) return tq_fail("no semihosting command line");
   const tflite::Model* model = tflite::GetModel(TQ_MODEL_DATA);
-  if (model->version() != TFLITE_SCHEMA_VERSION) return fail("the model's schema version differs from this TFLM's");
+  if (model->version() != TFLITE_SCHEMA_VERSION) return tq_fail("the model's schema version differs from this TFLM's");
   static tflite::MicroMutableOpResolver<TQ_GUARD(NUM_OPS)> resolver;
 #define TQ_ADD_OP(op) \
-  if (resolver.Add##op() != kTfLiteOk) return fail("cannot register op " #op);
+  if (resolver.Add##op() != kTfLiteOk) return tq_fail("cannot register op " #op);
   TQ_GUARD(OPS)(TQ_ADD_OP)
 #undef TQ_ADD_OP
   static tflite::MicroInterpreter interpreter(model, resolver, g_arena, sizeof(g_arena));
-  if (interpreter.AllocateTensors() != kTfLiteOk) return fail("AllocateTensors failed: the arena is too small");
-  say("arena_used_bytes ", (long long)interpreter.arena_used_bytes());
+  if (interpreter.AllocateTensors() != kTfLiteOk) return tq_fail("AllocateTensors failed: the arena is too small");
+  tq_say("arena_used_bytes ", (long long)interpreter.arena_used_bytes());
   TfLiteTensor* input = interpreter.input(0);
   const TfLiteTensor* output = interpreter.output(0);
-  if (input->bytes != sizeof(g_input)) return fail("the input tensor's size differs from model_settings.h");
+  if (input->bytes != sizeof(g_input)) return tq_fail("the input tensor's size differs from model_settings.h");
   int fd = tq_open(path);
-  if (fd < 0) return fail("cannot open the inputs file");
+  if (fd < 0) return tq_fail("cannot open the inputs file");
   const long total = tq_file_length(fd);
-  if (total <= 0 || total % (long)sizeof(g_input) != 0) return fail("the inputs file is not whole inputs");
-  char line[16 + 5 * 256];
+  if (total <= 0 || total % (long)sizeof(g_input) != 0) return tq_fail("the inputs file is not whole inputs");
   for (long i = 0; i < total / (long)sizeof(g_input); ++i) {
-    if (tq_read(fd, g_input, sizeof(g_input)) != (int)sizeof(g_input)) return fail("short read of the inputs file");
+    if (tq_read(fd, g_input, sizeof(g_input)) != (int)sizeof(g_input)) return tq_fail("short read of the inputs file");
     for (unsigned j = 0; j < sizeof(g_input); ++j) input->data.int8[j] = g_input[j];
     const uint64_t start = tq_instructions();
-    if (interpreter.Invoke() != kTfLiteOk) return fail("Invoke failed");
-    const uint64_t spent = tq_instructions() - start;
-    char* end = line;
-    *end++ = 'o', *end++ = 'u', *end++ = 't', *end++ = ' ';
-    end = tq_format_int(end, i);
-    *end++ = ' ';
-    end = tq_format_int(end, (long long)spent);
-    for (unsigned k = 0; k < output->bytes && k < 256; ++k) {
-      *end++ = ' ';
-      end = tq_format_int(end, output->data.int8[k]);
-    }
-    *end++ = '\n';
-    *end = 0;
-    tq_write(line);
+    if (interpreter.Invoke() != kTfLiteOk) return tq_fail("Invoke failed");
+    tq_say_output(i, tq_instructions() - start, output->data.int8, output->bytes);
   }
   tq_close(fd);
-  say("stack_used_bytes ", (long long)tq_stack_used());
+  tq_say("stack_used_bytes ", (long long)tq_stack_used());
   tq_write("done\n");
   return 0;
 }

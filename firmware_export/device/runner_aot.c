@@ -12,55 +12,22 @@
 static int8_t g_input[TQ_MODEL_INPUT_SIZE];
 static int8_t g_output[TQ_MODEL_OUTPUT_SIZE];
 
-static void say(const char* a, long long n) {
-  char line[40];
-  tq_write(a);
-  char* end = tq_format_int(line, n);
-  end[0] = '\n';
-  end[1] = 0;
-  tq_write(line);
-}
-
-static int fail(const char* why) {
-  tq_write("error: ");
-  tq_write(why);
-  tq_write("\n");
-  return 1;
-}
-
 int main(void) {
-  static char cmdline[256];
-  if (tq_cmdline(cmdline, sizeof(cmdline)) < 0) return fail("no semihosting command line");
-  const char* path = cmdline; /* QEMU passes "runner PATH"; the path is the last word */
-  for (const char* p = cmdline; *p; ++p) {
-    if (*p == ' ' && p[1]) path = p + 1;
-  }
-  say("arena_used_bytes ", (long long)(TQ_MODEL_BUFFER_BYTES + TQ_MODEL_SCRATCH_BYTES)); /* all the engine's RAM */
+  const char* path = tq_inputs_path();
+  if (!path) return tq_fail("no semihosting command line");
+  tq_say("arena_used_bytes ", (long long)(TQ_MODEL_BUFFER_BYTES + TQ_MODEL_SCRATCH_BYTES)); /* all the engine's RAM */
   int fd = tq_open(path);
-  if (fd < 0) return fail("cannot open the inputs file");
+  if (fd < 0) return tq_fail("cannot open the inputs file");
   const long total = tq_file_length(fd);
-  if (total <= 0 || total % (long)sizeof(g_input) != 0) return fail("the inputs file is not whole inputs");
-  char line[16 + 5 * 256];
+  if (total <= 0 || total % (long)sizeof(g_input) != 0) return tq_fail("the inputs file is not whole inputs");
   for (long i = 0; i < total / (long)sizeof(g_input); ++i) {
-    if (tq_read(fd, g_input, sizeof(g_input)) != (int)sizeof(g_input)) return fail("short read of the inputs file");
+    if (tq_read(fd, g_input, sizeof(g_input)) != (int)sizeof(g_input)) return tq_fail("short read of the inputs file");
     const uint64_t start = tq_instructions();
     tq_model_invoke(g_input, g_output);
-    const uint64_t spent = tq_instructions() - start;
-    char* end = line;
-    *end++ = 'o', *end++ = 'u', *end++ = 't', *end++ = ' ';
-    end = tq_format_int(end, i);
-    *end++ = ' ';
-    end = tq_format_int(end, (long long)spent);
-    for (unsigned k = 0; k < sizeof(g_output) && k < 256; ++k) {
-      *end++ = ' ';
-      end = tq_format_int(end, g_output[k]);
-    }
-    *end++ = '\n';
-    *end = 0;
-    tq_write(line);
+    tq_say_output(i, tq_instructions() - start, g_output, sizeof(g_output));
   }
   tq_close(fd);
-  say("stack_used_bytes ", (long long)tq_stack_used());
+  tq_say("stack_used_bytes ", (long long)tq_stack_used());
   tq_write("done\n");
   return 0;
 }

@@ -72,3 +72,46 @@ char* tq_format_int(char* out, long long value) {
   *out = 0;
   return out;
 }
+
+/* The device runners' report lines (runner.cc, runner_aot.c). */
+void tq_say(const char* label, long long n) {
+  char line[40];
+  tq_write(label);
+  char* end = tq_format_int(line, n);
+  end[0] = '\n';
+  end[1] = 0;
+  tq_write(line);
+}
+
+int tq_fail(const char* why) {
+  tq_write("error: ");
+  tq_write(why);
+  tq_write("\n");
+  return 1;
+}
+
+void tq_say_output(long index, uint64_t instructions, const int8_t* scores, unsigned n) {
+  char line[16 + 2 * 24 + 5 * 256];
+  char* end = line;
+  *end++ = 'o', *end++ = 'u', *end++ = 't', *end++ = ' ';
+  end = tq_format_int(end, index);
+  *end++ = ' ';
+  end = tq_format_int(end, (long long)instructions);
+  for (unsigned k = 0; k < n && k < 256; ++k) {
+    *end++ = ' ';
+    end = tq_format_int(end, scores[k]);
+  }
+  *end++ = '\n';
+  *end = 0;
+  tq_write(line);
+}
+
+const char* tq_inputs_path(void) {
+  static char cmdline[256];
+  if (tq_cmdline(cmdline, sizeof(cmdline)) < 0) return 0;
+  const char* path = cmdline; /* QEMU passes "runner PATH"; the path is the last word */
+  for (const char* p = cmdline; *p; ++p) {
+    if (*p == ' ' && p[1]) path = p + 1;
+  }
+  return path;
+}

@@ -27,6 +27,12 @@ void tq_exit(int status) __attribute__((noreturn));
 /* Number formatting without stdio. */
 char* tq_format_int(char* out, long long value);  /* writes decimal digits and a 0; returns the 0 */
 
+/* The device runners' protocol: "LABEL N", "error: WHY" (returns 1), "out I INSTRUCTIONS v0 v1 ...". */
+void tq_say(const char* label, long long n);
+int tq_fail(const char* why);
+void tq_say_output(long index, uint64_t instructions, const int8_t* scores, unsigned n);
+const char* tq_inputs_path(void); /* the file of inputs QEMU names on the command line; 0 without one */
+
 #ifdef __cplusplus
 }
 #endif
