@@ -299,6 +299,14 @@ static inline int32_t tq_weight(const tq_layer *l, int32_t k, int o) {
    of up to four output channels are unpacked from flash into rows of int16 (TQ_MAX_ROW each, the
    model's largest kernel), then every output position reads them: four channels share each input. */
 static int16_t tq_rows[4 * TQ_MAX_ROW];
+
+TQ_INLINE int32_t tq_bias(const tq_layer *l, int o) { return l->b16 ? l->b16[o] : l->b32[o]; }
+
+/* an output channel's int32 sum (bias included) to its int8 output: requantized, then the activation's clamp */
+TQ_INLINE int8_t tq_output(const tq_layer *l, int32_t acc, int o) {
+  const int32_t y = tq_mbqm(acc, l->mult[o], l->shift[o]) + l->out_offset;
+  return (int8_t)(y < l->act_min ? l->act_min : y > l->act_max ? l->act_max : y);
+}
 static int8_t tq_plane[TQ_MAX_PLANE]; /* one channel of a depthwise input */
 
 #if defined(__GNUC__)
@@ -370,12 +378,8 @@ static void tq_pointwise_in_place(const tq_layer *l, int8_t *buf) {
   for (int32_t k = 0; k < pixels; ++k) {
     const int32_t p = widen ? pixels - 1 - k : k;
     for (int32_t c = 0; c < ic; ++c) tq_pixel[c] = buf[p * ic + c];
-    for (int o = 0; o < oc; ++o) {
-      int32_t y = tq_dot(tq_rows + o * ic, tq_pixel, ic, off) + (l->b16 ? l->b16[o] : l->b32[o]);
-      y = tq_mbqm(y, l->mult[o], l->shift[o]) + l->out_offset;
-      y = y < l->act_min ? l->act_min : y > l->act_max ? l->act_max : y;
-      buf[p * oc + o] = (int8_t)y;
-    }
+    for (int o = 0; o < oc; ++o)
+      buf[p * oc + o] = tq_output(l, tq_dot(tq_rows + o * ic, tq_pixel, ic, off) + tq_bias(l, o), o);
   }
 }
 
@@ -394,7 +398,7 @@ static void tq_depthwise_run(const tq_layer *l, const int8_t *in, int8_t *out) {
       base = tq_plane;
       ic = 1;
     }
-    const int32_t bias = l->b16 ? l->b16[o] : l->b32[o];
+    const int32_t bias = tq_bias(l, o);
     int32_t inside_offset = 0; /* every tap inside the image: sum of w * (x + off) = sum of w * x + off * sum of w */
     for (int32_t i = 0; i < taps; ++i) inside_offset += w[i] * off;
     for (int oy = 0; oy < l->oh; ++oy) {
@@ -431,9 +435,7 @@ static void tq_depthwise_run(const tq_layer *l, const int8_t *in, int8_t *out) {
             }
           }
         }
-        acc = tq_mbqm(acc, l->mult[o], l->shift[o]) + l->out_offset;
-        acc = acc < l->act_min ? l->act_min : acc > l->act_max ? l->act_max : acc;
-        out[(oy * l->ow + ox) * l->oc + o] = (int8_t)acc;
+        out[(oy * l->ow + ox) * l->oc + o] = tq_output(l, acc, o);
       }
     }
   }
@@ -444,16 +446,13 @@ static void tq_layer_run(const tq_layer *l, const int8_t *in, int8_t *out) {
     tq_depthwise_run(l, in, out);
     return;
   }
-  const int depthwise = 0;
-  const int32_t taps = l->kh * l->kw, width = depthwise ? 1 : l->ic, n = taps * width;
+  const int32_t width = l->ic, n = l->kh * l->kw * width;
   const int32_t off = l->in_offset;
   int group;
   for (int o = 0; o < l->oc; o += group) {
-    group = !depthwise && l->oc - o >= 4 ? 4 : 1;
+    group = l->oc - o >= 4 ? 4 : 1;
     for (int g = 0; g < group; ++g)
-      for (int32_t i = 0; i < n; ++i)
-        tq_rows[g * TQ_MAX_ROW + i] = (int16_t)tq_weight(l, depthwise ? o + i * l->oc : (o + g) * n + i, o + g);
-    const int8_t *base = in + (depthwise ? o / l->dm : 0);
+      for (int32_t i = 0; i < n; ++i) tq_rows[g * TQ_MAX_ROW + i] = (int16_t)tq_weight(l, (o + g) * n + i, o + g);
     for (int oy = 0; oy < l->oh; ++oy) {
       const int y0 = oy * l->sh - l->ph;
       for (int ox = 0; ox < l->ow; ++ox) {
@@ -465,19 +464,14 @@ static void tq_layer_run(const tq_layer *l, const int8_t *in, int8_t *out) {
           for (int fx = 0; fx < l->kw; ++fx) {
             const int x = x0 + fx * l->dw;
             if (x < 0 || x >= l->iw) continue;
-            const int8_t *px = base + (y * l->iw + x) * l->ic;
+            const int8_t *px = in + (y * l->iw + x) * l->ic;
             const int16_t *w = tq_rows + (fy * l->kw + fx) * width;
-            if (depthwise) acc[0] += w[0] * (px[0] + off);
-            else if (group == 4) tq_dot4(w, px, width, off, acc);
+            if (group == 4) tq_dot4(w, px, width, off, acc);
             else acc[0] += tq_dot(w, px, width, off);
           }
         }
-        for (int g = 0; g < group; ++g) {
-          int32_t y = acc[g] + (l->b16 ? l->b16[o + g] : l->b32[o + g]);
-          y = tq_mbqm(y, l->mult[o + g], l->shift[o + g]) + l->out_offset;
-          y = y < l->act_min ? l->act_min : y > l->act_max ? l->act_max : y;
-          out[(oy * l->ow + ox) * l->oc + o + g] = (int8_t)y;
-        }
+        for (int g = 0; g < group; ++g)
+          out[(oy * l->ow + ox) * l->oc + o + g] = tq_output(l, acc[g] + tq_bias(l, o + g), o + g);
       }
     }
   }
