@@ -240,3 +240,30 @@ def test_the_mlperf_int8_file_runs_in_the_aot_engine(tmp_path, vww_dev):
     x = model_input(fb, images.x, contract)
     tflm = tflm_outputs(data, x)
     assert np.array_equal(_c_outputs(_compile(lower(data), tmp_path), x, tflm.shape[1]), tflm)
+
+
+def test_a_graph_that_is_not_a_chain_is_planned_by_lifetimes(tmp_path):
+    """Two steps read one tensor: no step in place, every depthwise still gets its channel plane,
+    and the C engine computes what numpy does."""
+    rng = np.random.default_rng(11)
+    t = {0: Tensor(0, (1, 6, 6, 4), 0.02, -3), 1: Tensor(1, (1, 6, 6, 4), 0.05, -10),
+         2: Tensor(2, (1, 6, 6, 4), 0.05, -10), 3: Tensor(3, (1, 6, 6, 8), 0.05, -10)}
+    q, shift = quantize_multiplier(np.full(8, 0.004))
+
+    def layer(op, w):
+        c = w.shape[3] if op == "depthwise" else w.shape[0]
+        extra = {"depth_multiplier": 1} if op == "depthwise" else {}
+        return {"weights": w, "storage": "int8", "bias": rng.integers(-500, 500, c), "multiplier": q[:c].astype(np.int64),
+                "shift": shift[:c].astype(np.int64), "act_min": -128, "act_max": 127, "stride": (1, 1),
+                "dilation": (1, 1), "pad": (1, 1) if op == "depthwise" else (0, 0), **extra}
+
+    steps = [Step("depthwise", [0], 1, layer("depthwise", rng.integers(-127, 128, (1, 3, 3, 4)).astype(np.int8))),
+             Step("depthwise", [1], 2, layer("depthwise", rng.integers(-127, 128, (1, 3, 3, 4)).astype(np.int8))),
+             Step("conv", [1], 3, layer("conv", rng.integers(-127, 128, (8, 1, 1, 4)).astype(np.int8)))]
+    program = Program(t, steps, 0, 3)
+    plan = plan_memory(program)
+    assert not plan.in_place and plan.plane_bytes == 36
+    x = rng.integers(-128, 128, size=(12, 6, 6, 4)).astype(np.int8)
+    expected = run(program, x)
+    assert len(np.unique(expected, axis=0)) == len(x)
+    assert np.array_equal(_c_outputs(_compile(program, tmp_path), x, expected.shape[1]), expected)

@@ -212,6 +212,7 @@ int {name}_invoke(const int8_t *input, int8_t *output);
         KERNELS_COMMON,
         (f"#define TQ_MAX_ROW {max_row}\n#define TQ_MAX_PLANE {max(memory.plane_bytes, 1)}\n" + _layer_kernel(wbits))
         if ops & set(KERNEL_OPS) else "",
+        POINTWISE_IN_PLACE_KERNEL if any(program.steps[i].op == "conv" for i in memory.in_place) else "",
         MEAN_KERNEL if "mean" in ops else "",
         AVGPOOL_KERNEL if "avgpool" in ops else "",
         SOFTMAX_KERNEL if "softmax" in ops else "",
@@ -364,25 +365,6 @@ static TQ_NOINLINE int32_t tq_dot(const int16_t *w, const int8_t *x, int32_t n, 
   return acc;
 }
 
-/* pointwise (1x1, stride 1) over its own input: every output channel's weights unpacked first, then
-   pixel by pixel, each pixel's input copied before its outputs overwrite it; from the last pixel when
-   the layer widens its input (pixel p's output starts at p * oc, past every input not yet read),
-   from the first when it narrows it */
-static int8_t tq_pixel[TQ_MAX_ROW];
-
-static void tq_pointwise_in_place(const tq_layer *l, int8_t *buf) {
-  const int32_t ic = l->ic, oc = l->oc, pixels = l->oh * l->ow, off = l->in_offset;
-  for (int o = 0; o < oc; ++o)
-    for (int32_t c = 0; c < ic; ++c) tq_rows[o * ic + c] = (int16_t)tq_weight(l, o * ic + c, o);
-  const int widen = oc > ic;
-  for (int32_t k = 0; k < pixels; ++k) {
-    const int32_t p = widen ? pixels - 1 - k : k;
-    for (int32_t c = 0; c < ic; ++c) tq_pixel[c] = buf[p * ic + c];
-    for (int o = 0; o < oc; ++o)
-      buf[p * oc + o] = tq_output(l, tq_dot(tq_rows + o * ic, tq_pixel, ic, off) + tq_bias(l, o), o);
-  }
-}
-
 /* depthwise, one channel at a time: its kh x kw weights in registers' reach, interior positions
    without bounds checks */
 static void tq_depthwise_run(const tq_layer *l, const int8_t *in, int8_t *out) {
@@ -510,6 +492,27 @@ static void tq_avgpool(const int8_t *in, int8_t *out, int ih, int iw, int c, int
         out[(oy * ow + ox) * c + k] = (int8_t)avg;
       }
     }
+  }
+}
+"""
+
+POINTWISE_IN_PLACE_KERNEL = r"""
+/* pointwise (1x1, stride 1) over its own input: every output channel's weights unpacked first, then
+   pixel by pixel, each pixel's input copied before its outputs overwrite it; from the last pixel when
+   the layer widens its input (pixel p's output starts at p * oc, past every input not yet read),
+   from the first when it narrows it */
+static int8_t tq_pixel[TQ_MAX_ROW];
+
+static void tq_pointwise_in_place(const tq_layer *l, int8_t *buf) {
+  const int32_t ic = l->ic, oc = l->oc, pixels = l->oh * l->ow, off = l->in_offset;
+  for (int o = 0; o < oc; ++o)
+    for (int32_t c = 0; c < ic; ++c) tq_rows[o * ic + c] = (int16_t)tq_weight(l, o * ic + c, o);
+  const int widen = oc > ic;
+  for (int32_t k = 0; k < pixels; ++k) {
+    const int32_t p = widen ? pixels - 1 - k : k;
+    for (int32_t c = 0; c < ic; ++c) tq_pixel[c] = buf[p * ic + c];
+    for (int o = 0; o < oc; ++o)
+      buf[p * oc + o] = tq_output(l, tq_dot(tq_rows + o * ic, tq_pixel, ic, off) + tq_bias(l, o), o);
   }
 }
 """

@@ -58,25 +58,25 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def _root(alias: dict[int, int], t: int) -> int:
+    """The tensor whose bytes ``t`` is (RESHAPE outputs are their inputs)."""
+    while t in alias:
+        t = alias[t]
+    return t
+
+
 def _chain(program: Program, alias: dict[int, int]) -> bool:
     """Whether every step reads only the tensor the step before wrote (RESHAPE seen through)."""
-    def root(t: int) -> int:
-        while t in alias:
-            t = alias[t]
-        return t
-
     previous = program.input
     for step in program.steps:
-        if len(step.inputs) != 1 or root(step.inputs[0]) != root(previous):
+        if len(step.inputs) != 1 or _root(alias, step.inputs[0]) != _root(alias, previous):
             return False
         previous = step.output
-    return root(previous) == root(program.output)
+    return _root(alias, previous) == _root(alias, program.output)
 
 
-def _plan_chain(program: Program, alias: dict[int, int]) -> MemoryPlan | None:
-    """The chain's plan (module docstring), or None when it is not a chain."""
-    if not _chain(program, alias):
-        return None
+def _plan_chain(program: Program, alias: dict[int, int]) -> tuple[dict[int, int], int, set[int]]:
+    """Offsets, buffer size and in-place steps of a chain (module docstring)."""
     steps = [(i, s) for i, s in enumerate(program.steps) if s.op != "reshape"]
     size = {t: _aligned(program.tensors[t].size) for t in program.tensors}
     external = {program.input, program.output}
@@ -85,9 +85,7 @@ def _plan_chain(program: Program, alias: dict[int, int]) -> MemoryPlan | None:
         offsets, in_place, fits = {}, set(), True
         where = None  # (offset, bytes) of the live input
         for i, step in steps:
-            src, dst = step.inputs[0], step.output
-            while src in alias:
-                src = alias[src]
+            dst = step.output
             if dst == program.output:
                 break
             need = size[dst]
@@ -106,47 +104,24 @@ def _plan_chain(program: Program, alias: dict[int, int]) -> MemoryPlan | None:
                 break
             where = (offsets[dst], need)
         if fits:
-            break
-    for t, base in alias.items():
-        if base in offsets:
-            offsets[t] = offsets[base]
-    planes = [program.tensors[s.inputs[0]].shape[1] * program.tensors[s.inputs[0]].shape[2]
-              for s in program.steps if s.op == "depthwise"]
-    return MemoryPlan(offsets, target, dict(alias), frozenset(in_place), max(planes or [0]))
+            return offsets, target, in_place
 
 
-def plan_memory(program: Program) -> MemoryPlan:
-    reshapes = {s.output: s.inputs[0] for s in program.steps if s.op == "reshape"}
-    chained = _plan_chain(program, reshapes)
-    if chained is not None:
-        return chained
-    return _plan_greedy(program)
-
-
-def _plan_greedy(program: Program) -> MemoryPlan:
-    alias: dict[int, int] = {}
-
-    def root(t: int) -> int:
-        while t in alias:
-            t = alias[t]
-        return t
-
-    for step in program.steps:
-        if step.op == "reshape":
-            alias[step.output] = step.inputs[0]
+def _plan_greedy(program: Program, alias: dict[int, int]) -> tuple[dict[int, int], int]:
+    """Offsets and buffer size by lifetimes, largest first at the lowest free offset."""
     first: dict[int, int] = {}
     last: dict[int, int] = {}
     for i, step in enumerate(program.steps):
         for t in step.inputs:
-            last[root(t)] = i
-        out = root(step.output)
+            last[_root(alias, t)] = i
+        out = _root(alias, step.output)
         first.setdefault(out, i)
         last.setdefault(out, i)
     placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
     offsets: dict[int, int] = {}
-    own = [t for t in first if t not in (program.input, root(program.output))]
+    own = [t for t in first if t not in (program.input, _root(alias, program.output))]
     for t in sorted(own, key=lambda t: (-program.tensors[t].size, first[t])):
-        size = -(-program.tensors[t].size // ALIGN) * ALIGN
+        size = _aligned(program.tensors[t].size)
         busy = sorted((o, o + s) for o, s, f, l in placed if not (l < first[t] or last[t] < f))
         offset = 0
         for lo, hi in busy:
@@ -155,4 +130,19 @@ def _plan_greedy(program: Program) -> MemoryPlan:
             offset = max(offset, hi)
         placed.append((offset, size, first[t], last[t]))
         offsets[t] = offset
-    return MemoryPlan(offsets, max((o + s for o, s, _, _ in placed), default=0), alias)
+    return offsets, max((o + s for o, s, _, _ in placed), default=0)
+
+
+def plan_memory(program: Program) -> MemoryPlan:
+    alias = {s.output: s.inputs[0] for s in program.steps if s.op == "reshape"}
+    if _chain(program, alias):
+        offsets, size, in_place = _plan_chain(program, alias)
+    else:
+        (offsets, size), in_place = _plan_greedy(program, alias), set()
+    for t in alias:  # a RESHAPE's output is where its input is
+        if _root(alias, t) in offsets:
+            offsets[t] = offsets[_root(alias, t)]
+    # the depthwise kernel copies each input channel's plane, in place or not
+    planes = [program.tensors[s.inputs[0]].shape[1] * program.tensors[s.inputs[0]].shape[2]
+              for s in program.steps if s.op == "depthwise"]
+    return MemoryPlan(offsets, size, alias, frozenset(in_place), max(planes or [0]))
