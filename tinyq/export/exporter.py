@@ -8,7 +8,7 @@ from typing import Callable
 from tinyq.export.bundle import prepare
 from tinyq.export.flash import flash_bytes
 from tinyq.export.sources import model_sources, values
-from tinyq.export.targets import Options, files_for, validate
+from tinyq.export.targets import Options, aot_engine, aot_files, files_for, validate
 from tinyq.runfolder import write_files
 
 
@@ -42,15 +42,15 @@ def export(source: str | Path, out: str | Path, target: str = "c", lang: str = "
     validate(target, opts)
     bundle = prepare(source, name=name, sample=sample, log=log)
     v = values(bundle)
-    files = files_for(target, v, opts)
-    if target == "aot":
-        engine = f"{v['name']}.c"
+    if target == "aot":  # its flash is the engine's, and its RAM the engine's buffer
+        generated = aot_engine(v)
+        files = aot_files(v, generated)
         measured = flash_bytes({k: t for k, t in files.items() if "/" not in k and k.endswith((".c", ".h"))})
         if isinstance(measured, dict):
-            buffer = next(int(line.split()[2]) for line in files[f"{v['name']}.h"].splitlines()
-                          if line.startswith(f"#define {v['guard']}_BUFFER_BYTES"))
-            measured = {"engine": measured[engine], "buffer": buffer, "model_io.c": measured["model_io.c"]}
+            measured = {"engine": measured[f"{v['name']}.c"], "buffer": generated.buffer_bytes,
+                        "model_io.c": measured["model_io.c"]}
     else:
+        files = files_for(target, v, opts)
         measured = flash_bytes(model_sources(v, "c"))
     result = ExportResult([], bundle.arena, bundle.arena_measured,
                           **({"flash": measured} if isinstance(measured, dict) else {"flash_unmeasured": measured}))

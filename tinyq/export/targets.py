@@ -94,13 +94,17 @@ def zephyr_target(v: dict, opts: Options) -> dict[str, str]:
     return files
 
 
-def aot_target(v: dict, opts: Options) -> dict[str, str]:
-    """Plain C99 with no TFLM (tinyq.aot): the engine (NAME.h, NAME.c), model_settings.h (the input
-    contract), model_io and sample_input, example/main.c (the sample against the host's scores), README.md."""
+def aot_engine(v: dict):
+    """The AOT engine's sources and sizes for the exported model (:class:`tinyq.aot.codegen.Generated`)."""
     from tinyq.aot.codegen import generate
     from tinyq.aot.lower import lower
 
-    generated = generate(lower(v["tflite"]), v["name"], v["guard"], settings="model_settings.h")
+    return generate(lower(v["tflite"]), v["name"], v["guard"], settings="model_settings.h")
+
+
+def aot_files(v: dict, generated) -> dict[str, str]:
+    """Plain C99 with no TFLM (tinyq.aot): the engine (NAME.h, NAME.c), model_settings.h (the input
+    contract), model_io and sample_input, example/main.c (the sample against the host's scores), README.md."""
     w = dict(v, buffer_bytes=generated.buffer_bytes, scratch_bytes=generated.scratch_bytes,
              constant_bytes=generated.constant_bytes,
              packed_weight_bytes=generated.packed_weight_bytes)
@@ -110,6 +114,10 @@ def aot_target(v: dict, opts: Options) -> dict[str, str]:
     common = model_sources(v, "c")
     files |= {k: common[k] for k in ("model_io.h", "model_io.c", "sample_input.h", "sample_input.c")}
     return files
+
+
+def aot_target(v: dict, opts: Options) -> dict[str, str]:
+    return aot_files(v, aot_engine(v))
 
 
 TARGETS: dict[str, Callable[[dict, Options], dict[str, str]]] = {
