@@ -90,18 +90,8 @@ def test_damaged_files_fail_cleanly(good_file, folders, tmp_path_factory, damage
         path = folder / f"m{i}.tflite"
         path.write_bytes(_apply(good_file, d))
         files.append(str(path))
-    child = subprocess.run([sys.executable, "-c", CHILD, str(folders / "labelled"), *files],
-                           capture_output=True, text=True, timeout=900)
-    assert child.returncode == 0, f"a runtime crashed on a damaged file (exit {child.returncode}): {child.stderr[-800:]}"
-    rows = json.loads(child.stdout.strip().splitlines()[-1])
-    for d, row in zip(damages, rows):
-        for cmd, r in row.items():
-            assert r["exception"] is None, (d[0], cmd, r)
-            assert r["code"] in (0, 1), (d[0], cmd, r)
-            if r["code"] == 1:
-                assert r["last"].startswith("error: ") and "Traceback" not in r["last"], (d[0], cmd, r)
-                if cmd == "export":
-                    assert not r["fw_exists"], (d[0], "export left a partial folder")
+    for d, row in zip(damages, _commands_on_all(files, folders)):
+        _assert_clean(d[0], row)
 
 
 def _rewritten(good: bytes, damage) -> bytes:
@@ -192,11 +182,25 @@ def _misaligned_shape(good: bytes) -> bytes:
     return good[:at] + (target - at).to_bytes(4, "little") + good[at + 4:]
 
 
-def _commands_on(path, folders) -> dict:
-    child = subprocess.run([sys.executable, "-c", CHILD, str(folders / "labelled"), str(path)],
-                           capture_output=True, text=True, timeout=900)
+def _commands_on_all(paths, folders, timeout: int = 900) -> list[dict]:
+    """inspect, export and check on each file, in one child process that must not die."""
+    child = subprocess.run([sys.executable, "-c", CHILD, str(folders / "labelled"), *map(str, paths)],
+                           capture_output=True, text=True, timeout=timeout)
     assert child.returncode == 0, f"a runtime crashed (exit {child.returncode}): {child.stderr[-800:]}"
-    return json.loads(child.stdout.strip().splitlines()[-1])[0]
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def _commands_on(path, folders) -> dict:
+    return _commands_on_all([path], folders)[0]
+
+
+def _assert_clean(label, row: dict) -> None:
+    """Each command succeeded, or ended with one ``error:`` line and no export folder; no exception."""
+    for cmd, r in row.items():
+        assert r["exception"] is None and r["code"] in (0, 1), (label, cmd, r)
+        if r["code"] == 1:
+            assert r["last"].startswith("error: ") and "Traceback" not in r["last"], (label, cmd, r)
+            assert not (cmd == "export" and r["fw_exists"]), (label, "export left a partial folder")
 
 
 def _assert_refused(row: dict, expected: str) -> None:
@@ -343,13 +347,5 @@ def test_odd_but_valid_flatbuffers_fail_cleanly(good_file, good_2bit_file, folde
         path = folder / f"m{i}.tflite"
         path.write_bytes(_rewritten(base, lambda m, edits=edits: [_edit(m, e) for e in edits]))
         files.append(str(path))
-    child = subprocess.run([sys.executable, "-c", CHILD, str(folders / "labelled"), *files],
-                           capture_output=True, text=True, timeout=1200)
-    assert child.returncode == 0, f"a runtime crashed on a lying file (exit {child.returncode}): {child.stderr[-800:]}"
-    rows = json.loads(child.stdout.strip().splitlines()[-1])
-    for f, row in zip(files, rows):
-        for cmd, r in row.items():
-            assert r["exception"] is None and r["code"] in (0, 1), (f, cmd, r)
-            if r["code"] == 1:
-                assert r["last"].startswith("error: "), (f, cmd, r)
-                assert not (cmd == "export" and r["fw_exists"]), (f, "export left a folder")
+    for f, row in zip(files, _commands_on_all(files, folders, timeout=1200)):
+        _assert_clean(f, row)

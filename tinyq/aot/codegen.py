@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinyq.aot.lower import Program, Step
-from tinyq.aot.memory import MemoryPlan, plan_memory, row_capacity
+from tinyq.aot.memory import MemoryPlan, plan_memory, plane_shape, resident_rows, row_capacity
 
 KERNEL_OPS = {"conv": "TQ_CONV", "depthwise": "TQ_DEPTHWISE", "fc": "TQ_FC"}
 
@@ -133,7 +133,7 @@ def generate(program: Program, name: str = "model", guard: str | None = None, se
         raise ValueError(f"{name!r} is not a C identifier")
     memory = plan_memory(program)
     ops = {s.op for s in program.steps}
-    consts, calls, layers = [], [], []
+    consts, calls, layers, steps = [], [], [], []
     constant_bytes = packed_bytes = 0
     wbits = set()
     max_row = row_capacity(program)
@@ -155,16 +155,22 @@ def generate(program: Program, name: str = "model", guard: str | None = None, se
                             oc=dst.shape[3], kh=w.shape[1], kw=w.shape[2], sh=p["stride"][0], sw=p["stride"][1],
                             dh=p["dilation"][0], dw=p["dilation"][1], ph=p["pad"][0], pw=p["pad"][1],
                             dm=p.get("depth_multiplier", 1))
+            dims["hp"], dims["wp"] = plane_shape(program, step) if step.op == "depthwise" else (0, 0)
+            dims["resident"] = int(step.op != "depthwise" and resident_rows(program, step))
             init = ", ".join(f".{k} = {v}" for k, v in dims.items())
             layers.append(f"static const tq_layer tq_l{i} = {{{init}, .in_offset = {-src.zero_point}, "
                           f".out_offset = {dst.zero_point}, .act_min = {p['act_min']}, .act_max = {p['act_max']}, "
                           f".kind = {KERNEL_OPS[step.op]}, .wbits = {f['wbits']}, .w = {f['w']}, "
                           f".levels = {f['levels']}, .lv_stride = {f['lv_stride']}, .b16 = {f['b16']}, "
                           f".b32 = {f['b32']}, .mult = {f['mult']}, .shift = {f['shift']}}};\n")
+            # a function per layer: the kernel inlined with the layer's constants folded in
             if i in memory.in_place and step.op == "conv":
-                calls.append(f"  tq_pointwise_in_place(&tq_l{i}, {y});")
+                steps.append(f"static TQ_NOINLINE void tq_step{i}(int8_t *buf) {{ tq_pointwise_in_place(&tq_l{i}, buf); }}\n")
+                calls.append(f"  tq_step{i}({y});")
             else:
-                calls.append(f"  tq_layer_run(&tq_l{i}, {x}, {y});")
+                kernel = "tq_depthwise_run" if step.op == "depthwise" else "tq_conv_run"
+                steps.append(f"static TQ_NOINLINE void tq_step{i}(const int8_t *in, int8_t *out) {{ {kernel}(&tq_l{i}, in, out); }}\n")
+                calls.append(f"  tq_step{i}({x}, {y});")
         elif step.op == "mean":
             calls.append(f"  tq_mean({x}, {y}, {src.shape[1] * src.shape[2]}, {src.shape[3]}, {-src.zero_point}, "
                          f"{dst.zero_point}, {p['multiplier']}, {p['shift']});")
@@ -181,7 +187,10 @@ def generate(program: Program, name: str = "model", guard: str | None = None, se
             constant_bytes += 12
     inp, outp = program.tensors[program.input], program.tensors[program.output]
     g = guard or name.upper()
-    scratch = (2 * 4 * max_row + max(memory.plane_bytes, 1) + max_row) if ops & set(KERNEL_OPS) else 0
+    in_place_pointwise = any(program.steps[i].op == "conv" for i in memory.in_place)
+    # the kernels' statics: int16 weight rows, a depthwise plane, an im2col column, an in-place pixel
+    scratch = (2 * max(4 * max_row, 9) + max(memory.plane_bytes, 1) + max_row + max_row * in_place_pointwise
+               if ops & set(KERNEL_OPS) else 0)
     if settings:
         contract = f'#include "{settings}"  /* input and output: sizes, scales, zero points, labels */\n'
     else:
@@ -212,13 +221,13 @@ int {name}_invoke(const int8_t *input, int8_t *output);
         KERNELS_COMMON,
         (f"#define TQ_MAX_ROW {max_row}\n#define TQ_MAX_PLANE {max(memory.plane_bytes, 1)}\n" + _layer_kernel(wbits))
         if ops & set(KERNEL_OPS) else "",
-        POINTWISE_IN_PLACE_KERNEL if any(program.steps[i].op == "conv" for i in memory.in_place) else "",
+        POINTWISE_IN_PLACE_KERNEL if in_place_pointwise else "",
         MEAN_KERNEL if "mean" in ops else "",
         AVGPOOL_KERNEL if "avgpool" in ops else "",
         SOFTMAX_KERNEL if "softmax" in ops else "",
         (f"static int32_t tq_buffer_words[{-(-memory.size // 4)}]; /* int32: 4-byte aligned */\n"
          "#define tq_buffer ((int8_t *)tq_buffer_words)") if memory.size else "/* no activation buffer: one step */",
-        "".join(consts), "".join(layers),
+        "".join(consts), "".join(layers), "".join(steps),
         f"int {name}_invoke(const int8_t *input, int8_t *output) {{",
         *calls,
         "  return 0;",
@@ -249,15 +258,15 @@ KERNELS_COMMON = r"""
 
 /* TFLite's fixed-point arithmetic, as its reference kernels compute it. */
 TQ_INLINE int32_t tq_srdhm(int32_t a, int32_t b) { /* SaturatingRoundingDoublingHighMul */
+  /* TFLite nudges by 2^30 or 1 - 2^30 and divides toward zero; adding 2^30 and shifting right (one
+     SMLAL on Arm, as CMSIS-NN does it) rounds every product to the same integer without a 64-bit division */
   if (a == b && a == INT32_MIN) return INT32_MAX;
-  int64_t ab = (int64_t)a * (int64_t)b;
-  int64_t nudge = ab >= 0 ? (1 << 30) : (1 - (1 << 30));
-  return (int32_t)((ab + nudge) / (1LL << 31));
+  return (int32_t)(((int64_t)a * (int64_t)b + (1LL << 30)) >> 31);
 }
 TQ_INLINE int32_t tq_rdbp(int32_t x, int e) { /* RoundingDivideByPOT */
-  int32_t mask = (int32_t)((1LL << e) - 1);
-  int32_t rem = x & mask;
-  int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+  const int32_t mask = (int32_t)((1u << e) - 1u);
+  const int32_t rem = x & mask;
+  const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
   return (x >> e) + (rem > threshold ? 1 : 0);
 }
 TQ_INLINE int32_t tq_mbqm(int32_t x, int32_t q, int shift) { /* MultiplyByQuantizedMultiplier */
@@ -279,8 +288,9 @@ def _layer_kernel(wbits: set[int]) -> str:
 enum { TQ_CONV, TQ_DEPTHWISE, TQ_FC };
 typedef struct {
   int32_t ih, iw, ic, oh, ow, oc, kh, kw, sh, sw, dh, dw, ph, pw, dm;
+  int32_t hp, wp;          /* depthwise: the bordered plane's rows and columns */
   int32_t in_offset, out_offset, act_min, act_max;
-  uint8_t kind, wbits, lv_stride;
+  uint8_t kind, wbits, lv_stride, resident;
   const uint8_t *w;        /* weights as stored (tinyq.aot.codegen's docstring) */
   const int8_t *levels;    /* 2-bit: the four levels, per channel when lv_stride is 4 */
   const int16_t *b16;      /* biases: one of these two */
@@ -296,19 +306,14 @@ static inline int32_t tq_weight(const tq_layer *l, int32_t k, int o) {
   return 0;
 }
 
-/* conv (OHWI), depthwise (1HWC, depth multiplier dm) and fully connected (OI, as a 1x1 conv). The weights
-   of up to four output channels are unpacked from flash into rows of int16 (TQ_MAX_ROW each, the
-   model's largest kernel), then every output position reads them: four channels share each input. */
-static int16_t tq_rows[4 * TQ_MAX_ROW];
-
 TQ_INLINE int32_t tq_bias(const tq_layer *l, int o) { return l->b16 ? l->b16[o] : l->b32[o]; }
 
-/* an output channel's int32 sum (bias included) to its int8 output: requantized, then the activation's clamp */
-TQ_INLINE int8_t tq_output(const tq_layer *l, int32_t acc, int o) {
-  const int32_t y = tq_mbqm(acc, l->mult[o], l->shift[o]) + l->out_offset;
+/* an int32 sum (bias included) to its int8 output: requantized by (mult, shift), then the activation's clamp */
+TQ_INLINE int8_t tq_out(const tq_layer *l, int32_t acc, int32_t mult, int shift) {
+  const int left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
+  const int32_t y = tq_rdbp(tq_srdhm((int32_t)((uint32_t)acc << left), mult), right) + l->out_offset;
   return (int8_t)(y < l->act_min ? l->act_min : y > l->act_max ? l->act_max : y);
 }
-static int8_t tq_plane[TQ_MAX_PLANE]; /* one channel of a depthwise input */
 
 #if defined(__GNUC__)
 #define TQ_NOINLINE __attribute__((noinline))
@@ -316,146 +321,179 @@ static int8_t tq_plane[TQ_MAX_PLANE]; /* one channel of a depthwise input */
 #define TQ_NOINLINE
 #endif
 
-/* acc[g] += sum over c of w[g * TQ_MAX_ROW + c] * (x[c] + off), g < 4: a leaf of its own (not inlined),
-   so the compiler keeps its eleven values in registers */
-#if defined(__ARM_FEATURE_DSP)
-/* Cortex-M4/M7/M33/M55: SMLAD multiplies two int16 pairs and adds both products at once; the sums are
-   the same integers (int16 weights and x + off in -255..255, int32 accumulation) */
+/* Conv, fully connected and pointwise layers read the weights of four output channels at a time as int16
+   rows, unpacked once from flash and interleaved for one pointer: for each whole block of four inputs
+   (k = 4b .. 4b + 3) channel g's weights of inputs 4b, 4b + 2, 4b + 1, 4b + 3 at 16 b + 4 g (the pairs
+   SXTAB16 makes of a word of four int8 inputs), then for each remaining input k channel g's weight at
+   4 k + g. Channels past the last are zeros. */
+static int16_t tq_rows[4 * TQ_MAX_ROW < 9 ? 9 : 4 * TQ_MAX_ROW]; /* 9: a depthwise 3x3 reads nine */
+
+static void tq_unpack_rows(const tq_layer *l, int16_t *rows, int o, int32_t n) {
+  const int32_t whole = n & ~3;
+  for (int g = 0; g < 4; ++g)
+    for (int32_t k = 0; k < n; ++k) {
+      const int32_t at = k < whole ? 4 * (k & ~3) + 4 * g + ((k & 3) == 1 ? 2 : (k & 3) == 2 ? 1 : (k & 3)) : 4 * k + g;
+      rows[at] = (int16_t)(o + g < l->oc ? tq_weight(l, (o + g) * n + k, o + g) : 0);
+    }
+}
+
+#if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32)
+/* Cortex-M4/M7/M33/M55: a word of four int8 inputs becomes two pairs of int16 with the input offset added
+   (SXTAB16), and SMLAD multiplies a pair by a pair of weights and adds both products; the sums are the
+   same integers (weights and x + off in -255..255, int32 accumulation) */
 #include <arm_acle.h>
 #include <string.h>
-static inline uint32_t tq_pair(const int16_t *w) { uint32_t v; memcpy(&v, w, 4); return v; }
-static inline uint32_t tq_xpair(const int8_t *x, int32_t off) {
-  return (uint32_t)(uint16_t)(x[0] + off) | ((uint32_t)(uint16_t)(x[1] + off) << 16);
-}
+TQ_INLINE int32_t tq_word(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
 #endif
 
+/* acc[g] += sum over k < n of row g's weight k * (x[k] + off), g < 4, rows as tq_unpack_rows lays them:
+   a leaf of its own (not inlined), so the compiler keeps its values in registers */
 static TQ_NOINLINE void tq_dot4(const int16_t *w, const int8_t *x, int32_t n, int32_t off, int32_t *acc) {
-  const int16_t *w0 = w, *w1 = w + TQ_MAX_ROW, *w2 = w + 2 * TQ_MAX_ROW, *w3 = w + 3 * TQ_MAX_ROW;
-  int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-  int32_t c = 0;
-#if defined(__ARM_FEATURE_DSP)
-  for (; c + 2 <= n; c += 2) {
-    const uint32_t v = tq_xpair(x + c, off);
-    a0 = __smlad(tq_pair(w0 + c), v, a0);
-    a1 = __smlad(tq_pair(w1 + c), v, a1);
-    a2 = __smlad(tq_pair(w2 + c), v, a2);
-    a3 = __smlad(tq_pair(w3 + c), v, a3);
+  int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+  const int8_t *const end = x + (n & ~3);
+#if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32)
+  const int32_t offs = (int32_t)((uint32_t)(uint16_t)off | ((uint32_t)(uint16_t)off << 16));
+  for (; x < end; x += 4, w += 16) {
+    const int32_t v = tq_word(x);
+    const int32_t lo = __sxtab16(offs, v), hi = __sxtab16(offs, (int32_t)((uint32_t)v >> 8));
+    a0 = __smlad(tq_word(w), lo, a0);
+    a0 = __smlad(tq_word(w + 2), hi, a0);
+    a1 = __smlad(tq_word(w + 4), lo, a1);
+    a1 = __smlad(tq_word(w + 6), hi, a1);
+    a2 = __smlad(tq_word(w + 8), lo, a2);
+    a2 = __smlad(tq_word(w + 10), hi, a2);
+    a3 = __smlad(tq_word(w + 12), lo, a3);
+    a3 = __smlad(tq_word(w + 14), hi, a3);
+  }
+#else
+  for (; x < end; x += 4, w += 16) {
+    const int32_t x0 = x[0] + off, x1 = x[1] + off, x2 = x[2] + off, x3 = x[3] + off;
+    a0 += w[0] * x0 + w[1] * x2 + w[2] * x1 + w[3] * x3;
+    a1 += w[4] * x0 + w[5] * x2 + w[6] * x1 + w[7] * x3;
+    a2 += w[8] * x0 + w[9] * x2 + w[10] * x1 + w[11] * x3;
+    a3 += w[12] * x0 + w[13] * x2 + w[14] * x1 + w[15] * x3;
   }
 #endif
-  for (; c < n; ++c) {
-    const int32_t v = x[c] + off;
-    a0 += w0[c] * v;
-    a1 += w1[c] * v;
-    a2 += w2[c] * v;
-    a3 += w3[c] * v;
+  for (int32_t k = n & 3; k > 0; --k, ++x, w += 4) {
+    const int32_t v = *x + off;
+    a0 += w[0] * v;
+    a1 += w[1] * v;
+    a2 += w[2] * v;
+    a3 += w[3] * v;
   }
-  acc[0] += a0;
-  acc[1] += a1;
-  acc[2] += a2;
-  acc[3] += a3;
+  acc[0] = a0;
+  acc[1] = a1;
+  acc[2] = a2;
+  acc[3] = a3;
 }
 
-static TQ_NOINLINE int32_t tq_dot(const int16_t *w, const int8_t *x, int32_t n, int32_t off) {
-  int32_t acc = 0;
-  int32_t c = 0;
-#if defined(__ARM_FEATURE_DSP)
-  for (; c + 2 <= n; c += 2) acc = __smlad(tq_pair(w + c), tq_xpair(x + c, off), acc);
-#endif
-  for (; c < n; ++c) acc += w[c] * (x[c] + off);
-  return acc;
+/* output channels o .. o + 3 (those that exist) of one position, from the inputs x and the group's rows */
+TQ_INLINE void tq_group(const tq_layer *l, const int16_t *rows, const int8_t *x, int32_t n, int o, int8_t *y) {
+  const int group = l->oc - o < 4 ? l->oc - o : 4;
+  int32_t acc[4] = {0, 0, 0, 0};
+  for (int g = 0; g < group; ++g) acc[g] = tq_bias(l, o + g);
+  tq_dot4(rows, x, n, l->in_offset, acc);
+  for (int g = 0; g < group; ++g) y[g] = tq_out(l, acc[g], l->mult[o + g], l->shift[o + g]);
 }
 
-/* depthwise, one channel at a time: its kh x kw weights in registers' reach, interior positions
-   without bounds checks */
-static void tq_depthwise_run(const tq_layer *l, const int8_t *in, int8_t *out) {
-  const int32_t taps = l->kh * l->kw, off = l->in_offset;
-  const int three = l->kh == 3 && l->kw == 3;
+static int8_t tq_plane[TQ_MAX_PLANE]; /* one input channel bordered with its padding (a depthwise input) */
+
+/* depthwise, one output channel at a time from its input channel's plane, copied first (so the output may
+   be written over the input, in place) with the input's zero point where the padding is: every tap then
+   reads x + off, and sum of w * (x + off) = sum of w * x + off * sum of w, without bounds checks */
+TQ_INLINE void tq_depthwise_run(const tq_layer *l, const int8_t *in, int8_t *out) {
+  const int32_t hp = l->hp, wp = l->wp, taps = l->kh * l->kw, off = l->in_offset;
+  const int8_t zp = (int8_t)-off;
+  int16_t *w = tq_rows;
   for (int o = 0; o < l->oc; ++o) {
-    int16_t *w = tq_rows;
-    for (int32_t i = 0; i < taps; ++i) w[i] = (int16_t)tq_weight(l, o + i * l->oc, o);
-    const int8_t *base = in + o / l->dm;
-    int32_t ic = l->ic;
-    if (l->dm == 1) { /* the channel's plane first: the output may be written over the input (in place) */
-      for (int32_t i = 0; i < l->ih * l->iw; ++i) tq_plane[i] = base[i * l->ic];
-      base = tq_plane;
-      ic = 1;
+    const int8_t *src = in + o / l->dm;
+    int8_t *q = tq_plane;
+    const int32_t first = l->pw < wp ? l->pw : wp, last = l->pw + l->iw < wp ? l->pw + l->iw : wp;
+    for (int32_t py = 0; py < hp; ++py, q += wp) {
+      const int32_t y = py - l->ph;
+      int32_t px = 0;
+      if (y >= 0 && y < l->ih) {
+        for (; px < first; ++px) q[px] = zp;
+        const int8_t *s = src + (y * l->iw + px - l->pw) * l->ic;
+        for (; px < last; ++px, s += l->ic) q[px] = *s;
+      }
+      for (; px < wp; ++px) q[px] = zp;
     }
-    const int32_t bias = tq_bias(l, o);
-    int32_t inside_offset = 0; /* every tap inside the image: sum of w * (x + off) = sum of w * x + off * sum of w */
-    for (int32_t i = 0; i < taps; ++i) inside_offset += w[i] * off;
-    for (int oy = 0; oy < l->oh; ++oy) {
-      const int y0 = oy * l->sh - l->ph;
-      const int rows_inside = y0 >= 0 && y0 + (l->kh - 1) * l->dh < l->ih;
-      for (int ox = 0; ox < l->ow; ++ox) {
-        const int x0 = ox * l->sw - l->pw;
-        int32_t acc = bias;
-        if (rows_inside && x0 >= 0 && x0 + (l->kw - 1) * l->dw < l->iw) {
-          const int8_t *p = base + (y0 * l->iw + x0) * ic;
-          const int32_t row = l->dh * l->iw * ic, col = l->dw * ic;
-          acc += inside_offset;
-          if (three) {  /* 3x3: the common case, unrolled */
-            acc += w[0] * p[0] + w[1] * p[col] + w[2] * p[2 * col];
-            p += row;
-            acc += w[3] * p[0] + w[4] * p[col] + w[5] * p[2 * col];
-            p += row;
-            acc += w[6] * p[0] + w[7] * p[col] + w[8] * p[2 * col];
-          } else {
-            const int16_t *wt = w;
-            for (int fy = 0; fy < l->kh; ++fy, p += row) {
-              const int8_t *q = p;
-              for (int fx = 0; fx < l->kw; ++fx, q += col) acc += *wt++ * *q;
-            }
-          }
-        } else {
-          for (int fy = 0; fy < l->kh; ++fy) {
-            const int y = y0 + fy * l->dh;
-            if (y < 0 || y >= l->ih) continue;
-            for (int fx = 0; fx < l->kw; ++fx) {
-              const int x = x0 + fx * l->dw;
-              if (x < 0 || x >= l->iw) continue;
-              acc += w[fy * l->kw + fx] * (base[(y * l->iw + x) * ic] + off);
-            }
-          }
+    int32_t base = tq_bias(l, o);
+    for (int32_t i = 0; i < taps; ++i) {
+      w[i] = (int16_t)tq_weight(l, o + i * l->oc, o);
+      base += w[i] * off;
+    }
+    const int32_t mult = l->mult[o];
+    const int shift = l->shift[o];
+    const int32_t row = l->dh * wp, col = l->dw;
+    int8_t *y = out + o;
+    if (l->kh == 3 && l->kw == 3) { /* the common case, unrolled, its weights in registers */
+      const int32_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8];
+      for (int oy = 0; oy < l->oh; ++oy) {
+        const int8_t *p = tq_plane + oy * l->sh * wp;
+        for (int ox = 0; ox < l->ow; ++ox, p += l->sw, y += l->oc) {
+          int32_t acc = base + w0 * p[0] + w1 * p[col] + w2 * p[2 * col];
+          acc += w3 * p[row] + w4 * p[row + col] + w5 * p[row + 2 * col];
+          acc += w6 * p[2 * row] + w7 * p[2 * row + col] + w8 * p[2 * row + 2 * col];
+          *y = tq_out(l, acc, mult, shift);
         }
-        out[(oy * l->ow + ox) * l->oc + o] = tq_output(l, acc, o);
+      }
+    } else {
+      for (int oy = 0; oy < l->oh; ++oy)
+        for (int ox = 0; ox < l->ow; ++ox, y += l->oc) {
+          const int8_t *p = tq_plane + oy * l->sh * wp + ox * l->sw;
+          int32_t acc = base;
+          for (int fy = 0; fy < l->kh; ++fy)
+            for (int fx = 0; fx < l->kw; ++fx) acc += w[fy * l->kw + fx] * p[fy * row + fx * col];
+          *y = tq_out(l, acc, mult, shift);
+        }
+    }
+  }
+}
+
+static int8_t tq_col[TQ_MAX_ROW]; /* one output position's inputs (im2col), padding as the input zero point */
+
+/* the inputs of output position (oy, ox) in kernel order: the pixel itself for a 1x1 kernel without
+   padding, else gathered into tq_col */
+TQ_INLINE const int8_t *tq_column(const tq_layer *l, const int8_t *in, int oy, int ox) {
+  const int y0 = oy * l->sh - l->ph, x0 = ox * l->sw - l->pw;
+  if (l->kh == 1 && l->kw == 1 && l->ph == 0 && l->pw == 0) return in + (y0 * l->iw + x0) * l->ic;
+  int8_t *c = tq_col;
+  for (int fy = 0; fy < l->kh; ++fy) {
+    const int yy = y0 + fy * l->dh;
+    for (int fx = 0; fx < l->kw; ++fx, c += l->ic) {
+      const int xx = x0 + fx * l->dw;
+      if (yy >= 0 && yy < l->ih && xx >= 0 && xx < l->iw) {
+        const int8_t *px = in + (yy * l->iw + xx) * l->ic;
+        for (int32_t k = 0; k < l->ic; ++k) c[k] = px[k];
+      } else {
+        for (int32_t k = 0; k < l->ic; ++k) c[k] = (int8_t)-l->in_offset;
       }
     }
   }
+  return tq_col;
 }
 
-static void tq_layer_run(const tq_layer *l, const int8_t *in, int8_t *out) {
-  if (l->kind == TQ_DEPTHWISE) {
-    tq_depthwise_run(l, in, out);
+/* conv (OHWI) and fully connected (OI, as a 1x1 conv), four output channels at a time: with every
+   channel's rows unpacked at once (resident) when they fit, position by position; else group by group */
+TQ_INLINE void tq_conv_run(const tq_layer *l, const int8_t *in, int8_t *out) {
+  const int32_t n = l->kh * l->kw * l->ic;
+  if (l->resident) {
+    for (int o = 0; o < l->oc; o += 4) tq_unpack_rows(l, tq_rows + o * n, o, n);
+    for (int oy = 0; oy < l->oh; ++oy)
+      for (int ox = 0; ox < l->ow; ++ox) {
+        const int8_t *x = tq_column(l, in, oy, ox);
+        int8_t *y = out + (oy * l->ow + ox) * l->oc;
+        for (int o = 0; o < l->oc; o += 4) tq_group(l, tq_rows + o * n, x, n, o, y + o);
+      }
     return;
   }
-  const int32_t width = l->ic, n = l->kh * l->kw * width;
-  const int32_t off = l->in_offset;
-  int group;
-  for (int o = 0; o < l->oc; o += group) {
-    group = l->oc - o >= 4 ? 4 : 1;
-    for (int g = 0; g < group; ++g)
-      for (int32_t i = 0; i < n; ++i) tq_rows[g * TQ_MAX_ROW + i] = (int16_t)tq_weight(l, (o + g) * n + i, o + g);
-    for (int oy = 0; oy < l->oh; ++oy) {
-      const int y0 = oy * l->sh - l->ph;
-      for (int ox = 0; ox < l->ow; ++ox) {
-        const int x0 = ox * l->sw - l->pw;
-        int32_t acc[4] = {0, 0, 0, 0};
-        for (int fy = 0; fy < l->kh; ++fy) {
-          const int y = y0 + fy * l->dh;
-          if (y < 0 || y >= l->ih) continue;
-          for (int fx = 0; fx < l->kw; ++fx) {
-            const int x = x0 + fx * l->dw;
-            if (x < 0 || x >= l->iw) continue;
-            const int8_t *px = in + (y * l->iw + x) * l->ic;
-            const int16_t *w = tq_rows + (fy * l->kw + fx) * width;
-            if (group == 4) tq_dot4(w, px, width, off, acc);
-            else acc[0] += tq_dot(w, px, width, off);
-          }
-        }
-        for (int g = 0; g < group; ++g)
-          out[(oy * l->ow + ox) * l->oc + o + g] = tq_output(l, acc[g] + tq_bias(l, o + g), o + g);
-      }
-    }
+  for (int o = 0; o < l->oc; o += 4) {
+    tq_unpack_rows(l, tq_rows, o, n);
+    for (int oy = 0; oy < l->oh; ++oy)
+      for (int ox = 0; ox < l->ow; ++ox)
+        tq_group(l, tq_rows, tq_column(l, in, oy, ox), n, o, out + (oy * l->ow + ox) * l->oc + o);
   }
 }
 """
@@ -497,22 +535,20 @@ static void tq_avgpool(const int8_t *in, int8_t *out, int ih, int iw, int c, int
 """
 
 POINTWISE_IN_PLACE_KERNEL = r"""
-/* pointwise (1x1, stride 1) over its own input: every output channel's weights unpacked first, then
-   pixel by pixel, each pixel's input copied before its outputs overwrite it; from the last pixel when
-   the layer widens its input (pixel p's output starts at p * oc, past every input not yet read),
-   from the first when it narrows it */
+/* pointwise (1x1, stride 1) over its own input: every output channel's weights unpacked first (rows of
+   the input's width, four channels at a time), then pixel by pixel, each pixel's input copied before its
+   outputs overwrite it; from the last pixel when the layer widens its input (pixel p's output starts at
+   p * oc, past every input not yet read), from the first when it narrows it */
 static int8_t tq_pixel[TQ_MAX_ROW];
 
-static void tq_pointwise_in_place(const tq_layer *l, int8_t *buf) {
-  const int32_t ic = l->ic, oc = l->oc, pixels = l->oh * l->ow, off = l->in_offset;
-  for (int o = 0; o < oc; ++o)
-    for (int32_t c = 0; c < ic; ++c) tq_rows[o * ic + c] = (int16_t)tq_weight(l, o * ic + c, o);
+TQ_INLINE void tq_pointwise_in_place(const tq_layer *l, int8_t *buf) {
+  const int32_t ic = l->ic, oc = l->oc, pixels = l->oh * l->ow;
+  for (int o = 0; o < oc; o += 4) tq_unpack_rows(l, tq_rows + o * ic, o, ic);
   const int widen = oc > ic;
   for (int32_t k = 0; k < pixels; ++k) {
     const int32_t p = widen ? pixels - 1 - k : k;
     for (int32_t c = 0; c < ic; ++c) tq_pixel[c] = buf[p * ic + c];
-    for (int o = 0; o < oc; ++o)
-      buf[p * oc + o] = tq_output(l, tq_dot(tq_rows + o * ic, tq_pixel, ic, off) + tq_bias(l, o), o);
+    for (int o = 0; o < oc; o += 4) tq_group(l, tq_rows + o * ic, tq_pixel, ic, o, buf + p * oc + o);
   }
 }
 """

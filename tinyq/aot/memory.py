@@ -5,7 +5,7 @@ nothing (its output is its input). A chain of steps (each reads only the one bef
 tinyq's networks are) is planned in place where a kernel allows it:
 
 - a depthwise conv (depth multiplier 1) writes each channel over the same channel of its
-  input, which the kernel first copies to a plane of ``H x W`` bytes (``plane_bytes``);
+  input, which the kernel first copies to a plane bordered with its padding (``plane_bytes``);
 - a pointwise conv (1x1, stride 1, no padding) whose weights fit the kernel's rows writes
   pixel ``p`` at ``p * C_out``: from the first pixel when it narrows its input, from the last
   when it widens it, each pixel's input copied before its output is written;
@@ -42,6 +42,13 @@ def row_capacity(program: Program) -> int:
     return max(rows or [1])
 
 
+def resident_rows(program: Program, step: Step) -> bool:
+    """Whether every output channel's row of a conv fits the kernel's rows at once (four rows of the
+    largest kernel; channels in fours)."""
+    w = step.params["weights"]
+    return -(-w.shape[0] // 4) * 4 * int(np.prod(w.shape[1:])) <= 4 * row_capacity(program)
+
+
 def can_write_in_place(program: Program, step: Step) -> bool:
     """Whether the kernel of ``step`` can write its output over its input (module docstring)."""
     p = step.params
@@ -51,7 +58,8 @@ def can_write_in_place(program: Program, step: Step) -> bool:
         return False
     w = p["weights"]
     return (w.shape[1:3] == (1, 1) and tuple(p["stride"]) == (1, 1) and tuple(p["pad"]) == (0, 0)
-            and tuple(p["dilation"]) == (1, 1) and w.shape[0] * w.shape[3] <= 4 * row_capacity(program))
+            and tuple(p["dilation"]) == (1, 1)
+            and resident_rows(program, step))
 
 
 def _aligned(n: int) -> int:
@@ -143,6 +151,13 @@ def plan_memory(program: Program) -> MemoryPlan:
         if _root(alias, t) in offsets:
             offsets[t] = offsets[_root(alias, t)]
     # the depthwise kernel copies each input channel's plane, in place or not
-    planes = [program.tensors[s.inputs[0]].shape[1] * program.tensors[s.inputs[0]].shape[2]
-              for s in program.steps if s.op == "depthwise"]
+    planes = [int(np.prod(plane_shape(program, s))) for s in program.steps if s.op == "depthwise"]
     return MemoryPlan(offsets, size, alias, frozenset(in_place), max(planes or [0]))
+
+
+def plane_shape(program: Program, step: Step) -> tuple[int, int]:
+    """(rows, columns) of a depthwise step's bordered plane: every input position its outputs read,
+    padding included, from (-pad_top, -pad_left)."""
+    out, w, p = program.tensors[step.output], step.params["weights"], step.params
+    return tuple((out.shape[1 + a] - 1) * p["stride"][a] + (w.shape[1 + a] - 1) * p["dilation"][a] + 1
+                 for a in (0, 1))

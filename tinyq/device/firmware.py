@@ -46,9 +46,11 @@ def _run(cmd: list[str], what: str) -> None:
 
 
 def _build(folder: Path, board: Board, sources: dict[str, str], support: tuple[str, ...], compile_flags: dict,
-           extra: list[str], libraries: list[str], linker: str, model: str, arena: int) -> Firmware:
+           extra: list[str], libraries: list[str], linker: str, model: str, arena: int,
+           optimize: str = "-Os") -> Firmware:
     """Write ``sources`` and the board support into ``folder``/src, compile the C and C++ there (the
-    sample's scores are for the host, not linked), link with ``libraries``; flash from the link map."""
+    sample's scores are for the host, not linked) at ``optimize``, link with ``libraries``; flash from
+    the link map."""
     if folder.exists():
         shutil.rmtree(folder)
     src = folder / "src"
@@ -65,7 +67,7 @@ def _build(folder: Path, board: Board, sources: dict[str, str], support: tuple[s
             continue
         obj = folder / (path.stem + ".o")
         tool, kind = ("arm-none-eabi-g++", "cc") if path.suffix == ".cc" else ("arm-none-eabi-gcc", "c")
-        _run([tool, *compile_flags[kind], "-Os", f"-I{src}", *extra, "-c", str(path), "-o", str(obj)],
+        _run([tool, *compile_flags[kind], optimize, f"-I{src}", *extra, "-c", str(path), "-o", str(obj)],
              f"compiling {path.name}")
         objects.append(str(obj))
     elf, map_file = folder / "firmware.elf", folder / "firmware.map"
@@ -92,14 +94,15 @@ AOT_SUPPORT = ("tinyq_board.h", "semihost.c", "startup.c", "runner_aot.c", "sect
 
 
 def build_aot(bundle: Bundle, board: Board, folder: Path) -> Firmware:
-    """``bundle`` as tinyq's AOT engine (:mod:`tinyq.aot`) with the AOT runner and board support, no TFLM."""
+    """``bundle`` as tinyq's AOT engine (:mod:`tinyq.aot`) with the AOT runner and board support, no TFLM,
+    at -O2 (as TFLM's builds compile their kernels; the engine is kernels)."""
     from tinyq.aot.codegen import generate
     from tinyq.aot.lower import lower
 
     generated = generate(lower(bundle.data), "tq_model", "TQ_MODEL")
     return _build(folder, board, {"tq_model.h": generated.header, "tq_model.c": generated.source}, AOT_SUPPORT,
                   flags(board, False, False), [], [], "arm-none-eabi-gcc", "tq_model",
-                  generated.buffer_bytes + generated.scratch_bytes)
+                  generated.buffer_bytes + generated.scratch_bytes, optimize="-O2")
 
 
 _OUTPUT = re.compile(r"^(\.[\w.]+)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)")
