@@ -78,6 +78,38 @@ def test_quantize_within_a_size_budget(float_model, folders, tmp_path):
 
 
 @pytest.mark.slow
+def test_quantize_within_a_budget_of_aot_constants(float_model, folders, tmp_path):
+    """--budget-for aot: the budget counts the AOT engine's constants (this model's: 706 bytes all 8-bit,
+    386 at the smallest widths), and the run's engine holds them."""
+    from tinyq.aot.codegen import generate
+    from tinyq.aot.lower import lower
+
+    out = tmp_path / "run"
+    r = _invoke("quantize", float_model, "--data", folders / "labelled", "--size-budget", 600, "--budget-for", "aot",
+                "--epochs", 1, "--batch", 16, "--out", out)
+    assert r.exit_code == 0, r.stderr
+    assert "within 600 bytes of AOT constants" in r.stderr
+    constants = generate(lower((out / "model.tflite").read_bytes())).constant_bytes
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["budget_for"] == "aot" and plan["file_bytes"] == constants <= 600
+    assert len({r["bits"] for r in plan["layers"]}) > 1  # 706 bytes at 8 bits: something narrower
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["budget_for"] == "aot" and metrics["budget_bytes"] == constants and metrics["within_size_budget"]
+    r = _invoke("export", out, "--target", "aot", "--out", tmp_path / "fw")
+    assert r.exit_code == 0, r.stderr
+    assert f"Constants: {constants} bytes" in (tmp_path / "fw" / "README.md").read_text()
+
+
+def test_budget_for_needs_a_budget(float_model, tmp_path):
+    r = _invoke("quantize", float_model, "--budget-for", "aot", "--out", tmp_path / "x")
+    assert r.exit_code == 1 and r.stderr.strip() == ("error: --budget-for aot says what --size-budget counts: "
+                                                     "pass --size-budget too")
+    assert not (tmp_path / "x").exists()
+    assert layer_bytes(1000, 10, 2, "aot") == 254 and layer_bytes(1000, 10, 4, "aot") == 500
+    assert layer_bytes(1001, 10, 8, "aot") == 1001  # unpadded, as the engine stores them
+
+
+@pytest.mark.slow
 def test_plan_command_and_impossible_budgets(float_model, folders, tmp_path):
     out = tmp_path / "plan.json"
     r = _invoke("plan", float_model, "--size-budget", "7000", "--data", folders / "labelled", "--estimator", "fisher",

@@ -65,6 +65,9 @@ def quant_options(command):
         click.option("--size-budget", default=None,
                      help="File size budget, e.g. 64KB (K = 1024): every layer's width (2, 4, 8, at most --bits) "
                           "by sensitivity and a knapsack, checked on the real file."),
+        click.option("--budget-for", type=click.Choice(["tflite", "aot"]), default="tflite", show_default=True,
+                     help="What --size-budget counts: the .tflite file, or the constants of the AOT C engine "
+                          "(export --target aot: weights, biases, requantization; its code comes on top)."),
         click.option("--plan", "plan_file", type=click.Path(), default=None,
                      help="Follow per-layer widths from a plan file (tinyq plan --out)."),
     ]):
@@ -148,7 +151,7 @@ def _default_out(recipe: str, bits: int) -> Path:
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/RECIPE-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
 @output_options
-def train(recipe, bits, method, act_bits, keep_8bit, learn_bits, size_budget, plan_file, data, from_scratch, channels,
+def train(recipe, bits, method, act_bits, keep_8bit, learn_bits, size_budget, budget_for, plan_file, data, from_scratch, channels,
           epochs, qat_epochs, batch, lr, qat_lr, seed, synthetic_images, limit, init, out, resume, quiet, as_json):
     """Make RECIPE (see tinyq models) a quantized model: its pretrained model distilled, or trained from
     scratch; writes a run folder with model.tflite."""
@@ -161,7 +164,7 @@ def train(recipe, bits, method, act_bits, keep_8bit, learn_bits, size_budget, pl
                          data=data, from_scratch=from_scratch, channels=channels, epochs=epochs,
                          qat_epochs=qat_epochs, batch=batch, lr=lr, qat_lr=qat_lr, seed=seed,
                          synthetic_images=synthetic_images, limit=limit, init=init, learn_bits=learn_bits,
-                         size_budget=_size(size_budget), plan=plan_file)
+                         size_budget=_size(size_budget), budget_for=budget_for, plan=plan_file)
     if out is None:
         if resume:
             raise TinyqError("--resume needs --out RUN, the run folder to continue")
@@ -238,7 +241,7 @@ def _summary(run, as_json: bool = False) -> None:
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/MODEL-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
 @output_options
-def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_budget, plan_file, unlabeled,
+def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_budget, budget_for, plan_file, unlabeled,
              generated_images, distill, distill_features, epochs, batch, lr, seed, limit, value_range, labels,
              allow_float, ptq, out, resume, quiet, as_json):
     """Quantize a float Keras classifier (.h5, .keras, SavedModel) with QAT and distillation."""
@@ -252,7 +255,7 @@ def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_bu
                       batch=batch, lr=lr, seed=seed, limit=limit,
                       value_range=(lo, hi), labels=tuple(labels.split(",")) if labels else None,
                       allow_float=allow_float, ptq=ptq_kind(bits, ptq) if ptq else None, learn_bits=learn_bits,
-                      size_budget=_size(size_budget), plan=plan_file)
+                      size_budget=_size(size_budget), budget_for=budget_for, plan=plan_file)
     if out is None:
         if resume:
             raise TinyqError("--resume needs --out RUN, the run folder to continue")
@@ -437,9 +440,11 @@ def models():
               help="Hessian trace estimate: Hutchinson, or the Fisher approximation.")
 @click.option("--value-range", default="0,1", show_default=True, help="A model file's input range (as quantize).")
 @click.option("--limit", type=click.IntRange(min=1), default=2000, show_default=True, help="Images read per split folder.")
+@click.option("--budget-for", type=click.Choice(["tflite", "aot"]), default="tflite", show_default=True,
+              help="What --size-budget counts: the .tflite file, or the AOT C engine's constants.")
 @click.option("--out", type=click.Path(), default="plan.json", show_default=True,
               help="Plan file, for train/quantize --plan.")
-def plan(target, size_budget, data, init, bits, method, act_bits, estimator, value_range, limit, out):
+def plan(target, size_budget, data, init, bits, method, act_bits, estimator, value_range, limit, budget_for, out):
     """Per-layer bits for TARGET (a recipe or a model file) within --size-budget; no training."""
     budget = _size(size_budget)
     preflight().plan(target, data, init)
@@ -447,7 +452,7 @@ def plan(target, size_budget, data, init, bits, method, act_bits, estimator, val
 
     result = plan_target(target, budget, data=data, init=init, bits=bits, method=method,
                          act_bits=act_bits, estimator=estimator, value_range=_range(value_range), limit=limit,
-                         out=out, log=log_stderr)
+                         out=out, budget_for=budget_for, log=log_stderr)
     click.echo(result.table())
     click.echo(f"wrote {out}: tinyq train/quantize ... --plan {out}")
 

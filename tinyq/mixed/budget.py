@@ -1,10 +1,16 @@
 """Per-layer bit widths under a flash budget: sensitivity, sizes, the knapsack, checked on the real file.
 
 Every weight layer (first, last and depthwise included) chooses 2, 4 or 8 bits (at most
-``--bits``). A choice's bytes come from the storage format (INT8; packed INT4; 2-bit LUT
-indices, one 4-value table shared by the channels and a DECODE tensor), each buffer padded to 16
-bytes; the rest of the file (graph, activation parameters, biases, names) is measured on a
-real conversion. The knapsack is solved exactly (:func:`tinyq.mixed.knapsack.solve_exact`)
+``--bits``). What the budget counts is a format (``--budget-for``):
+
+- ``tflite``: the ``.tflite`` file. A choice's bytes come from the storage format (INT8;
+  packed INT4; 2-bit LUT indices, one 4-value table shared by the channels and a DECODE
+  tensor), each buffer padded to 16 bytes; the rest of the file (graph, activation
+  parameters, biases, names) is measured on a real conversion.
+- ``aot``: the constants of the ahead-of-time C engine (``export --target aot``,
+  :mod:`tinyq.aot.codegen`): weights at their bits (2-bit four to a byte with four levels,
+  INT4 two to a byte, int8), unpadded; the rest (biases, per-channel requantization, levels
+  per channel where channels do not share them) is measured on the generated engine. The knapsack is solved exactly (:func:`tinyq.mixed.knapsack.solve_exact`)
 for the loss increases of :mod:`tinyq.mixed.sensitivity`; then the planned model's real file is
 measured (``measure``: :func:`tinyq.pipeline.budget.file_bytes` converts and compacts it). If the estimate was short, the budget left for the
 weights is tightened by the difference and the knapsack solved again, so a returned plan's
@@ -19,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinyq.errors import TinyqError
+from tinyq.errors import TinyqError, expected_one_of
 from tinyq.mixed.knapsack import Choice, solve_exact, solve_greedy, total
 from tinyq.spec import QuantSpec
 
@@ -63,8 +69,19 @@ def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def layer_bytes(params: int, channels: int, bits: int) -> int:
-    """Estimated bytes of one weight tensor at ``bits`` in tinyq's file (see the module docstring)."""
+BUDGET_FORMATS = {"tflite": "file", "aot": "AOT constants"}  # --budget-for: what its bytes are called
+
+
+def require_format(fmt: str) -> str:
+    if fmt not in BUDGET_FORMATS:
+        raise expected_one_of("--budget-for", BUDGET_FORMATS, fmt)
+    return fmt
+
+
+def layer_bytes(params: int, channels: int, bits: int, fmt: str = "tflite") -> int:
+    """Estimated bytes of one weight tensor at ``bits`` in format ``fmt`` (see the module docstring)."""
+    if fmt == "aot":
+        return -(-params // 4) + 4 if bits == 2 else -(-params // 2) if bits <= 4 else params
     if bits == 2:
         return (_align(-(-params // 4)) + _align(4 * channels + 16)
                 + LUT_BYTES_PER_LAYER)
@@ -79,7 +96,8 @@ class BudgetPlan:
 
     budget: int
     layers: list[dict]  # name, params, channels, curvature, loss_increase {bits: dL}, bytes {bits: est.}, bits
-    file_bytes: int = 0  # measured on the converted planned model
+    file_bytes: int = 0  # measured on the converted planned model, in the budget's format
+    budget_for: str = "tflite"  # the format the budget counts (BUDGET_FORMATS)
     other_bytes: int = 0  # the file minus the estimated weight bytes
     greedy_loss: float = 0.0
     exact_loss: float = 0.0
@@ -89,7 +107,8 @@ class BudgetPlan:
         return {r["name"]: QuantSpec(method=method, weight_bits=r["bits"], act_bits=act_bits) for r in self.layers}
 
     def to_dict(self) -> dict:
-        return {"budget": self.budget, "file_bytes": self.file_bytes, "other_bytes": self.other_bytes,
+        return {"budget": self.budget, "budget_for": self.budget_for, "file_bytes": self.file_bytes,
+                "other_bytes": self.other_bytes,
                 "exact_loss": self.exact_loss, "greedy_loss": self.greedy_loss, "attempts": self.attempts,
                 "layers": self.layers}
 
@@ -100,13 +119,14 @@ class BudgetPlan:
             lines.append(f"{r['name'][:25]:<26}{r['bits']:>5}{r['params']:>9,}{r['bytes'][r['bits']]:>9,}"
                          f"{r['curvature']:>12.3g}  "
                          + "  ".join(f"{r['loss_increase'].get(b, float('nan')):>9.3g}" for b in CHOICES))
-        lines.append(f"file: {self.file_bytes:,} bytes measured (budget {self.budget:,}); expected loss increase "
+        lines.append(f"{BUDGET_FORMATS[self.budget_for]}: {self.file_bytes:,} bytes measured (budget {self.budget:,}); "
+                     f"expected loss increase "
                      f"{self.exact_loss:.4g} (exact knapsack; greedy: {self.greedy_loss:.4g})")
         return "\n".join(lines)
 
 
-def smallest_weights(float_model, max_bits: int = 8) -> int:
-    """A lower bound of any planned file's bytes: every weight layer of the folded model at its cheapest width."""
+def smallest_weights(float_model, max_bits: int = 8, fmt: str = "tflite") -> int:
+    """A lower bound of any plan's bytes in ``fmt``: every weight layer of the folded model at its cheapest width."""
     from tinyq.fold import fold_batchnorm
     from tinyq.graph import channel_axis, kernel_attr, weight_layers
 
@@ -116,24 +136,26 @@ def smallest_weights(float_model, max_bits: int = 8) -> int:
         axis = channel_axis(layer)
         channels = 1 if axis is None else int(shape[axis])
         params = int(np.prod(shape))
-        total += min(layer_bytes(params, channels, b) for b in CHOICES if b <= max_bits)
+        total += min(layer_bytes(params, channels, b, fmt) for b in CHOICES if b <= max_bits)
     return total
 
 
-def require_room(float_model, budget: int, max_bits: int) -> None:
+def require_room(float_model, budget: int, max_bits: int, fmt: str = "tflite") -> None:
     """Fail at once on a budget below :func:`smallest_weights` (before minutes of sensitivity and conversions)."""
-    least = smallest_weights(float_model, max_bits)
+    least = smallest_weights(float_model, max_bits, fmt)
     if budget < least:
+        rest = "the rest of the file" if fmt == "tflite" else "biases and requantization"
         raise TinyqError(f"--size-budget {budget:,} bytes is below this model's weights at their smallest "
-                         f"({least:,} bytes before the rest of the file): raise the budget")
+                         f"({least:,} bytes before {rest}): raise the budget")
 
 
 def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[dict[str, int]], int], *,
-                    max_bits: int = 8, estimator: str = "hutchinson", log=lambda m: None) -> BudgetPlan:
-    """Widths per weight layer of ``float_model`` within ``budget`` file bytes.
+                    max_bits: int = 8, estimator: str = "hutchinson", fmt: str = "tflite",
+                    log=lambda m: None) -> BudgetPlan:
+    """Widths per weight layer of ``float_model`` within ``budget`` bytes of format ``fmt``.
 
-    ``x``: model-ready images for the sensitivity; ``measure({layer: bits})``: the real file
-    bytes of the model quantized with those widths.
+    ``x``: model-ready images for the sensitivity; ``measure({layer: bits})``: the real bytes
+    (in ``fmt``) of the model quantized with those widths.
     """
     from tinyq.mixed.sensitivity import loss_increase
 
@@ -143,7 +165,7 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
     table = loss_increase(float_model, x, bits, estimator)
     rows = [{"name": name, "params": t["params"], "channels": t["channels"], "curvature": t["curvature"],
              "loss_increase": t["loss_increase"],
-             "bytes": {b: layer_bytes(t["params"], t["channels"], b) for b in bits}} for name, t in table.items()]
+             "bytes": {b: layer_bytes(t["params"], t["channels"], b, fmt) for b in bits}} for name, t in table.items()]
     choices = [[Choice(b, r["bytes"][b], r["loss_increase"][b]) for b in bits] for r in rows]
     widest = {r["name"]: bits[-1] for r in rows}
     cheapest = {r["name"]: min(bits, key=lambda b: (r["bytes"][b], -b)) for r in rows}
@@ -164,7 +186,7 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
         widths = {r["name"]: choices[i][p].bits for i, (r, p) in enumerate(zip(rows, picks))}
         size = measured if widths == widest else smallest if widths == cheapest else measure(widths)
         attempts.append({"weight_room": room, "file_bytes": size})
-        log(f"plan: {room:,} bytes for weights -> file {size:,} bytes")
+        log(f"plan: {room:,} bytes for weights -> {BUDGET_FORMATS[fmt]} {size:,} bytes")
         return picks, widths, size
 
     slack, fit, over = 0, None, None  # fit: (room, attempt) within budget; over: least room that overshot
@@ -204,8 +226,9 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
             r["bits"] = widths[r["name"]]
         greedy = solve_greedy(choices, room)
         return BudgetPlan(budget=budget, layers=rows, file_bytes=size, other_bytes=other, attempts=attempts,
+                          budget_for=fmt,
                           exact_loss=total(choices, picks)[1],
                           greedy_loss=total(choices, greedy)[1] if greedy is not None else float("nan"))
     least = min([measured, smallest] + [a["file_bytes"] for a in attempts])
-    raise TinyqError(f"--size-budget {budget:,} bytes: no plan fits (the smallest file measured: {least:,} bytes, "
-                     f"every layer at its smallest: about {smallest:,}): raise the budget")
+    raise TinyqError(f"--size-budget {budget:,} bytes: no plan fits (the smallest {BUDGET_FORMATS[fmt]} measured: "
+                     f"{least:,} bytes, every layer at its smallest: about {smallest:,}): raise the budget")

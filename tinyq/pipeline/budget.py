@@ -27,37 +27,55 @@ def planned_file(float_model, widths: dict[str, int], method: str, act_bits: int
     return compact_verified(convert(qat, pixels, contract), pixels, contract, n=8)[0]  # as the run writes it
 
 
+def format_bytes(data: bytes, fmt: str) -> int:
+    """Bytes of the ``.tflite`` ``data`` in the budget's format: the file itself, or the constants of
+    its AOT C engine (weights, levels, biases, requantization: what ``export --target aot`` puts in flash
+    besides the kernels' code)."""
+    if fmt == "aot":
+        from tinyq.aot.codegen import generate
+        from tinyq.aot.lower import lower
+
+        return generate(lower(data)).constant_bytes
+    return len(data)
+
+
 def file_bytes(float_model, widths: dict[str, int], method: str, act_bits: int, pixels: np.ndarray,
-               contract) -> int:
-    """Bytes of :func:`planned_file`."""
-    return len(planned_file(float_model, widths, method, act_bits, pixels, contract))
+               contract, fmt: str = "tflite") -> int:
+    """Bytes of :func:`planned_file` in format ``fmt`` (:func:`format_bytes`)."""
+    return format_bytes(planned_file(float_model, widths, method, act_bits, pixels, contract), fmt)
 
 
 def budget_plan(float_model, splits, contract, budget: int, *, method: str, act_bits: int, max_bits: int,
-                estimator: str = "hutchinson", seed: int = 0, log: Log = quiet) -> BudgetPlan:
+                estimator: str = "hutchinson", seed: int = 0, budget_for: str = "tflite",
+                log: Log = quiet) -> BudgetPlan:
     """:func:`plan_for_budget` on the training images of ``splits`` (256 for the sensitivity)."""
     x = calibration_images(splits, contract, seed, n=256)
     pixels = splits["train"].x[:64]
     return plan_for_budget(float_model, x, budget,
-                           lambda widths: file_bytes(float_model, widths, method, act_bits, pixels, contract),
-                           max_bits=max_bits, estimator=estimator, log=log)
+                           lambda widths: file_bytes(float_model, widths, method, act_bits, pixels, contract,
+                                                     budget_for),
+                           max_bits=max_bits, estimator=estimator, fmt=budget_for, log=log)
 
 
 def check_trained_file(run, log: Log = quiet) -> bool | None:
-    """After training, whether ``RUN/model.tflite`` is within the run's ``--size-budget`` (None: no budget).
+    """After training, whether ``RUN/model.tflite`` is within the run's ``--size-budget`` in the format
+    of its ``--budget-for`` (None: no budget).
 
     The plan measured a file of the untrained model at the planned widths; training changes only
     values, and the run's file is expected to match, but what compaction and the shared 2-bit
     tables keep is decided on the trained values. A file over the budget is said plainly (and
     kept in ``metrics.json``) rather than trusted.
     """
-    budget = run.config().get("train", {}).get("size_budget")
+    settings = run.config().get("train", {})
+    budget, fmt = settings.get("size_budget"), settings.get("budget_for", "tflite")
     if not budget:
         return None
-    size = run.tflite.stat().st_size
-    run.update_metrics(size_budget=budget, within_size_budget=size <= budget)
+    size = format_bytes(run.tflite.read_bytes(), fmt)
+    run.update_metrics(size_budget=budget, budget_for=fmt, budget_bytes=size, within_size_budget=size <= budget)
     if size > budget:
-        log(f"warning: {run.tflite} is {size:,} bytes, {size - budget:,} over --size-budget {budget:,} "
-            f"(the plan measured the untrained model; see {run / 'model.compaction.json'}); for a file within it, "
+        what = f"{run.tflite} is" if fmt == "tflite" else f"the AOT engine of {run.tflite} has constants of"
+        log(f"warning: {what} {size:,} bytes, {size - budget:,} over --size-budget {budget:,} "
+            f"(the plan measured the untrained model; see {run / 'model.compaction.json'}); for "
+            f"{'a file' if fmt == 'tflite' else 'constants'} within it, "
             f"train again with --size-budget {budget - (size - budget)}")
     return size <= budget

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tinyq import recipes
 from tinyq.errors import TinyqError, expected_one_of
-from tinyq.mixed.budget import require_choice
+from tinyq.mixed.budget import require_choice, require_format
 from tinyq.plan import KEEP_CHOICES, chooser, describe_plan
 from tinyq.spec import QuantSpec
 
@@ -24,7 +24,8 @@ class QuantOptions:
     act_bits: int = 8
     keep_8bit: tuple[str, ...] = KEEP_CHOICES
     learn_bits: bool = False  # search per-layer widths up to --bits before QAT (tinyq.mixed.learnbits)
-    size_budget: int | None = None  # file bytes; per-layer widths by the knapsack (tinyq.mixed.budget)
+    size_budget: int | None = None  # bytes; per-layer widths by the knapsack (tinyq.mixed.budget)
+    budget_for: str = "tflite"  # what --size-budget counts: the .tflite file or the AOT engine's constants
     plan: str | None = None  # a plan file to follow (tinyq plan --out)
 
     def __post_init__(self) -> None:
@@ -40,6 +41,9 @@ class QuantOptions:
                              "pass --bits 4 or 8")
         if self.size_budget is not None:
             require_choice(self.bits)
+        require_format(self.budget_for)
+        if self.budget_for != "tflite" and self.size_budget is None:
+            raise TinyqError(f"--budget-for {self.budget_for} says what --size-budget counts: pass --size-budget too")
 
     @staticmethod
     def check_rate(option: str, value: float) -> None:
@@ -187,7 +191,7 @@ class TrainConfig(QuantOptions):
                            generated_images=self.synthetic_images, value_range=recipe.value_range,
                            labels=recipe.labels, bits=self.bits, method=self.method, act_bits=self.act_bits,
                            keep_8bit=self.keep_8bit, learn_bits=self.learn_bits, size_budget=self.size_budget,
-                           plan=self.plan)
+                           budget_for=self.budget_for, plan=self.plan)
 
 
 # the float phase and QAT of a recipe trained from random weights

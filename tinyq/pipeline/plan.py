@@ -19,14 +19,15 @@ from tinyq.runfolder import write_json
 def plan_target(target: str, size_budget: int, *, data: str | None = None, init: str | None = None,
                 bits: int = 8, method: str = "ste", act_bits: int = 8, estimator: str = "hutchinson",
                 value_range=(0.0, 1.0), channels: int = 3, limit: int | None = 2000, seed: int = 0,
-                out: str | Path | None = None, log: Log = quiet) -> BudgetPlan:
-    """Plan ``target`` (a recipe name, or a Keras model file) within ``size_budget`` file bytes.
+                out: str | Path | None = None, budget_for: str = "tflite", log: Log = quiet) -> BudgetPlan:
+    """Plan ``target`` (a recipe name, or a Keras model file) within ``size_budget`` bytes of
+    ``budget_for`` (the ``.tflite`` file, or the AOT engine's constants).
 
     A recipe's sensitivity is measured on its untrained network unless ``init`` gives trained
     float weights (``tinyq train --size-budget`` plans again after its float phase). Images
     come from ``data`` (labels not needed) or, for a recipe, the synthetic default.
     """
-    QuantOptions(bits=bits, method=method, act_bits=act_bits, size_budget=size_budget)
+    QuantOptions(bits=bits, method=method, act_bits=act_bits, size_budget=size_budget, budget_for=budget_for)
     if Path(target).exists():
         model = load_model(target)
         check_supported(model)
@@ -46,7 +47,7 @@ def plan_target(target: str, size_budget: int, *, data: str | None = None, init:
             log("plan: sensitivity of the untrained network (no --init): a rough guide; "
                 "tinyq train --size-budget plans again after its float phase")
     plan = budget_plan(model, splits, contract, size_budget, method=method, act_bits=act_bits, max_bits=bits,
-                       estimator=estimator, seed=seed, log=log)
+                       estimator=estimator, seed=seed, budget_for=budget_for, log=log)
     if out is not None:
         write_json(out, plan.to_dict())
     return plan

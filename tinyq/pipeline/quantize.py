@@ -132,6 +132,7 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
     uses_teacher = distill > 0 or job.distill_features > 0  # QAT's features; --learn-bits' search matches outputs
     plan = choose_plan(teacher, splits, contract, run, log, bits=job.bits, method=job.method, act_bits=job.act_bits,
                        keep_8bit=job.keep_8bit, size_budget=job.size_budget, plan_file=job.plan,
+                       budget_for=job.budget_for,
                        learn_bits=job.learn_bits, lr=job.lr, batch=job.batch, seed=job.seed,
                        teacher=teacher if distill > 0 else None, distill=distill, unlabeled=job.agreement,
                        keep_float=keep_float)

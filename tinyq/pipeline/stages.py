@@ -76,12 +76,12 @@ def check_plan_inputs(model, opts, log: Log) -> None:
     if opts.size_budget:
         from tinyq.mixed.budget import require_room
 
-        require_room(model, opts.size_budget, opts.bits)
+        require_room(model, opts.size_budget, opts.bits, opts.budget_for)
 
 
 def choose_plan(float_model, splits, contract: InputContract, run: Run, log: Log, *, bits: int, method: str,
                 act_bits: int, keep_8bit, size_budget: int | None = None, plan_file: str | None = None,
-                learn_bits: bool = False, **search) -> dict[str, QuantSpec]:
+                learn_bits: bool = False, budget_for: str = "tflite", **search) -> dict[str, QuantSpec]:
     """The per-layer plan QAT follows: from ``plan_file``, under ``size_budget``, learned, or the default.
 
     ``search``: how ``--learn-bits`` trains (lr, batch, seed, teacher, distill, unlabeled, keep_float).
@@ -96,10 +96,11 @@ def choose_plan(float_model, splits, contract: InputContract, run: Run, log: Log
         if saved.exists():
             log(f"plan: reusing {saved}")
             return plan_from_file(saved, float_model, method, act_bits)
-        log(f"plan: every weight layer chooses 2, 4 or 8 bits (at most {bits}) within {size_budget:,} bytes; "
+        what = "" if budget_for == "tflite" else " of AOT constants"
+        log(f"plan: every weight layer chooses 2, 4 or 8 bits (at most {bits}) within {size_budget:,} bytes{what}; "
             "--keep-8bit does not apply")
         chosen = budget_plan(float_model, splits, contract, size_budget, method=method, act_bits=act_bits,
-                             max_bits=bits, seed=search.get("seed", 0), log=log)
+                             max_bits=bits, seed=search.get("seed", 0), budget_for=budget_for, log=log)
         log(chosen.table())
         write_json(saved, chosen.to_dict())
         return chosen.specs(method, act_bits)

@@ -68,7 +68,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
 
     plan = choose_plan(float_model, splits, contract, run, log, bits=config.bits, method=config.method,
                        act_bits=config.act_bits, keep_8bit=config.keep_8bit, size_budget=config.size_budget,
-                       plan_file=config.plan, learn_bits=config.learn_bits, lr=config.qat_lr, batch=config.batch,
+                       budget_for=config.budget_for, plan_file=config.plan, learn_bits=config.learn_bits, lr=config.qat_lr, batch=config.batch,
                        seed=config.seed)
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
     write_json(run.config_path, record)
