@@ -157,6 +157,8 @@ def generate(program: Program, name: str = "model", guard: str | None = None, se
                             dm=p.get("depth_multiplier", 1))
             dims["hp"], dims["wp"] = plane_shape(program, step) if step.op == "depthwise" else (0, 0)
             dims["resident"] = int(step.op != "depthwise" and resident_rows(program, step))
+            shifts = np.asarray(p["shift"])
+            dims["left"], dims["fast"] = int(np.any(shifts > 0)), int(np.all((shifts >= -23) & (shifts <= -1)))
             init = ", ".join(f".{k} = {v}" for k, v in dims.items())
             layers.append(f"static const tq_layer tq_l{i} = {{{init}, .in_offset = {-src.zero_point}, "
                           f".out_offset = {dst.zero_point}, .act_min = {p['act_min']}, .act_max = {p['act_max']}, "
@@ -249,6 +251,10 @@ def _pointer(program: Program, memory: MemoryPlan, tensor: int, role: str) -> st
 KERNELS_COMMON = r"""
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#if defined(__ARM_FEATURE_DSP) || defined(__ARM_FEATURE_SAT)
+#include <arm_acle.h> /* SMLAD, SXTAB16, QADD, SSAT */
+#endif
 
 #if defined(__GNUC__)
 #define TQ_INLINE static inline __attribute__((always_inline))
@@ -291,6 +297,7 @@ typedef struct {
   int32_t hp, wp;          /* depthwise: the bordered plane's rows and columns */
   int32_t in_offset, out_offset, act_min, act_max;
   uint8_t kind, wbits, lv_stride, resident;
+  uint8_t left, fast;       /* left: some channel's shift is positive; fast: every shift in -23..-1 */
   const uint8_t *w;        /* weights as stored (tinyq.aot.codegen's docstring) */
   const int8_t *levels;    /* 2-bit: the four levels, per channel when lv_stride is 4 */
   const int16_t *b16;      /* biases: one of these two */
@@ -310,15 +317,34 @@ TQ_INLINE int32_t tq_bias(const tq_layer *l, int o) { return l->b16 ? l->b16[o] 
 
 /* an int32 sum (bias included) to its int8 output: requantized by (mult, shift), then the activation's clamp */
 TQ_INLINE int8_t tq_out(const tq_layer *l, int32_t acc, int32_t mult, int shift) {
-  const int left = shift > 0 ? shift : 0, right = shift > 0 ? 0 : -shift;
-  const int32_t y = tq_rdbp(tq_srdhm((int32_t)((uint32_t)acc << left), mult), right) + l->out_offset;
+  const int left = l->left && shift > 0 ? shift : 0;
+  /* QuantizeMultiplier's multipliers lie in [2^30, 2^31) or are 0, never INT32_MIN: no saturation case */
+  const int32_t high = (int32_t)(((int64_t)(int32_t)((uint32_t)acc << left) * mult + (1LL << 30)) >> 31);
+  int32_t y;
+#if defined(__ARM_FEATURE_DSP)
+  if (l->fast) {
+    /* every right shift e in 1..23: RoundingDivideByPOT is (high + 2^(e-1) - (high < 0)) >> e; where
+       the saturating add (QADD) saturates, both that and the exact sum are at least 2^(31-e) - 1 >= 255
+       and clamp alike */
+    const int e = -shift;
+    y = __qadd(high, (1 << (e - 1)) + (high >> 31)) >> e;
+  } else
+#endif
+  y = tq_rdbp(high, left ? 0 : -shift);
+  y += l->out_offset;
+#if defined(__ARM_FEATURE_SAT)
+  if (l->act_min == -128 && l->act_max == 127) return (int8_t)__ssat(y, 8);
+#endif
   return (int8_t)(y < l->act_min ? l->act_min : y > l->act_max ? l->act_max : y);
 }
 
 #if defined(__GNUC__)
 #define TQ_NOINLINE __attribute__((noinline))
+#define TQ_ALIGNED __attribute__((aligned(4)))
 #else
 #define TQ_NOINLINE
+#define TQ_ALIGNED
+#define __builtin_assume_aligned(p, n) (p)
 #endif
 
 /* Conv, fully connected and pointwise layers read the weights of four output channels at a time as int16
@@ -326,7 +352,7 @@ TQ_INLINE int8_t tq_out(const tq_layer *l, int32_t acc, int32_t mult, int shift)
    (k = 4b .. 4b + 3) channel g's weights of inputs 4b, 4b + 2, 4b + 1, 4b + 3 at 16 b + 4 g (the pairs
    SXTAB16 makes of a word of four int8 inputs), then for each remaining input k channel g's weight at
    4 k + g. Channels past the last are zeros. */
-static int16_t tq_rows[4 * TQ_MAX_ROW < 9 ? 9 : 4 * TQ_MAX_ROW]; /* 9: a depthwise 3x3 reads nine */
+static int16_t tq_rows[4 * TQ_MAX_ROW < 9 ? 9 : 4 * TQ_MAX_ROW] TQ_ALIGNED; /* 9: a depthwise 3x3 reads nine */
 
 static void tq_unpack_rows(const tq_layer *l, int16_t *rows, int o, int32_t n) {
   const int32_t whole = n & ~3;
@@ -341,30 +367,30 @@ static void tq_unpack_rows(const tq_layer *l, int16_t *rows, int o, int32_t n) {
 /* Cortex-M4/M7/M33/M55: a word of four int8 inputs becomes two pairs of int16 with the input offset added
    (SXTAB16), and SMLAD multiplies a pair by a pair of weights and adds both products; the sums are the
    same integers (weights and x + off in -255..255, int32 accumulation) */
-#include <arm_acle.h>
-#include <string.h>
 TQ_INLINE int32_t tq_word(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
 #endif
 
-/* acc[g] += sum over k < n of row g's weight k * (x[k] + off), g < 4, rows as tq_unpack_rows lays them:
+/* acc[g] = sum over k < n of row g's weight k * (x[k] + off), g < 4, rows as tq_unpack_rows lays them:
    a leaf of its own (not inlined), so the compiler keeps its values in registers */
 static TQ_NOINLINE void tq_dot4(const int16_t *w, const int8_t *x, int32_t n, int32_t off, int32_t *acc) {
-  int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+  int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
   const int8_t *const end = x + (n & ~3);
 #if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32)
   const int32_t offs = (int32_t)((uint32_t)(uint16_t)off | ((uint32_t)(uint16_t)off << 16));
-  for (; x < end; x += 4, w += 16) {
+  const int16_t *wa = (const int16_t *)__builtin_assume_aligned(w, 4); /* rows start on words: LDRD */
+  for (; x < end; x += 4, wa += 16) {
     const int32_t v = tq_word(x);
     const int32_t lo = __sxtab16(offs, v), hi = __sxtab16(offs, (int32_t)((uint32_t)v >> 8));
-    a0 = __smlad(tq_word(w), lo, a0);
-    a0 = __smlad(tq_word(w + 2), hi, a0);
-    a1 = __smlad(tq_word(w + 4), lo, a1);
-    a1 = __smlad(tq_word(w + 6), hi, a1);
-    a2 = __smlad(tq_word(w + 8), lo, a2);
-    a2 = __smlad(tq_word(w + 10), hi, a2);
-    a3 = __smlad(tq_word(w + 12), lo, a3);
-    a3 = __smlad(tq_word(w + 14), hi, a3);
+    a0 = __smlad(tq_word(wa), lo, a0);
+    a0 = __smlad(tq_word(wa + 2), hi, a0);
+    a1 = __smlad(tq_word(wa + 4), lo, a1);
+    a1 = __smlad(tq_word(wa + 6), hi, a1);
+    a2 = __smlad(tq_word(wa + 8), lo, a2);
+    a2 = __smlad(tq_word(wa + 10), hi, a2);
+    a3 = __smlad(tq_word(wa + 12), lo, a3);
+    a3 = __smlad(tq_word(wa + 14), hi, a3);
   }
+  w = wa;
 #else
   for (; x < end; x += 4, w += 16) {
     const int32_t x0 = x[0] + off, x1 = x[1] + off, x2 = x[2] + off, x3 = x[3] + off;
@@ -390,10 +416,9 @@ static TQ_NOINLINE void tq_dot4(const int16_t *w, const int8_t *x, int32_t n, in
 /* output channels o .. o + 3 (those that exist) of one position, from the inputs x and the group's rows */
 TQ_INLINE void tq_group(const tq_layer *l, const int16_t *rows, const int8_t *x, int32_t n, int o, int8_t *y) {
   const int group = l->oc - o < 4 ? l->oc - o : 4;
-  int32_t acc[4] = {0, 0, 0, 0};
-  for (int g = 0; g < group; ++g) acc[g] = tq_bias(l, o + g);
+  int32_t acc[4];
   tq_dot4(rows, x, n, l->in_offset, acc);
-  for (int g = 0; g < group; ++g) y[g] = tq_out(l, acc[g], l->mult[o + g], l->shift[o + g]);
+  for (int g = 0; g < group; ++g) y[g] = tq_out(l, acc[g] + tq_bias(l, o + g), l->mult[o + g], l->shift[o + g]);
 }
 
 static int8_t tq_plane[TQ_MAX_PLANE]; /* one input channel bordered with its padding (a depthwise input) */
@@ -460,6 +485,12 @@ TQ_INLINE const int8_t *tq_column(const tq_layer *l, const int8_t *in, int oy, i
   const int y0 = oy * l->sh - l->ph, x0 = ox * l->sw - l->pw;
   if (l->kh == 1 && l->kw == 1 && l->ph == 0 && l->pw == 0) return in + (y0 * l->iw + x0) * l->ic;
   int8_t *c = tq_col;
+  if (l->dw == 1 && y0 >= 0 && y0 + (l->kh - 1) * l->dh < l->ih && x0 >= 0 && x0 + l->kw <= l->iw) {
+    /* inside the image: each kernel row's taps are one run of kw * ic bytes */
+    for (int fy = 0; fy < l->kh; ++fy, c += l->kw * l->ic)
+      memcpy(c, in + ((y0 + fy * l->dh) * l->iw + x0) * l->ic, (size_t)(l->kw * l->ic));
+    return tq_col;
+  }
   for (int fy = 0; fy < l->kh; ++fy) {
     const int yy = y0 + fy * l->dh;
     for (int fx = 0; fx < l->kw; ++fx, c += l->ic) {
