@@ -28,7 +28,7 @@ class Group(click.Group):
             _err(f"error: {e}")
             ctx.exit(1)
         except click.UsageError as e:
-            cmd = f"tinyq {e.ctx.info_name}" if e.ctx is not None and e.ctx.info_name != "tinyq" else "tinyq"
+            cmd = e.ctx.command_path if e.ctx is not None else "tinyq"
             _err(f"error: {e.format_message()} (see {cmd} --help)")
             ctx.exit(2)
         except KeyboardInterrupt as e:
@@ -416,6 +416,36 @@ def inspect(tflite, as_json):
 
     info = inspect_model(tflite)
     click.echo(json.dumps(info) if as_json else format_table(info))
+
+
+@main.group()
+def data():
+    """Data sets: Visual Wake Words built from COCO."""
+
+
+@data.command("vww")
+@click.option("--coco", required=True, type=click.Path(),
+              help="A local COCO download: annotations/instances_{train,val}YEAR.json and trainYEAR/ valYEAR/.")
+@click.option("--out", required=True, type=click.Path(), help="Folder for OUT/{train,val,test}/{person,non_person}/.")
+@click.option("--year", type=click.Choice(["2014", "2017"]), default="2014", show_default=True)
+@click.option("--min-area", type=float, default=0.005, show_default=True,
+              help="person: a person annotation covers more than this fraction of the image.")
+@click.option("--size", type=int, default=96, show_default=True, help="Resize every image to SIZE x SIZE, once.")
+@click.option("--minival", type=click.Path(), default=None,
+              help="A file of image ids (one per line) for test/, COCO's train and val pooled for the rest, as the "
+                   "MLPerf Tiny reference [default: COCO's val is test/].")
+@click.option("--val-fraction", type=float, default=0.02, show_default=True,
+              help="Train images (by a fixed hash of the id) held out in val/ for epoch validation.")
+@click.option("--workers", type=int, default=0, show_default=True, help="Processes resizing (0: one per core).")
+@output_options
+def data_vww(coco, out, year, min_area, size, minival, val_fraction, workers, quiet, as_json):
+    """Build Visual Wake Words (person / non_person) from COCO; run again to resume."""
+    from tinyq.data.vww import VwwJob, build_vww
+
+    job = VwwJob(coco=coco, out=out, year=int(year), min_area=min_area, size=size, minival=minival,
+                 val_fraction=val_fraction, workers=workers)
+    summary = build_vww(job, _log(quiet or as_json))
+    click.echo(json.dumps(summary.to_dict()) if as_json else summary.table())
 
 
 @main.command()
