@@ -420,7 +420,7 @@ def inspect(tflite, as_json):
 
 @main.group()
 def data():
-    """Data sets: Visual Wake Words built from COCO."""
+    """Data sets: Visual Wake Words built from COCO; TFRecord shards to stream."""
 
 
 @data.command("vww")
@@ -446,6 +446,34 @@ def data_vww(coco, out, year, min_area, size, minival, val_fraction, workers, qu
                  val_fraction=val_fraction, workers=workers)
     summary = build_vww(job, _log(quiet or as_json))
     click.echo(json.dumps(summary.to_dict()) if as_json else summary.table())
+
+
+@data.command("pack")
+@click.argument("source", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="A new folder for the shards and manifest.json.")
+@click.option("--size", type=int, default=96, show_default=True, help="Images resized once to SIZE x SIZE.")
+@click.option("--channels", type=click.Choice(["1", "3"]), default="3", show_default=True)
+@click.option("--images-per-shard", type=int, default=2048, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the shuffle across shards (and the split of a folder without train/ val/ test/).")
+@click.option("--workers", type=int, default=0, show_default=True, help="Processes encoding (0: one per core).")
+@output_options
+def data_pack(source, out, size, channels, images_per_shard, seed, workers, quiet, as_json):
+    """Pack an image folder (SOURCE/person, SOURCE/non_person, optionally under train/ val/ test/) into
+    TFRecord shards that --data streams."""
+    preflight().data_folder(source)
+    if workers < 0:
+        raise TinyqError(f"--workers must be 0 (one per core) or more; got {workers}")
+    from tinyq.data.shards import pack
+
+    manifest = pack(source, out, size=size, channels=int(channels), per_shard=images_per_shard, seed=seed,
+                    workers=workers, log=_log(quiet or as_json))
+    if as_json:
+        click.echo(json.dumps(manifest))
+        return
+    for name, part in manifest["splits"].items():
+        click.echo(f"{name:<6}{part['images']:>9,} images {part['counts']} in {len(part['shards'])} shards")
+    click.echo(f"wrote {out} ({len(manifest['skipped'])} unreadable skipped): train with --data {out}")
 
 
 @main.command()

@@ -9,6 +9,7 @@ import numpy as np
 from tinyq.contract import InputContract
 from tinyq.convert.converter import storage_of
 from tinyq.data import ImageSet, layout, load_folder
+from tinyq.data.shards import is_shards, shard_sets
 from tinyq.errors import TinyqError
 from tinyq.fit import evaluate_keras
 from tinyq.integer import IntegerModel, NotEmulated
@@ -53,6 +54,13 @@ def run_of(tflite: Path) -> Run | None:
 
 
 def load_eval_data(data_dir: str | Path, contract: InputContract, limit: int | None, log: Log) -> ImageSet:
+    if is_shards(data_dir):  # a pack: its test split (else the last there is), read whole
+        sets = shard_sets(data_dir, contract.resolution, contract.channels, limit)
+        if not sets:
+            raise TinyqError(f"the pack {str(data_dir)!r} holds no images; pack again")
+        name = "test" if "test" in sets else sorted(sets)[-1]
+        log(f"check: {data_dir} is a pack; using its {name} split")
+        return sets[name].load()
     found = layout(data_dir)
     if "all" in found:
         folder = found["all"]

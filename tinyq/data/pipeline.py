@@ -23,7 +23,7 @@ def augment(x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
-def _to_model_range(ds: tf.data.Dataset, contract: InputContract) -> tf.data.Dataset:
+def to_model_range(ds: tf.data.Dataset, contract: InputContract) -> tf.data.Dataset:
     lo, hi = contract.value_range
     return ds.map(lambda a, b: (a * (hi - lo) + lo, b))
 
@@ -32,7 +32,7 @@ def dataset(x: np.ndarray, y: np.ndarray | None, contract: InputContract, batch:
     """Batches of model-ready floats, in order, not augmented (evaluation, prediction)."""
     ds = tf.data.Dataset.from_tensor_slices((x, y if y is not None else np.zeros(len(x), np.int32)))
     ds = ds.map(lambda a, b: (tf.cast(a, tf.float32) / 255.0, b))
-    return _to_model_range(ds, contract).batch(batch).prefetch(tf.data.AUTOTUNE)
+    return to_model_range(ds, contract).batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -55,7 +55,7 @@ def training_batches(x: np.ndarray, y: np.ndarray, contract: InputContract, batc
         ds = images.shuffle(len(x), seed=s, reshuffle_each_iteration=False).enumerate()
         ds = ds.map(lambda i, xy: (augment(tf.cast(xy[0], tf.float32) / 255.0, tf.stack([tf.constant(s, tf.int64), i])),
                                    xy[1]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return _to_model_range(ds, contract).batch(batch)
+        return to_model_range(ds, contract).batch(batch)
 
     epochs_data = [one_epoch(e) for e in range(initial_epoch, epochs)]
     return functools.reduce(tf.data.Dataset.concatenate, epochs_data).prefetch(tf.data.AUTOTUNE)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tinyq import recipes
 from tinyq.data.folder import layout
+from tinyq.data.shards import is_shards, read_manifest
 from tinyq.device import boards, tflm, toolchain
 from tinyq.errors import TinyqError
 from tinyq.runfolder import Run, require_folder_out, require_writable
@@ -20,9 +21,12 @@ def model_file(path: str | Path) -> None:
 
 
 def data_folder(path: str | Path | None) -> None:
-    """An image folder in the Visual Wake Words layout, when one is given."""
+    """An image folder in the Visual Wake Words layout, or a pack of shards, when one is given."""
     if path is not None:
-        layout(path)
+        if is_shards(path):
+            read_manifest(path)
+        else:
+            layout(path)
 
 
 def run_folder(path: str | Path) -> Run:

@@ -19,6 +19,7 @@ from tinyq._tf import keras, tf
 from tinyq.contract import InputContract
 from tinyq.data import ImageSet, invert, layout, load_splits
 from tinyq.data.folder import SPLITS, load_images, split
+from tinyq.data.shards import is_shards, load_shard_splits
 from tinyq.errors import TinyqError
 from tinyq.fit import evaluate_keras
 from tinyq.graph import check_supported, contract_of
@@ -57,6 +58,16 @@ def load_job_data(job: QuantizeJob, contract: InputContract, teacher, log: Log) 
     if job.data is None:
         return relabel(generated_data(job, contract, teacher, log), teacher, contract)
     path = Path(job.data)
+    if is_shards(path):
+        if job.unlabeled:
+            raise TinyqError(f"{job.data!r} is a pack, whose images carry their labels; drop --unlabeled, or pass "
+                             "the image folder")
+        splits = load_shard_splits(path, contract.resolution, contract.channels, job.limit, log)
+        for name in SPLITS:
+            if name in splits:
+                log(f"data: {name}: {len(splits[name])} images {splits[name].counts()}"
+                    + (", streamed from the pack" if name == "train" else ""))
+        return splits
     labelled = True
     try:
         layout(path)
