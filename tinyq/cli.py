@@ -75,6 +75,15 @@ def quant_options(command):
     return command
 
 
+def distribute_options(command):
+    """``--distribute`` and ``--scale-lr``: training on many devices."""
+    command = click.option("--scale-lr", is_flag=True,
+                           help="Multiply the learning rates by the replica count (linear scaling).")(command)
+    return click.option("--distribute", type=click.Choice(["mirrored", "multiworker"]), default=None,
+                        help="Train on every local GPU (mirrored; on a CPU, TINYQ_CPU_REPLICAS logical devices) or "
+                             "on the workers of TF_CONFIG (multiworker); --batch is the global batch.")(command)
+
+
 def output_options(command):
     """``--quiet`` and ``--json``: what a long command prints, for scripts and CI."""
     command = click.option("--json", "as_json", is_flag=True,
@@ -150,9 +159,10 @@ def _default_out(recipe: str, bits: int) -> Path:
               help="Start QAT from this float model (.h5, or a run folder's float.h5) and train on --data's labels.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/RECIPE-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
+@distribute_options
 @output_options
 def train(recipe, bits, method, act_bits, keep_8bit, learn_bits, size_budget, budget_for, plan_file, data, from_scratch, channels,
-          epochs, qat_epochs, batch, lr, qat_lr, seed, synthetic_images, limit, init, out, resume, quiet, as_json):
+          epochs, qat_epochs, batch, lr, qat_lr, seed, synthetic_images, limit, init, out, resume, distribute, scale_lr, quiet, as_json):
     """Make RECIPE (see tinyq models) a quantized model: its pretrained model distilled, or trained from
     scratch; writes a run folder with model.tflite."""
     from tinyq import recipes
@@ -164,7 +174,8 @@ def train(recipe, bits, method, act_bits, keep_8bit, learn_bits, size_budget, bu
                          data=data, from_scratch=from_scratch, channels=channels, epochs=epochs,
                          qat_epochs=qat_epochs, batch=batch, lr=lr, qat_lr=qat_lr, seed=seed,
                          synthetic_images=synthetic_images, limit=limit, init=init, learn_bits=learn_bits,
-                         size_budget=_size(size_budget), budget_for=budget_for, plan=plan_file)
+                         size_budget=_size(size_budget), budget_for=budget_for, plan=plan_file,
+                         distribute=distribute, scale_lr=scale_lr)
     if out is None:
         if resume:
             raise TinyqError("--resume needs --out RUN, the run folder to continue")
@@ -172,7 +183,7 @@ def train(recipe, bits, method, act_bits, keep_8bit, learn_bits, size_budget, bu
     from tinyq.api import train as run_training  # TensorFlow: only once the arguments are known to be good
 
     run = run_training(config, out, resume=resume, log=_log(quiet))
-    _summary(run, as_json)
+    _summary(run, as_json, distribute)
     if data is None and not config.starts_pretrained() and not as_json:
         click.echo("note: trained on SYNTHETIC figures; for a real detector drop --from-scratch, or pass --data DIR "
                    "and train longer with --epochs 30 --qat-epochs 10")
@@ -190,8 +201,17 @@ def _summary_dict(run) -> dict:
     return out
 
 
-def _summary(run, as_json: bool = False) -> None:
-    """The run's held-out figures, the float model's beside the quantized ones where the data has labels."""
+def _summary(run, as_json: bool = False, distribute: str | None = None) -> None:
+    """The run's held-out figures, the float model's beside the quantized ones where the data has labels;
+    on a worker of a cluster that is not the chief, which writes the run, one line saying so."""
+    if distribute == "multiworker":
+        from tinyq.pipeline.distribute import cluster_role
+
+        index, chief, _ = cluster_role()
+        if not chief:
+            click.echo(json.dumps({"worker": index, "run": str(run.path)}) if as_json else
+                       f"worker {index}: done; the chief writes the run folder {run.path}")
+            return
     s = _summary_dict(run)
     if as_json:
         click.echo(json.dumps(s))
@@ -240,10 +260,11 @@ def _summary(run, as_json: bool = False) -> None:
                    "at 8 bits, tinyq below.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder [default: runs/MODEL-wBITS].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last complete epoch.")
+@distribute_options
 @output_options
 def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_budget, budget_for, plan_file, unlabeled,
              generated_images, distill, distill_features, epochs, batch, lr, seed, limit, value_range, labels,
-             allow_float, ptq, out, resume, quiet, as_json):
+             allow_float, ptq, out, resume, distribute, scale_lr, quiet, as_json):
     """Quantize a float Keras classifier (.h5, .keras, SavedModel) with QAT and distillation."""
     from tinyq.pipeline.options import QuantizeJob, ptq_kind
     from tinyq.plan import parse_keep
@@ -255,7 +276,8 @@ def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_bu
                       batch=batch, lr=lr, seed=seed, limit=limit,
                       value_range=(lo, hi), labels=tuple(labels.split(",")) if labels else None,
                       allow_float=allow_float, ptq=ptq_kind(bits, ptq) if ptq else None, learn_bits=learn_bits,
-                      size_budget=_size(size_budget), budget_for=budget_for, plan=plan_file)
+                      size_budget=_size(size_budget), budget_for=budget_for, plan=plan_file,
+                      distribute=distribute, scale_lr=scale_lr)
     if out is None:
         if resume:
             raise TinyqError("--resume needs --out RUN, the run folder to continue")
@@ -263,7 +285,7 @@ def quantize(model, data, bits, method, act_bits, keep_8bit, learn_bits, size_bu
     from tinyq.api import quantize as run_quantize
 
     run = run_quantize(job, out, resume=resume, log=_log(quiet))
-    _summary(run, as_json)
+    _summary(run, as_json, distribute)
 
 
 @main.command()

@@ -86,6 +86,9 @@ class Distiller(keras.Model):
         with tf.GradientTape() as tape:
             loss, p_student = self._loss(x, y, training=True)
             total = loss + tf.add_n(self.student.losses) if self.student.losses else loss
+            # replicas' gradients are summed (tf.distribute): each contributes its share of the mean, as
+            # Keras scales its compiled losses
+            total = total / tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.student.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
         return self._record(loss, y, p_student)

@@ -121,6 +121,12 @@ def fit_phase(model, splits, contract, epochs: int, lr: float, phase: str, run: 
     train_ds = (train.training_batches(contract, batch, seed, epochs, first) if isinstance(train, ShardSet)
                 else training_batches(train.x, train.y, contract, batch, seed, epochs, first))
     val_ds = dataset(splits["val"].x, splits["val"].y, contract, batch) if len(splits.get("val", ())) else None
+    # across workers (--distribute multiworker) every worker reads the same stream and keeps its share of
+    # each batch, so the batches are one device's whatever the files
+    by_data = tf.data.Options()
+    by_data.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train_ds = train_ds.with_options(by_data)
+    val_ds = val_ds.with_options(by_data) if val_ds is not None else None
     # history before the backup: an epoch killed between the two is re-run and its entry replaced
     callbacks = [BatchBar(phase, epochs, steps), EpochLog(phase, epochs, log, run.history_path, agreement=unlabeled),
                  keras.callbacks.BackupAndRestore(str(backup)),

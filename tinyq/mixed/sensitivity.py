@@ -31,9 +31,49 @@ def _kernel(layer) -> tf.Variable:
     return getattr(layer, kernel_attr(layer))
 
 
+def _replicated(fn, xb: tf.Tensor, *args) -> float:
+    """``fn(x_part, *args)`` (a mean over ``x_part``) as its mean over all of ``xb``: on one device as it is;
+    under a ``tf.distribute`` strategy (``--distribute``), each replica takes an even share of the batch and
+    the means are weighted by the shares (the model's variables are read in replica context there)."""
+    strategy = tf.distribute.get_strategy()
+    n, replicas = int(xb.shape[0]), strategy.num_replicas_in_sync
+    if replicas == 1:
+        return float(fn(xb, *args))
+    bounds = np.linspace(0, n, replicas + 1).astype(int)
+
+    def part(context):
+        a, b = bounds[context.replica_id_in_sync_group], bounds[context.replica_id_in_sync_group + 1]
+        return xb[a:b]
+
+    def weighted(x_part):
+        size = int(x_part.shape[0])
+        return fn(x_part, *args) * size if size else tf.constant(0.0)
+
+    values = strategy.run(weighted, args=(strategy.experimental_distribute_values_from_function(part),))
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None)) / n
+
+
+def _per_sample(fn, one: tf.Tensor, size: int) -> np.ndarray:
+    """``fn(one)`` (``size`` values) for a single sample: under a strategy, run by the first replica, the
+    others given no sample (the variables are read in replica context there)."""
+    strategy = tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync == 1:
+        return fn(one).numpy()
+
+    def part(context):
+        return one if context.replica_id_in_sync_group == 0 else one[:0]
+
+    def run(x_part):
+        return fn(x_part) if int(x_part.shape[0]) else tf.zeros(size)
+
+    values = strategy.run(run, args=(strategy.experimental_distribute_values_from_function(part),))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None).numpy()
+
+
 def curvature(model: keras.Model, x: np.ndarray, estimator: str = "hutchinson", batch: int = 32,
               samples: int = 1, seed: int = 0) -> dict[str, float]:
-    """``tr(H_l) / n_l`` per weight layer of ``model`` (already BN-folded), averaged over ``x``."""
+    """``tr(H_l) / n_l`` per weight layer of ``model`` (already BN-folded), averaged over ``x``; each batch
+    shared among the replicas of a ``tf.distribute`` strategy when one is in scope."""
     if estimator not in ESTIMATORS:
         raise expected_one_of("sensitivity estimator", ESTIMATORS, estimator)
     layers = [layer for layer in model.layers if isinstance(layer, WEIGHT_LAYERS)]
@@ -50,11 +90,14 @@ def curvature(model: keras.Model, x: np.ndarray, estimator: str = "hutchinson", 
             probs /= probs.sum(axis=1, keepdims=True)
             for i in range(len(xb)):  # per-sample gradients: the Fisher is a mean of squared ones
                 y = rng.choice(probs.shape[1], p=probs[i])
-                with tf.GradientTape() as tape:
-                    p = model(xb[i:i + 1], training=False)
-                    loss = -tf.math.log(p[0, y] + 1e-12)
-                grads = tape.gradient(loss, kernels)
-                sums += [float(tf.reduce_sum(tf.square(g))) for g in grads]
+
+                def squared_gradients(one, y=y):
+                    with tf.GradientTape() as tape:
+                        p = model(one, training=False)
+                        loss = -tf.math.log(p[0, y] + 1e-12)
+                    return tf.stack([tf.reduce_sum(tf.square(g)) for g in tape.gradient(loss, kernels)])
+
+                sums += _per_sample(squared_gradients, xb[i:i + 1], len(kernels))
                 count += 1
         else:
             for _ in range(samples):
@@ -62,14 +105,18 @@ def curvature(model: keras.Model, x: np.ndarray, estimator: str = "hutchinson", 
                 # zero in expectation but far larger than tr(H_ll) in one draw
                 for li, kernel in enumerate(kernels):
                     v = tf.constant(rng.choice([-1.0, 1.0], size=kernel.shape), kernel.dtype)
-                    with tf.GradientTape() as outer:
-                        with tf.GradientTape() as inner:
-                            p = model(xb, training=False)
-                            y = tf.stop_gradient(tf.argmax(p, axis=1))
-                            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, p))
-                        g = inner.gradient(loss, kernel)
-                        gv = tf.reduce_sum(g * v)
-                    sums[li] += float(tf.reduce_sum(v * outer.gradient(gv, kernel)))
+
+                    def probe(xp, kernel=kernel, v=v):  # v^T H v of the mean loss over xp
+                        with tf.GradientTape() as outer:
+                            with tf.GradientTape() as inner:
+                                p = model(xp, training=False)
+                                y = tf.stop_gradient(tf.argmax(p, axis=1))
+                                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, p))
+                            g = inner.gradient(loss, kernel)
+                            gv = tf.reduce_sum(g * v)
+                        return tf.reduce_sum(v * outer.gradient(gv, kernel))
+
+                    sums[li] += _replicated(probe, xb)
                 count += 1
     shown.close()
     return {layer.name: float(s / count / int(np.prod(k.shape))) for layer, k, s in zip(layers, kernels, sums)}

@@ -10,6 +10,7 @@ from pathlib import Path
 from tinyq import recipes
 from tinyq.errors import TinyqError, expected_one_of
 from tinyq.mixed.budget import require_choice, require_format
+from tinyq.pipeline.distribute import require_kind
 from tinyq.plan import KEEP_CHOICES, chooser, describe_plan
 from tinyq.spec import QuantSpec
 
@@ -27,6 +28,8 @@ class QuantOptions:
     size_budget: int | None = None  # bytes; per-layer widths by the knapsack (tinyq.mixed.budget)
     budget_for: str = "tflite"  # what --size-budget counts: the .tflite file or the AOT engine's constants
     plan: str | None = None  # a plan file to follow (tinyq plan --out)
+    distribute: str | None = None  # training on many devices: mirrored or multiworker (tinyq.pipeline.distribute)
+    scale_lr: bool = False  # learning rates times the replica count
 
     def __post_init__(self) -> None:
         QuantSpec(method=self.method, weight_bits=self.bits, act_bits=self.act_bits, learn_bits=self.learn_bits)
@@ -42,6 +45,9 @@ class QuantOptions:
         if self.size_budget is not None:
             require_choice(self.bits)
         require_format(self.budget_for)
+        require_kind(self.distribute)
+        if self.scale_lr and not self.distribute:
+            raise TinyqError("--scale-lr multiplies the learning rates by the replicas of --distribute: pass --distribute too")
         if self.budget_for != "tflite" and self.size_budget is None:
             raise TinyqError(f"--budget-for {self.budget_for} says what --size-budget counts: pass --size-budget too")
 
@@ -107,6 +113,8 @@ class QuantizeJob(QuantOptions):
             raise TinyqError("--learn-bits trains (it learns widths by gradient); it cannot go with --ptq")
         if self.ptq not in (None, *PTQ_CHOICES):
             raise expected_one_of("--ptq", PTQ_CHOICES, self.ptq)
+        if self.ptq and self.distribute:
+            raise TinyqError(f"--ptq {self.ptq} does not train; --distribute is for training: drop one")
         if self.ptq == "converter" and (self.size_budget or self.plan):
             raise TinyqError("--ptq converter makes int8 only; per-layer widths need --ptq tinyq (or QAT)")
         if self.ptq == "converter" and self.bits != 8:
@@ -191,7 +199,8 @@ class TrainConfig(QuantOptions):
                            generated_images=self.synthetic_images, value_range=recipe.value_range,
                            labels=recipe.labels, bits=self.bits, method=self.method, act_bits=self.act_bits,
                            keep_8bit=self.keep_8bit, learn_bits=self.learn_bits, size_budget=self.size_budget,
-                           budget_for=self.budget_for, plan=self.plan)
+                           budget_for=self.budget_for, plan=self.plan, distribute=self.distribute,
+                           scale_lr=self.scale_lr)
 
 
 # the float phase and QAT of a recipe trained from random weights

@@ -24,6 +24,7 @@ from tinyq.errors import TinyqError
 from tinyq.fit import evaluate_keras
 from tinyq.graph import check_supported, contract_of
 from tinyq.logs import Log, bar, log_stderr
+from tinyq.pipeline.distribute import Distribution, distribution, worker_folder
 from tinyq.pipeline.options import PTQ_CHOICES, QuantizeJob, ptq_kind
 from tinyq.pipeline.stages import check_plan_inputs, choose_plan, finish, make_run_folder, prepare_run, qat_phase
 from tinyq.qat import load_model
@@ -98,7 +99,20 @@ def relabel(splits: dict[str, ImageSet], teacher, contract: InputContract) -> di
 
 
 def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log = log_stderr, callbacks=()) -> Run:
-    """Quantize ``job.model`` into the run folder ``out``; ``callbacks`` (Keras) join the QAT fit's."""
+    """Quantize ``job.model`` into the run folder ``out``; ``callbacks`` (Keras) join the QAT fit's.
+
+    With ``job.distribute`` the training phases run on many devices (:mod:`tinyq.pipeline.distribute`).
+    """
+    dist = distribution(job.distribute)  # first: the devices are set up before TensorFlow runs anything
+    if dist.kind == "multiworker" and resume:
+        raise TinyqError("--resume with --distribute multiworker is not supported: the workers would have to share "
+                         "the run's backup; start the run again, or resume it with --distribute mirrored or none")
+    with worker_folder(dist, out) as folder:
+        run = _quantize(job, folder, resume, log, callbacks, dist)
+    return run if dist.chief else Run(out)  # the chief's run folder: a worker's own is gone
+
+
+def _quantize(job: QuantizeJob, out: str | Path, resume: bool, log: Log, callbacks, dist: Distribution) -> Run:
     source = Path(job.model)
     if not source.exists():
         raise TinyqError(f"model {job.model!r} does not exist; give a .h5, .keras or SavedModel folder")
@@ -141,12 +155,18 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
         teacher.save(tmp)
     distill = 1.0 if job.agreement else job.distill
     uses_teacher = distill > 0 or job.distill_features > 0  # QAT's features; --learn-bits' search matches outputs
-    plan = choose_plan(teacher, splits, contract, run, log, bits=job.bits, method=job.method, act_bits=job.act_bits,
-                       keep_8bit=job.keep_8bit, size_budget=job.size_budget, plan_file=job.plan,
-                       budget_for=job.budget_for,
-                       learn_bits=job.learn_bits, lr=job.lr, batch=job.batch, seed=job.seed,
-                       teacher=teacher if distill > 0 else None, distill=distill, unlabeled=job.agreement,
-                       keep_float=keep_float)
+    lr = job.lr * (dist.replicas if job.scale_lr else 1)
+    if dist.kind:
+        log(dist.describe(job.batch, job.scale_lr))
+        with dist.scope():  # the teacher's variables on every replica, as the student's will be
+            teacher = load_model(source)
+    with dist.scope():
+        plan = choose_plan(teacher, splits, contract, run, log, bits=job.bits, method=job.method, act_bits=job.act_bits,
+                           keep_8bit=job.keep_8bit, size_budget=job.size_budget, plan_file=job.plan,
+                           budget_for=job.budget_for,
+                           learn_bits=job.learn_bits, lr=lr, batch=job.batch, seed=job.seed,
+                           teacher=teacher if distill > 0 else None, distill=distill, unlabeled=job.agreement,
+                           keep_float=keep_float)
     plan = layers.apply_declared(plan, declared)
     data_name = job.data or "generated from the model"
     record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
@@ -162,11 +182,12 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
                         seed=job.seed, what="", keep_float=keep_float, start=start)
         return finish(run, qat, splits, contract, data_name, log, float_model=teacher,
                       agreement=job.agreement)
-    qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=job.epochs, lr=job.lr, batch=job.batch,
-                    seed=job.seed, teacher=teacher if uses_teacher else None, distill=distill,
-                    unlabeled=job.agreement, keep_float=keep_float, features=job.distill_features, start=start,
-                    what=job.describe("declared by the model's tinyq layers" if declared else None),
-                    teacher_name="your model as it computes (kernels Q(w))" if declared else "the float model",
-                    callbacks=callbacks)
+    with dist.scope():
+        qat = qat_phase(teacher, plan, splits, contract, run, log, epochs=job.epochs, lr=lr, batch=job.batch,
+                        seed=job.seed, teacher=teacher if uses_teacher else None, distill=distill,
+                        unlabeled=job.agreement, keep_float=keep_float, features=job.distill_features, start=start,
+                        what=job.describe("declared by the model's tinyq layers" if declared else None),
+                        teacher_name="your model as it computes (kernels Q(w))" if declared else "the float model",
+                        callbacks=callbacks)
     return finish(run, qat, splits, contract, data_name, log, float_model=teacher,
                       agreement=job.agreement)

@@ -10,6 +10,8 @@ from tinyq import recipes
 from tinyq._tf import keras, tf
 from tinyq.fit import fit_phase
 from tinyq.logs import Log, log_stderr
+from tinyq.errors import TinyqError
+from tinyq.pipeline.distribute import Distribution, distribution, worker_folder
 from tinyq.pipeline.options import TrainConfig
 from tinyq.pipeline.quantize import quantize
 from tinyq.pipeline.stages import (check_plan_inputs, choose_plan, finish, load_data, load_init,
@@ -30,6 +32,16 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
     """
     if config.starts_pretrained():
         return quantize(config.quantize_job(), out, resume=resume, log=log, callbacks=callbacks)
+    dist = distribution(config.distribute)  # first: the devices are set up before TensorFlow runs anything
+    if dist.kind == "multiworker" and resume:
+        raise TinyqError("--resume with --distribute multiworker is not supported: the workers would have to share "
+                         "the run's backup; start the run again, or resume it with --distribute mirrored or none")
+    with worker_folder(dist, out) as folder:
+        run = _train(config, folder, resume, log, callbacks, dist)
+    return run if dist.chief else Run(out)  # the chief's run folder: a worker's own is gone
+
+
+def _train(config: TrainConfig, out: str | Path, resume: bool, log: Log, callbacks, dist: Distribution) -> Run:
     recipe = recipes.get(config.recipe)
     contract = recipe.contract(config.channels)
     run = Run(out)
@@ -47,31 +59,35 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
     make_run_folder(run)
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
-    if resume and run.float_model.exists():
-        log(f"float: resuming from {run.float_model}")
-        float_model = load_model(run.float_model)
-    elif init is not None:
-        float_model = init
-        log(f"float: starting QAT from {config.init} (no float phase)")
-        write_json(run.config_path, record)
-        with atomic_path(run.float_model) as tmp:
-            float_model.save(tmp)
-    else:
-        float_model = recipe.model(config.channels)
-        write_json(run.config_path, record)
-        if config.epochs:
-            log(f"float training: {config.epochs} epochs, {len(splits['train'])} images")
-            fit_phase(float_model, splits, contract, config.epochs, config.lr, "float", run, log,
-                      batch=config.batch, seed=config.seed)
-        with atomic_path(run.float_model) as tmp:
-            float_model.save(tmp)
+    scale = dist.replicas if config.scale_lr else 1
+    if dist.kind:
+        log(dist.describe(config.batch, config.scale_lr))
+    with dist.scope():  # every model and optimizer of training on the strategy's replicas
+        if resume and run.float_model.exists():
+            log(f"float: resuming from {run.float_model}")
+            float_model = load_model(run.float_model)
+        elif init is not None:
+            float_model = init
+            log(f"float: starting QAT from {config.init} (no float phase)")
+            write_json(run.config_path, record)
+            with atomic_path(run.float_model) as tmp:
+                float_model.save(tmp)
+        else:
+            float_model = recipe.model(config.channels)
+            write_json(run.config_path, record)
+            if config.epochs:
+                log(f"float training: {config.epochs} epochs, {len(splits['train'])} images")
+                fit_phase(float_model, splits, contract, config.epochs, config.lr * scale, "float", run, log,
+                          batch=config.batch, seed=config.seed)
+            with atomic_path(run.float_model) as tmp:
+                float_model.save(tmp)
 
-    plan = choose_plan(float_model, splits, contract, run, log, bits=config.bits, method=config.method,
-                       act_bits=config.act_bits, keep_8bit=config.keep_8bit, size_budget=config.size_budget,
-                       budget_for=config.budget_for, plan_file=config.plan, learn_bits=config.learn_bits, lr=config.qat_lr, batch=config.batch,
-                       seed=config.seed)
-    record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
-    write_json(run.config_path, record)
-    qat = qat_phase(float_model, plan, splits, contract, run, log, epochs=config.qat_epochs, lr=config.qat_lr,
-                    batch=config.batch, seed=config.seed, what=config.describe(), callbacks=callbacks)
+        plan = choose_plan(float_model, splits, contract, run, log, bits=config.bits, method=config.method,
+                           act_bits=config.act_bits, keep_8bit=config.keep_8bit, size_budget=config.size_budget,
+                           budget_for=config.budget_for, plan_file=config.plan, learn_bits=config.learn_bits, lr=config.qat_lr * scale, batch=config.batch,
+                           seed=config.seed)
+        record["plan"] = {name: spec.to_dict() for name, spec in plan.items()}
+        write_json(run.config_path, record)
+        qat = qat_phase(float_model, plan, splits, contract, run, log, epochs=config.qat_epochs, lr=config.qat_lr * scale,
+                        batch=config.batch, seed=config.seed, what=config.describe(), callbacks=callbacks)
     return finish(run, qat, splits, contract, config.data or "synthetic", log, float_model=float_model)
