@@ -13,8 +13,11 @@ batch, measured in this process, alternating between the two to share the machin
     python benchmarks/bench_methods.py --model ../shared/models/vww_96.h5 --data ../shared/data/people96 \\
         --vww ../shared/data/vww-dev --bits 2,4 --seeds 0,1 --budgets 37952 --epochs 3 --out bench-methods
 
-Rows whose run folder holds a ``model.tflite`` are measured, not trained again, so two processes
-with different ``--seeds`` can share ``--out`` and a third with ``--report`` prints the table.
+Rows whose run folder holds a ``model.tflite`` are measured, not trained again, and a row
+interrupted mid-training resumes from its last epoch, so a sweep run again continues where it
+stopped. ``--workers N`` runs the grid's rows as independent jobs on N processes; ``--shard i/n``
+runs every n-th row from the i-th, so n machines sharing ``--out`` run the grid once between
+them, and ``--report`` then prints the whole table (benchmarks/sweep.py).
 ``--methods`` takes ``cpq/learn`` for CPQ with ``--learn-bits`` (a learned width per layer up to ``--bits``).
 """
 from __future__ import annotations
@@ -30,6 +33,9 @@ import numpy as np
 from tinyq.verify import check
 from tinyq.pipeline.quantize import QuantizeJob, quantize
 from tinyq.logs import log_stderr
+
+sys.path.insert(0, str(Path(__file__).parent))
+import sweep  # noqa: E402  (benchmarks/sweep.py)
 
 
 METHODS = ("ste", "qgt", "daq", "qgt+daq", "sat", "cpq", "levels")
@@ -171,6 +177,29 @@ def step_times(model_path: str, methods, bits: int, batch: int = 64, steps: int 
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def grid(args, methods, bits, seeds, budgets) -> list[tuple]:
+    """Every row of the table as a job: ("ste8", seed), ("tfmot", seed), ("row", method, bits, seed), ("budget", b, seed)."""
+    jobs = []
+    for seed in seeds:
+        if not args.skip_baselines:
+            jobs += [("ste8", seed), ("tfmot", seed)]
+        jobs += [("row", m, b, seed) for b in bits for m in methods]
+        jobs += [("budget", b, seed) for b in budgets]
+    return jobs
+
+
+def run_job(args, job: tuple) -> dict | None:
+    """One job of :func:`grid`: trained (or resumed) unless ``--report``, then measured."""
+    train = not args.report
+    if job[0] == "ste8":
+        return tinyq_row(args, "ste", 8, job[1], train=train, act_bits=8)
+    if job[0] == "tfmot":
+        return tfmot_row(args, job[1], train=train)
+    if job[0] == "budget":
+        return tinyq_row(args, "ste", 8, job[2], budget=job[1], train=train)
+    return tinyq_row(args, job[1], job[2], job[3], train=train)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -187,23 +216,22 @@ def main() -> None:
     parser.add_argument("--skip-baselines", action="store_true", help="no 8-bit ste and TFMOT rows")
     parser.add_argument("--skip-step-times", action="store_true")
     parser.add_argument("--out", default="bench-methods")
+    parser.add_argument("--workers", type=int, default=1, help="rows run as independent jobs on this many processes")
+    parser.add_argument("--shard", default=None, help="i/n: this machine runs every n-th row from the i-th")
     args = parser.parse_args()
     methods = args.methods.split(",")
     bits = [int(b) for b in args.bits.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = [int(b) for b in args.budgets.split(",") if b]
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    train = not args.report
-    rows = []
-    for seed in seeds:
-        if not args.skip_baselines:
-            rows += [tinyq_row(args, "ste", 8, seed, train=train, act_bits=8), tfmot_row(args, seed, train=train)]
-        rows += [tinyq_row(args, m, b, seed, train=train) for b in bits for m in methods]
-        rows += [tinyq_row(args, "ste", 8, seed, budget=b, train=train) for b in budgets]
+    jobs = sweep.shard(args.shard, grid(args, methods, bits, seeds, budgets))
+    import functools
+
+    rows = sweep.run(functools.partial(run_job, args), jobs, args.workers, log_stderr)
     rows = [r for r in rows if r is not None]
     Path(args.out, "rows.json").write_text(json.dumps(rows, indent=2) + "\n")
     text = table(rows, float_vww(args.model, args.vww), Path(args.model).name)
-    if not args.skip_step_times and not args.report:
+    if not args.skip_step_times and not args.report and not args.shard:
         times = step_times(args.model, [m for m in methods if "/" not in m], bits[0])
         Path(args.out, "step_times.json").write_text(json.dumps(times, indent=2) + "\n")
         base = times["tfmot-default-8bit"]
