@@ -481,8 +481,9 @@ def data_vww(coco, out, year, min_area, size, minival, val_fraction, workers, qu
 @click.option("--workers", type=int, default=0, show_default=True, help="Processes encoding (0: one per core).")
 @output_options
 def data_pack(source, out, size, channels, images_per_shard, seed, workers, quiet, as_json):
-    """Pack an image folder (SOURCE/person, SOURCE/non_person, optionally under train/ val/ test/) into
-    TFRecord shards that --data streams."""
+    """Pack an image folder into TFRecord shards that --data streams.
+
+    SOURCE: person/ and non_person/, optionally under train/ val/ test/ (else split 80/10/10)."""
     preflight().data_folder(source)
     if workers < 0:
         raise TinyqError(f"--workers must be 0 (one per core) or more; got {workers}")
