@@ -128,6 +128,22 @@ def distribution(kind: str | None) -> Distribution:
     return made
 
 
+def run_distributed(kind: str | None, out: str | Path, resume: bool, body):
+    """``body(folder, distribution)``, a run of ``kind`` (None: one device) into ``out``; returns the run.
+
+    The strategy is made first, before TensorFlow runs anything; a worker that is not the chief runs
+    in a private folder (:func:`worker_folder`) and returns the chief's run folder."""
+    from tinyq.runfolder import Run
+
+    dist = distribution(kind)
+    if dist.kind == "multiworker" and resume:
+        raise TinyqError("--resume with --distribute multiworker is not supported: the workers would have to share "
+                         "the run's backup; start the run again, or resume it with --distribute mirrored or none")
+    with worker_folder(dist, out) as folder:
+        run = body(folder, dist)
+    return run if dist.chief else Run(out)  # a worker's own folder is gone
+
+
 @contextlib.contextmanager
 def worker_folder(dist: Distribution, out: str | Path):
     """The run folder this process writes: ``out`` on the chief (and without a cluster), else a private

@@ -24,7 +24,7 @@ from tinyq.errors import TinyqError
 from tinyq.fit import evaluate_keras
 from tinyq.graph import check_supported, contract_of
 from tinyq.logs import Log, bar, log_stderr
-from tinyq.pipeline.distribute import Distribution, distribution, worker_folder
+from tinyq.pipeline.distribute import Distribution, run_distributed
 from tinyq.pipeline.options import PTQ_CHOICES, QuantizeJob, ptq_kind
 from tinyq.pipeline.stages import check_plan_inputs, choose_plan, finish, make_run_folder, prepare_run, qat_phase
 from tinyq.qat import load_model
@@ -103,13 +103,8 @@ def quantize(job: QuantizeJob, out: str | Path, resume: bool = False, log: Log =
 
     With ``job.distribute`` the training phases run on many devices (:mod:`tinyq.pipeline.distribute`).
     """
-    dist = distribution(job.distribute)  # first: the devices are set up before TensorFlow runs anything
-    if dist.kind == "multiworker" and resume:
-        raise TinyqError("--resume with --distribute multiworker is not supported: the workers would have to share "
-                         "the run's backup; start the run again, or resume it with --distribute mirrored or none")
-    with worker_folder(dist, out) as folder:
-        run = _quantize(job, folder, resume, log, callbacks, dist)
-    return run if dist.chief else Run(out)  # the chief's run folder: a worker's own is gone
+    return run_distributed(job.distribute, out, resume,
+                           lambda folder, dist: _quantize(job, folder, resume, log, callbacks, dist))
 
 
 def _quantize(job: QuantizeJob, out: str | Path, resume: bool, log: Log, callbacks, dist: Distribution) -> Run:

@@ -10,8 +10,7 @@ from tinyq import recipes
 from tinyq._tf import keras, tf
 from tinyq.fit import fit_phase
 from tinyq.logs import Log, log_stderr
-from tinyq.errors import TinyqError
-from tinyq.pipeline.distribute import Distribution, distribution, worker_folder
+from tinyq.pipeline.distribute import Distribution, run_distributed
 from tinyq.pipeline.options import TrainConfig
 from tinyq.pipeline.quantize import quantize
 from tinyq.pipeline.stages import (check_plan_inputs, choose_plan, finish, load_data, load_init,
@@ -32,13 +31,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, log: Log =
     """
     if config.starts_pretrained():
         return quantize(config.quantize_job(), out, resume=resume, log=log, callbacks=callbacks)
-    dist = distribution(config.distribute)  # first: the devices are set up before TensorFlow runs anything
-    if dist.kind == "multiworker" and resume:
-        raise TinyqError("--resume with --distribute multiworker is not supported: the workers would have to share "
-                         "the run's backup; start the run again, or resume it with --distribute mirrored or none")
-    with worker_folder(dist, out) as folder:
-        run = _train(config, folder, resume, log, callbacks, dist)
-    return run if dist.chief else Run(out)  # the chief's run folder: a worker's own is gone
+    return run_distributed(config.distribute, out, resume,
+                           lambda folder, dist: _train(config, folder, resume, log, callbacks, dist))
 
 
 def _train(config: TrainConfig, out: str | Path, resume: bool, log: Log, callbacks, dist: Distribution) -> Run:
