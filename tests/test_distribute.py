@@ -89,6 +89,18 @@ def test_two_workers_match_one_device(one_device, float_model, folders, tmp_path
     _same_plan(run, one_device)
 
 
+@pytest.mark.slow
+def test_from_scratch_float_phase_and_qat_mirrored(tmp_path):
+    """The recipe trained from random weights: the float phase and QAT both on two replicas."""
+    run = tmp_path / "scratch"
+    _, err = _finish(_tinyq(["train", "person-detect", "--from-scratch", "--bits", "4", "--epochs", "1",
+                             "--qat-epochs", "1", "--synthetic-images", "120", "--batch", "32", "--distribute",
+                             "mirrored", "--out", run], env={"TINYQ_CPU_REPLICAS": "2"}))
+    assert "distribute: mirrored over 2 replicas" in err and "16 per replica" in err
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["float"]) == 1 and len(history["qat"]) == 1 and (run / "model.tflite").exists()
+
+
 STEP = """
 import sys
 import numpy as np

@@ -14,11 +14,13 @@ distillation) builds its models and optimizers in the strategy's scope; conversi
 report run after it, on each worker alike.
 
 What holds: with ``mirrored``, a seeded run repeats its losses on the same devices, and its
-losses match one device's at the same global batch within float rounding (the replicas' sums
-are added in another order); ``--resume`` continues from the last epoch's backup as on one
-device. With ``multiworker``, losses match one device's within float rounding, but the order of
-the collective reductions is not fixed, so runs are not bit-for-bit repeatable, and ``--resume``
-is refused (the workers would have to share the run folder's backup).
+losses match one device's at the same global batch within a few percent (each replica's
+activation ranges follow its share of the batch; the replicas' sums are added in another order;
+one distillation step equals one device's); ``--resume`` is accepted (Keras' BackupAndRestore
+restores the replicas from the last epoch's backup; not yet compared byte for byte with an
+uninterrupted run). With ``multiworker``, losses match one device's the same way, but the order
+of the collective reductions is not fixed, so runs are not bit-for-bit repeatable, and
+``--resume`` is refused (the workers would have to share the run folder's backup).
 """
 from __future__ import annotations
 
