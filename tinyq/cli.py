@@ -425,8 +425,12 @@ def device(source, board, kernels, tflm_dir, data, limit, logs, engine, as_json)
                            engine=engine, log=log_stderr)
     click.echo(json.dumps(result) if as_json else format_device(result))
     if result["identical_to_host_tflm"] != result["n"]:
+        known = (result["board"] == "m55" and result["kernels"] == "cmsis-nn" and result["int4_depthwise"])
         raise TinyqError(f"{result['n'] - result['identical_to_host_tflm']} of {result['n']} outputs on the board differ "
-                         "from TFLM's on the host; please report it with the model")
+                         "from TFLM's on the host; " + (
+                             "CMSIS-NN's Helium kernel for INT4 depthwise convs is known to differ (docs/benchmarks.md): keep "
+                             "depthwise convs at 8 bits (--keep-8bit depthwise) or run --engine aot"
+                             if known else "please report it with the model"))
 
 
 @main.command()

@@ -64,6 +64,8 @@ def run_on_device(source: str | Path, board: str = "m4", kernels: str = "referen
         "tflm": str(found.root) if found else None, "n": int(len(x)),
         "data": str(data) if data is not None else None,
         "identical_to_host_tflm": int(identical.sum()),
+        "int4_depthwise": any(op.name == "DEPTHWISE_CONV_2D" and bundle.fb.tensors[t].type == "INT4"
+                              for t, op in bundle.fb.weight_tensors().items()),
         "max_abs_diff": int(np.abs(ran.outputs.astype(np.int16) - host.astype(np.int16)).max()),
         "instructions_per_inference": {"first": int(ran.instructions[0]), "median": int(np.median(ran.instructions)),
                                        "max": int(ran.instructions.max()),
