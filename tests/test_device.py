@@ -1,7 +1,10 @@
 """tinyq device: exported models on an emulated Cortex-M4 (QEMU), bit-exact with TFLM on the host.
 
-The slow tests build TFLM from ../shared/tflm-kit/tflm (a create_tflm_tree.py tree) once per kernel
-set into a cache for the session, then run int8, INT4, 2-bit LUT and mixed 2/4/8 files."""
+The slow tests build TFLM from ../shared/tflm-kit/tflm (a create_tflm_tree.py tree) with CMSIS-NN
+into a cache for the session, then run int8, INT4, 2-bit LUT and mixed 2/4/8 files. The reference
+kernel set is the same build with fewer sources (one flag apart, ``tinyq.device.tflm.flags``); its
+TFLM build for this board is compiled and run on QEMU by the CMake export's test
+(``tests/test_export.py``), and not built a second time here, which would cost the suite minutes."""
 from __future__ import annotations
 
 import json
@@ -15,7 +18,7 @@ from tinyq.cli import main
 from tinyq.device import firmware, qemu
 from tinyq.errors import TinyqError
 
-KERNELS = ("reference", "cmsis-nn")
+KERNELS = ("cmsis-nn",)
 
 
 def invoke(*args):
@@ -119,7 +122,7 @@ def test_aot_engine_refuses_tflm_options():
 @pytest.mark.slow
 def test_without_data_the_sample_runs_and_the_report_reads(runs, tflm_tree):
     """No --data: the export's sample image (the library is the one built above: only a link here)."""
-    r = invoke("device", runs[2], "--tflm", tflm_tree)
+    r = invoke("device", runs[2], "--tflm", tflm_tree, "--kernels", "cmsis-nn")
     assert r.exit_code == 0, r.output
     assert "outputs identical to TFLM on the host: 1 of 1" in r.stdout and "no stdio" in r.stdout
     assert "TFLM + kernels" in r.stdout and "instructions per inference" in r.stdout

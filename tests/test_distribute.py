@@ -94,9 +94,9 @@ def test_from_scratch_float_phase_and_qat_mirrored(tmp_path):
     """The recipe trained from random weights: the float phase and QAT both on two replicas."""
     run = tmp_path / "scratch"
     _, err = _finish(_tinyq(["train", "person-detect", "--from-scratch", "--bits", "4", "--epochs", "1",
-                             "--qat-epochs", "1", "--synthetic-images", "120", "--batch", "32", "--distribute",
+                             "--qat-epochs", "1", "--synthetic-images", "60", "--batch", "16", "--distribute",
                              "mirrored", "--out", run], env={"TINYQ_CPU_REPLICAS": "2"}))
-    assert "distribute: mirrored over 2 replicas" in err and "16 per replica" in err
+    assert "distribute: mirrored over 2 replicas" in err and "8 per replica" in err
     history = json.loads((run / "history.json").read_text())
     assert len(history["float"]) == 1 and len(history["qat"]) == 1 and (run / "model.tflite").exists()
 
