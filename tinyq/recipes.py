@@ -5,6 +5,7 @@ each defines ``RECIPE``. ``tinyq models`` lists them.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,9 @@ def models_dir() -> Path:
     raise FileNotFoundError("tinyq's models/ folder is missing from the installation")
 
 
+@functools.lru_cache(maxsize=None)
 def all_recipes() -> dict[str, Recipe]:
+    """The recipes of ``models/``, by name; their modules run once per process (a config asks often)."""
     out = {}
     for path in sorted(models_dir().glob("*.py")):
         if path.name.startswith("_"):
