@@ -31,14 +31,15 @@ def _kernel(layer) -> tf.Variable:
     return getattr(layer, kernel_attr(layer))
 
 
-def _replicated(fn, xb: tf.Tensor, *args) -> float:
-    """``fn(x_part, *args)`` (a mean over ``x_part``) as its mean over all of ``xb``: on one device as it is;
-    under a ``tf.distribute`` strategy (``--distribute``), each replica takes an even share of the batch and
-    the means are weighted by the shares (the model's variables are read in replica context there)."""
+def _replicated(fn, xb: tf.Tensor, shape: tuple[int, ...] = ()) -> np.ndarray:
+    """``fn(x_part)`` (a mean over ``x_part``, of ``shape``) as its mean over all of ``xb``: on one device as
+    it is; under a ``tf.distribute`` strategy (``--distribute``), each replica takes an even share of the batch
+    (possibly none) and the means are weighted by the shares (the model's variables are read in replica
+    context there)."""
     strategy = tf.distribute.get_strategy()
     n, replicas = int(xb.shape[0]), strategy.num_replicas_in_sync
     if replicas == 1:
-        return float(fn(xb, *args))
+        return fn(xb).numpy()
     bounds = np.linspace(0, n, replicas + 1).astype(int)
 
     def part(context):
@@ -47,27 +48,10 @@ def _replicated(fn, xb: tf.Tensor, *args) -> float:
 
     def weighted(x_part):
         size = int(x_part.shape[0])
-        return fn(x_part, *args) * size if size else tf.constant(0.0)
+        return fn(x_part) * size if size else tf.zeros(shape)
 
     values = strategy.run(weighted, args=(strategy.experimental_distribute_values_from_function(part),))
-    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None)) / n
-
-
-def _per_sample(fn, one: tf.Tensor, size: int) -> np.ndarray:
-    """``fn(one)`` (``size`` values) for a single sample: under a strategy, run by the first replica, the
-    others given no sample (the variables are read in replica context there)."""
-    strategy = tf.distribute.get_strategy()
-    if strategy.num_replicas_in_sync == 1:
-        return fn(one).numpy()
-
-    def part(context):
-        return one if context.replica_id_in_sync_group == 0 else one[:0]
-
-    def run(x_part):
-        return fn(x_part) if int(x_part.shape[0]) else tf.zeros(size)
-
-    values = strategy.run(run, args=(strategy.experimental_distribute_values_from_function(part),))
-    return strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None).numpy()
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None).numpy() / n
 
 
 def curvature(model: keras.Model, x: np.ndarray, estimator: str = "hutchinson", batch: int = 32,
@@ -97,7 +81,7 @@ def curvature(model: keras.Model, x: np.ndarray, estimator: str = "hutchinson", 
                         loss = -tf.math.log(p[0, y] + 1e-12)
                     return tf.stack([tf.reduce_sum(tf.square(g)) for g in tape.gradient(loss, kernels)])
 
-                sums += _per_sample(squared_gradients, xb[i:i + 1], len(kernels))
+                sums += _replicated(squared_gradients, xb[i:i + 1], (len(kernels),))
                 count += 1
         else:
             for _ in range(samples):
@@ -116,7 +100,7 @@ def curvature(model: keras.Model, x: np.ndarray, estimator: str = "hutchinson", 
                             gv = tf.reduce_sum(g * v)
                         return tf.reduce_sum(v * outer.gradient(gv, kernel))
 
-                    sums[li] += _replicated(probe, xb)
+                    sums[li] += float(_replicated(probe, xb))
                 count += 1
     shown.close()
     return {layer.name: float(s / count / int(np.prod(k.shape))) for layer, k, s in zip(layers, kernels, sums)}
