@@ -12,8 +12,7 @@ from tinyq import interrupt, optim
 from tinyq._tf import keras, tf
 from tinyq.contract import InputContract
 from tinyq.data import ImageSet
-from tinyq.data.pipeline import dataset, epoch_seed, training_batches
-from tinyq.data.shards import ShardSet
+from tinyq.data.pipeline import dataset, epoch_seed
 from tinyq.logs import Log, bar
 from tinyq.errors import TinyqError
 from tinyq.runfolder import Run, read_json, write_json
@@ -117,9 +116,7 @@ def fit_phase(model, splits, contract, epochs: int, lr: float, phase: str, run: 
     # fit restores the epoch from the backup itself, but the batches must start there too;
     # with nothing left to run, one epoch's batches still go in, unread, so fit restores the weights
     first = min(resumed_epoch(backup), epochs - 1)
-    train = splits["train"]
-    train_ds = (train.training_batches(contract, batch, seed, epochs, first) if isinstance(train, ShardSet)
-                else training_batches(train.x, train.y, contract, batch, seed, epochs, first))
+    train_ds = splits["train"].training_batches(contract, batch, seed, epochs, first)  # in memory, or streamed
     val_ds = dataset(splits["val"].x, splits["val"].y, contract, batch) if len(splits.get("val", ())) else None
     # across workers (--distribute multiworker) every worker reads the same stream and keeps its share of
     # each batch, so the batches are one device's whatever the files
@@ -157,11 +154,7 @@ def accuracy(model, data: ImageSet, contract: InputContract) -> float:
 
 def calibration_images(splits, contract: InputContract, seed: int, n: int = 512) -> np.ndarray:
     """A seeded sample of ``n`` training images, model-ready, to set activation ranges before QAT."""
-    train = splits["train"]
-    if isinstance(train, ShardSet):  # a stream: the first n of a seeded shuffle
-        return contract.to_float(train.sample(n, seed))
-    x = train.x
-    return contract.to_float(x[np.random.default_rng(seed).permutation(len(x))[:n]])
+    return contract.to_float(splits["train"].sample(n, seed))
 
 
 def method_callbacks(model, epochs: int, steps: int, carried=()) -> list:

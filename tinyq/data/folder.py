@@ -7,6 +7,7 @@ files are skipped and counted, never fatal.
 """
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,25 @@ class ImageSet:
 
     def counts(self) -> dict[str, int]:
         return {name: int((self.y == i).sum()) for i, name in enumerate(LABELS)}
+
+    # what training reads of its split; a pack's streamed split (tinyq.data.shards.ShardSet) has the same
+    def sample(self, n: int, seed: int) -> np.ndarray:
+        """``n`` images of a seeded permutation (calibration)."""
+        return self.x[np.random.default_rng(seed).permutation(len(self.x))[:n]]
+
+    def head(self, n: int) -> np.ndarray:
+        """The first ``n`` images."""
+        return self.x[:n]
+
+    def representative(self) -> np.ndarray:
+        """Images for the converter's calibration: all of them (the run keeps a seeded 200)."""
+        return self.x
+
+    def training_batches(self, contract, batch: int, seed: int, epochs: int, initial_epoch: int = 0):
+        """Shuffled, augmented batches (:func:`tinyq.data.pipeline.training_batches`)."""
+        from tinyq.data.pipeline import training_batches
+
+        return training_batches(self.x, self.y, contract, batch, seed, epochs, initial_epoch)
 
     def skipped_note(self, shown: int = 3) -> str:
         """``"N unreadable skipped (a, b, c, ...)"``, naming the first files so a user can find them; "" if none."""
@@ -86,6 +106,17 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray | None:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
     return arr.reshape(size, size, channels)
+
+
+def jpeg_at(path: Path, size: int, channels: int) -> bytes | None:
+    """One image as :func:`load_image` reads it, encoded as JPEG (quality 95); None when it cannot be read."""
+    pixels = load_image(path, size, channels)
+    if pixels is None:
+        return None
+    buf = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if channels == 1 else pixels, "RGB" if channels == 3 else "L").save(
+        buf, "JPEG", quality=95)
+    return buf.getvalue()
 
 
 def load_folder(root: str | Path, size: int, channels: int = 3, limit: int | None = None,

@@ -41,18 +41,25 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def training_batches(x: np.ndarray, y: np.ndarray, contract: InputContract, batch: int, seed: int, epochs: int,
                      initial_epoch: int = 0) -> tf.data.Dataset:
-    """Shuffled, augmented batches of epochs ``initial_epoch .. epochs - 1``, one after the other.
+    """Shuffled, augmented batches of the images ``x`` in memory (:func:`epoch_batches`)."""
+    images = tf.data.Dataset.from_tensor_slices((x, y))
+    return epoch_batches(lambda s: images.shuffle(len(x), seed=s, reshuffle_each_iteration=False), contract, batch,
+                         seed, epochs, initial_epoch)
+
+
+def epoch_batches(shuffled, contract: InputContract, batch: int, seed: int, epochs: int,
+                  initial_epoch: int = 0) -> tf.data.Dataset:
+    """Augmented batches of epochs ``initial_epoch .. epochs - 1``, one after the other; ``shuffled(s)`` gives
+    an epoch's ``(uint8 image, label)`` elements in the order drawn from the seed ``s``.
 
     Epoch ``e``'s order and augmentation are drawn from ``(seed, e)`` alone, so a run resumed at
     epoch ``e`` sees the batches an uninterrupted run sees there (a reshuffling dataset restarts
     at epoch 0's order in a new process). Batches never straddle epochs: fit it with
     ``steps_per_epoch = ceil(len(x) / batch)``, so one iterator runs through all epochs.
     """
-    images = tf.data.Dataset.from_tensor_slices((x, y))
-
     def one_epoch(epoch: int) -> tf.data.Dataset:
         s = epoch_seed(seed, epoch)
-        ds = images.shuffle(len(x), seed=s, reshuffle_each_iteration=False).enumerate()
+        ds = shuffled(s).enumerate()
         ds = ds.map(lambda i, xy: (augment(tf.cast(xy[0], tf.float32) / 255.0, tf.stack([tf.constant(s, tf.int64), i])),
                                    xy[1]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return to_model_range(ds, contract).batch(batch)

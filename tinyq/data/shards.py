@@ -17,7 +17,6 @@ resumed run sees the batches an uninterrupted one sees; the order differs from t
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyq.data.folder import LABELS, SPLITS, ImageSet, layout, load_image, split
+from tinyq.data.folder import LABELS, SPLITS, ImageSet, jpeg_at, layout, split
 from tinyq.errors import TinyqError
 from tinyq.logs import Log, bar, quiet
 
@@ -97,12 +96,7 @@ def _encode(task: tuple[str, int, int]) -> bytes | None:
                 return Path(path).read_bytes()
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-    pixels = load_image(Path(path), size, channels)
-    if pixels is None:
-        return None
-    buf = io.BytesIO()
-    Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode).save(buf, "JPEG", quality=95)
-    return buf.getvalue()
+    return jpeg_at(Path(path), size, channels)
 
 
 def _listing(root: Path, seed: int) -> dict[str, list[tuple[str, int]]]:
@@ -244,25 +238,21 @@ class ShardSet:
         """The first ``n`` images, files in order."""
         return np.stack([x for x, _ in self.records().take(n).as_numpy_iterator()])
 
+    def representative(self) -> np.ndarray:
+        """Images for the converter's calibration: 200 of a seeded shuffle (a stream is not kept whole)."""
+        return self.sample(200, 0)
+
     def training_batches(self, contract, batch: int, seed: int, epochs: int, initial_epoch: int = 0):
-        """Shuffled, augmented batches of epochs ``initial_epoch .. epochs - 1``, streamed (module docstring)."""
-        import functools
-
+        """Shuffled, augmented batches of epochs ``initial_epoch .. epochs - 1``, streamed: each epoch's shard
+        files and shuffle buffer drawn from its seed (:func:`tinyq.data.pipeline.epoch_batches`)."""
         from tinyq._tf import tf
+        from tinyq.data.pipeline import epoch_batches
 
-        from tinyq.data.pipeline import augment, epoch_seed, to_model_range
-
-        def one_epoch(epoch: int):
-            s = epoch_seed(seed, epoch)
+        def shuffled(s: int):
             files = tf.random.experimental.stateless_shuffle(tf.constant(self.files), seed=[s, 0])
-            ds = self.records(files).shuffle(SHUFFLE_BUFFER, seed=s, reshuffle_each_iteration=False).enumerate()
-            ds = ds.map(lambda i, xy: (augment(tf.cast(xy[0], tf.float32) / 255.0,
-                                               tf.stack([tf.constant(s, tf.int64), i])), xy[1]),
-                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            return to_model_range(ds, contract).batch(batch)
+            return self.records(files).shuffle(SHUFFLE_BUFFER, seed=s, reshuffle_each_iteration=False)
 
-        parts = [one_epoch(e) for e in range(initial_epoch, epochs)]
-        return functools.reduce(tf.data.Dataset.concatenate, parts).prefetch(tf.data.AUTOTUNE)
+        return epoch_batches(shuffled, contract, batch, seed, epochs, initial_epoch)
 
 
 def shard_sets(root: str | Path, size: int, channels: int, limit: int | None = None) -> dict[str, ShardSet]:
@@ -286,10 +276,11 @@ def load_shard_splits(root: str | Path, size: int, channels: int, limit: int | N
     if not all(sets["train"].class_counts.get(c) for c in LABELS):
         raise TinyqError(f"the pack {str(root)!r} has training images of one class only; it needs person and non_person")
     out = {"train": sets["train"]}
+    log(f"data: train: {len(out['train'])} images {out['train'].counts()}, streamed from the pack")
     for name in ("val", "test"):
         if name in sets:
-            log(f"data: reading {name} ({len(sets[name]):,} images) from the pack ...")
             out[name] = sets[name].load()
+            log(f"data: {name}: {len(out[name])} images {out[name].counts()}")
     if "val" not in out:
         raise TinyqError(f"the pack {str(root)!r} has no val split: pack a folder with val/, or a flat folder "
                          "(tinyq data pack splits it)")

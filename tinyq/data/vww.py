@@ -27,11 +27,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tinyq.data.folder import LABELS, jpeg_at
 from tinyq.errors import TinyqError
 from tinyq.logs import Log, bar, quiet
 
 YEARS = (2014, 2017)
-LABELS = ("non_person", "person")
 SUMMARY = "vww.json"
 
 
@@ -157,18 +157,13 @@ def in_val(image_id: int, fraction: float) -> bool:
 
 
 def _resize_one(task: tuple[str, str, int]) -> str | None:
-    """Write one image (source, destination, size); None, or why it could not be read."""
-    from PIL import Image
-
+    """Write one image (source, destination, size) as training reads images; None, or why it could not be."""
     src, dst, size = task
-    try:
-        with Image.open(src) as im:
-            im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, as large as the target
-            rgb = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        return f"{type(e).__name__}: {str(e)[:80]}"
-    tmp = f"{dst}.tmp-{os.getpid()}"
-    rgb.save(tmp, "JPEG", quality=95)
+    data = jpeg_at(Path(src), size, 3)
+    if data is None:
+        return "not an image Pillow can read" if Path(src).exists() else "missing"
+    tmp = Path(f"{dst}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
     os.replace(tmp, dst)
     return None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 from tinyq.convert.compact import compact_verified
-from tinyq.data.shards import ShardSet
 from tinyq.convert.converter import convert
 from tinyq.fit import calibration_images
 from tinyq.logs import Log, quiet
@@ -51,8 +50,7 @@ def budget_plan(float_model, splits, contract, budget: int, *, method: str, act_
                 log: Log = quiet) -> BudgetPlan:
     """:func:`plan_for_budget` on the training images of ``splits`` (256 for the sensitivity)."""
     x = calibration_images(splits, contract, seed, n=256)
-    train = splits["train"]
-    pixels = train.head(64) if isinstance(train, ShardSet) else train.x[:64]
+    pixels = splits["train"].head(64)
     return plan_for_budget(float_model, x, budget,
                            lambda widths: file_bytes(float_model, widths, method, act_bits, pixels, contract,
                                                      budget_for),

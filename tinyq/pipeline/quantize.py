@@ -63,12 +63,7 @@ def load_job_data(job: QuantizeJob, contract: InputContract, teacher, log: Log) 
         if job.unlabeled:
             raise TinyqError(f"{job.data!r} is a pack, whose images carry their labels; drop --unlabeled, or pass "
                              "the image folder")
-        splits = load_shard_splits(path, contract.resolution, contract.channels, job.limit, log)
-        for name in SPLITS:
-            if name in splits:
-                log(f"data: {name}: {len(splits[name])} images {splits[name].counts()}"
-                    + (", streamed from the pack" if name == "train" else ""))
-        return splits
+        return load_shard_splits(path, contract.resolution, contract.channels, job.limit, log)
     labelled = True
     try:
         layout(path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tinyq.contract import InputContract
 from tinyq.data import ImageSet, load_splits, synthetic_splits
-from tinyq.data.shards import ShardSet, is_shards, load_shard_splits
+from tinyq.data.shards import is_shards, load_shard_splits
 from tinyq.errors import TinyqError
 from tinyq.fit import accuracy, calibration_images, fit_phase
 from tinyq.logs import Log
@@ -49,12 +49,7 @@ def load_data(data: str | None, contract: InputContract, log: Log, *, seed: int,
         return synthetic_splits(synthetic_images, contract.resolution, contract.channels, seed)
     t0 = time.time()
     if is_shards(data):
-        splits = load_shard_splits(data, contract.resolution, contract.channels, limit, log)
-        log(f"data: train: {len(splits['train'])} images {splits['train'].counts()}, streamed from the pack")
-        for name in ("val", "test"):
-            if name in splits:
-                log(f"data: {name}: {len(splits[name])} images {splits[name].counts()}")
-        return splits
+        return load_shard_splits(data, contract.resolution, contract.channels, limit, log)
     splits = load_splits(data, contract.resolution, contract.channels, seed, limit)
     for name, part in splits.items():
         skipped = f", {part.skipped_note()}" if part.skipped else ""
@@ -184,8 +179,7 @@ def finish(run: Run, qat, splits, contract, data_name: str, log: Log, float_mode
             metrics[f"keras_{split}_n"] = len(splits[split])
     run.update_metrics(**metrics)
     log("  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(measure)))
-    train = splits["train"]
-    convert_run(run, representative=train.sample(200, 0) if isinstance(train, ShardSet) else train.x, log=log)
+    convert_run(run, representative=splits["train"].representative(), log=log)
     check_trained_file(run, log)
     test = splits.get("test", ())
     if len(test):
