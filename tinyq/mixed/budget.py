@@ -69,7 +69,41 @@ def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-BUDGET_FORMATS = {"tflite": "file", "aot": "AOT constants"}  # --budget-for: what its bytes are called
+def _tflite_weight_bytes(params: int, channels: int, bits: int) -> int:
+    if bits == 2:
+        return (_align(-(-params // 4)) + _align(4 * channels + 16)
+                + LUT_BYTES_PER_LAYER)
+    if bits <= 4:
+        return _align(-(-params // 2))
+    return _align(params)
+
+
+def _aot_weight_bytes(params: int, channels: int, bits: int) -> int:
+    return -(-params // 4) + 4 if bits == 2 else -(-params // 2) if bits <= 4 else params
+
+
+def _aot_constants(data: bytes) -> int:
+    from tinyq.aot.codegen import generate
+    from tinyq.aot.lower import lower
+
+    return generate(lower(data)).constant_bytes
+
+
+@dataclass(frozen=True)
+class BudgetFormat:
+    """What ``--size-budget`` counts (``--budget-for``; the module docstring)."""
+
+    label: str  # what its bytes are called
+    rest: str  # what the weights' estimate leaves out
+    weight_bytes: Callable[[int, int, int], int]  # (params, channels, bits) -> estimated bytes
+    measure: Callable[[bytes], int]  # a converted file -> its bytes in this format
+
+
+BUDGET_FORMATS: dict[str, BudgetFormat] = {
+    "tflite": BudgetFormat("file", "the rest of the file", _tflite_weight_bytes, len),
+    # what export --target aot puts in flash besides the kernels' code
+    "aot": BudgetFormat("AOT constants", "biases and requantization", _aot_weight_bytes, _aot_constants),
+}
 
 
 def require_format(fmt: str) -> str:
@@ -80,14 +114,7 @@ def require_format(fmt: str) -> str:
 
 def layer_bytes(params: int, channels: int, bits: int, fmt: str = "tflite") -> int:
     """Estimated bytes of one weight tensor at ``bits`` in format ``fmt`` (see the module docstring)."""
-    if fmt == "aot":
-        return -(-params // 4) + 4 if bits == 2 else -(-params // 2) if bits <= 4 else params
-    if bits == 2:
-        return (_align(-(-params // 4)) + _align(4 * channels + 16)
-                + LUT_BYTES_PER_LAYER)
-    if bits <= 4:
-        return _align(-(-params // 2))
-    return _align(params)
+    return BUDGET_FORMATS[fmt].weight_bytes(params, channels, bits)
 
 
 @dataclass
@@ -119,7 +146,7 @@ class BudgetPlan:
             lines.append(f"{r['name'][:25]:<26}{r['bits']:>5}{r['params']:>9,}{r['bytes'][r['bits']]:>9,}"
                          f"{r['curvature']:>12.3g}  "
                          + "  ".join(f"{r['loss_increase'].get(b, float('nan')):>9.3g}" for b in CHOICES))
-        lines.append(f"{BUDGET_FORMATS[self.budget_for]}: {self.file_bytes:,} bytes measured (budget {self.budget:,}); "
+        lines.append(f"{BUDGET_FORMATS[self.budget_for].label}: {self.file_bytes:,} bytes measured (budget {self.budget:,}); "
                      f"expected loss increase "
                      f"{self.exact_loss:.4g} (exact knapsack; greedy: {self.greedy_loss:.4g})")
         return "\n".join(lines)
@@ -144,9 +171,8 @@ def require_room(float_model, budget: int, max_bits: int, fmt: str = "tflite") -
     """Fail at once on a budget below :func:`smallest_weights` (before minutes of sensitivity and conversions)."""
     least = smallest_weights(float_model, max_bits, fmt)
     if budget < least:
-        rest = "the rest of the file" if fmt == "tflite" else "biases and requantization"
         raise TinyqError(f"--size-budget {budget:,} bytes is below this model's weights at their smallest "
-                         f"({least:,} bytes before {rest}): raise the budget")
+                         f"({least:,} bytes before {BUDGET_FORMATS[fmt].rest}): raise the budget")
 
 
 def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[dict[str, int]], int], *,
@@ -186,7 +212,7 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
         widths = {r["name"]: choices[i][p].bits for i, (r, p) in enumerate(zip(rows, picks))}
         size = measured if widths == widest else smallest if widths == cheapest else measure(widths)
         attempts.append({"weight_room": room, "file_bytes": size})
-        log(f"plan: {room:,} bytes for weights -> {BUDGET_FORMATS[fmt]} {size:,} bytes")
+        log(f"plan: {room:,} bytes for weights -> {BUDGET_FORMATS[fmt].label} {size:,} bytes")
         return picks, widths, size
 
     slack, fit, over = 0, None, None  # fit: (room, attempt) within budget; over: least room that overshot
@@ -230,5 +256,5 @@ def plan_for_budget(float_model, x: np.ndarray, budget: int, measure: Callable[[
                           exact_loss=total(choices, picks)[1],
                           greedy_loss=total(choices, greedy)[1] if greedy is not None else float("nan"))
     least = min([measured, smallest] + [a["file_bytes"] for a in attempts])
-    raise TinyqError(f"--size-budget {budget:,} bytes: no plan fits (the smallest {BUDGET_FORMATS[fmt]} measured: "
+    raise TinyqError(f"--size-budget {budget:,} bytes: no plan fits (the smallest {BUDGET_FORMATS[fmt].label} measured: "
                      f"{least:,} bytes, every layer at its smallest: about {smallest:,}): raise the budget")

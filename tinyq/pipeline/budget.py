@@ -7,7 +7,7 @@ from tinyq.convert.compact import compact_verified
 from tinyq.convert.converter import convert
 from tinyq.fit import calibration_images
 from tinyq.logs import Log, quiet
-from tinyq.mixed.budget import BudgetPlan, plan_for_budget
+from tinyq.mixed.budget import BUDGET_FORMATS, BudgetPlan, plan_for_budget
 from tinyq.qat import quantize_model, quantized_layers
 from tinyq.spec import QuantSpec
 
@@ -27,22 +27,10 @@ def planned_file(float_model, widths: dict[str, int], method: str, act_bits: int
     return compact_verified(convert(qat, pixels, contract), pixels, contract, n=8)[0]  # as the run writes it
 
 
-def format_bytes(data: bytes, fmt: str) -> int:
-    """Bytes of the ``.tflite`` ``data`` in the budget's format: the file itself, or the constants of
-    its AOT C engine (weights, levels, biases, requantization: what ``export --target aot`` puts in flash
-    besides the kernels' code)."""
-    if fmt == "aot":
-        from tinyq.aot.codegen import generate
-        from tinyq.aot.lower import lower
-
-        return generate(lower(data)).constant_bytes
-    return len(data)
-
-
 def file_bytes(float_model, widths: dict[str, int], method: str, act_bits: int, pixels: np.ndarray,
                contract, fmt: str = "tflite") -> int:
-    """Bytes of :func:`planned_file` in format ``fmt`` (:func:`format_bytes`)."""
-    return format_bytes(planned_file(float_model, widths, method, act_bits, pixels, contract), fmt)
+    """Bytes of :func:`planned_file` in format ``fmt`` (:data:`tinyq.mixed.budget.BUDGET_FORMATS`)."""
+    return BUDGET_FORMATS[fmt].measure(planned_file(float_model, widths, method, act_bits, pixels, contract))
 
 
 def budget_plan(float_model, splits, contract, budget: int, *, method: str, act_bits: int, max_bits: int,
@@ -70,7 +58,7 @@ def check_trained_file(run, log: Log = quiet) -> bool | None:
     budget, fmt = settings.get("size_budget"), settings.get("budget_for", "tflite")
     if not budget:
         return None
-    size = format_bytes(run.tflite.read_bytes(), fmt)
+    size = BUDGET_FORMATS[fmt].measure(run.tflite.read_bytes())
     run.update_metrics(size_budget=budget, budget_for=fmt, budget_bytes=size, within_size_budget=size <= budget)
     if size > budget:
         what = f"{run.tflite} is" if fmt == "tflite" else f"the AOT engine of {run.tflite} has constants of"
