@@ -65,9 +65,7 @@ def quant_options(command):
         click.option("--size-budget", default=None,
                      help="File size budget, e.g. 64KB (K = 1024): every layer's width (2, 4, 8, at most --bits) "
                           "by sensitivity and a knapsack, checked on the real file."),
-        click.option("--budget-for", type=click.Choice(["tflite", "aot"]), default="tflite", show_default=True,
-                     help="What --size-budget counts: the .tflite file, or the constants of the AOT C engine "
-                          "(export --target aot: weights, biases, requantization; its code comes on top)."),
+        budget_for_option,
         click.option("--plan", "plan_file", type=click.Path(), default=None,
                      help="Follow per-layer widths from a plan file (tinyq plan --out)."),
     ]):
@@ -75,11 +73,22 @@ def quant_options(command):
     return command
 
 
+def budget_for_option(command):
+    """``--budget-for``: what ``--size-budget`` counts (train, quantize, plan)."""
+    from tinyq.mixed.budget import BUDGET_FORMATS
+
+    return click.option("--budget-for", type=click.Choice(list(BUDGET_FORMATS)), default="tflite", show_default=True,
+                        help="What --size-budget counts: the .tflite file, or the constants of the AOT C engine "
+                             "(export --target aot: weights, biases, requantization; its code comes on top).")(command)
+
+
 def distribute_options(command):
     """``--distribute`` and ``--scale-lr``: training on many devices."""
+    from tinyq.pipeline.distribute import KINDS
+
     command = click.option("--scale-lr", is_flag=True,
                            help="Multiply the learning rates by the replica count (linear scaling).")(command)
-    return click.option("--distribute", type=click.Choice(["mirrored", "multiworker"]), default=None,
+    return click.option("--distribute", type=click.Choice(list(KINDS)), default=None,
                         help="Train on every local GPU (mirrored; on a CPU, TINYQ_CPU_REPLICAS logical devices) or "
                              "on the workers of TF_CONFIG (multiworker); --batch is the global batch.")(command)
 
@@ -425,12 +434,8 @@ def device(source, board, kernels, tflm_dir, data, limit, logs, engine, as_json)
                            engine=engine, log=log_stderr)
     click.echo(json.dumps(result) if as_json else format_device(result))
     if result["identical_to_host_tflm"] != result["n"]:
-        known = (result["board"] == "m55" and result["kernels"] == "cmsis-nn" and result["int4_depthwise"])
         raise TinyqError(f"{result['n'] - result['identical_to_host_tflm']} of {result['n']} outputs on the board differ "
-                         "from TFLM's on the host; " + (
-                             "CMSIS-NN's Helium kernel for INT4 depthwise convs is known to differ (docs/benchmarks.md): keep "
-                             "depthwise convs at 8 bits (--keep-8bit depthwise) or run --engine aot"
-                             if known else "please report it with the model"))
+                         f"from TFLM's on the host; {result['known_difference'] or 'please report it with the model'}")
 
 
 @main.command()
@@ -525,8 +530,7 @@ def models():
               help="Hessian trace estimate: Hutchinson, or the Fisher approximation.")
 @click.option("--value-range", default="0,1", show_default=True, help="A model file's input range (as quantize).")
 @click.option("--limit", type=click.IntRange(min=1), default=2000, show_default=True, help="Images read per split folder.")
-@click.option("--budget-for", type=click.Choice(["tflite", "aot"]), default="tflite", show_default=True,
-              help="What --size-budget counts: the .tflite file, or the AOT C engine's constants.")
+@budget_for_option
 @click.option("--out", type=click.Path(), default="plan.json", show_default=True,
               help="Plan file, for train/quantize --plan.")
 def plan(target, size_budget, data, init, bits, method, act_bits, estimator, value_range, limit, budget_for, out):
