@@ -216,7 +216,7 @@ def _summary(run, as_json: bool = False, distribute: str | None = None) -> None:
     if distribute == "multiworker":
         from tinyq.pipeline.distribute import cluster_role
 
-        index, chief, _ = cluster_role()
+        index, chief = cluster_role()
         if not chief:
             click.echo(json.dumps({"worker": index, "run": str(run.path)}) if as_json else
                        f"worker {index}: done; the chief writes the run folder {run.path}")

@@ -31,15 +31,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyq.errors import TinyqError
+from tinyq.errors import TinyqError, expected_one_of
 
 KINDS = ("mirrored", "multiworker")
 CPU_REPLICAS = "TINYQ_CPU_REPLICAS"
 
 
-def cluster_role() -> tuple[int, bool, int]:
-    """(this worker's index, whether it is the chief, workers) from ``TF_CONFIG``; a one-line error
-    naming what is wrong with it."""
+def cluster_role() -> tuple[int, bool]:
+    """(this worker's index, whether it is the chief) from ``TF_CONFIG``; a one-line error naming what is
+    wrong with it."""
     text = os.environ.get("TF_CONFIG")
     if not text:
         raise TinyqError('--distribute multiworker reads the cluster from TF_CONFIG, which is not set: e.g. '
@@ -49,14 +49,13 @@ def cluster_role() -> tuple[int, bool, int]:
         config = json.loads(text)
         cluster, task = config["cluster"], config["task"]
         kind, index = task["type"], int(task["index"])
-        workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
         if kind not in ("worker", "chief") or not 0 <= index < len(cluster[kind]):
             raise ValueError(f"task {kind} {index} is not in the cluster")
     except (ValueError, KeyError, TypeError) as e:
         raise TinyqError(f"TF_CONFIG is not a cluster and task ({type(e).__name__}: {str(e)[:80]}): give "
                          '{"cluster": {"worker": [...]}, "task": {"type": "worker", "index": N}}') from None
     chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
-    return index, chief, workers
+    return index, chief
 
 
 def require_kind(kind: str | None) -> None:
@@ -64,8 +63,6 @@ def require_kind(kind: str | None) -> None:
     if kind is None:
         return
     if kind not in KINDS:
-        from tinyq.errors import expected_one_of
-
         raise expected_one_of("--distribute", KINDS, kind)
     if kind == "multiworker":
         cluster_role()
@@ -123,7 +120,7 @@ def distribution(kind: str | None) -> Distribution:
             strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
         made = Distribution(strategy, kind, strategy.num_replicas_in_sync)
     else:
-        index, chief, _ = cluster_role()
+        index, chief = cluster_role()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         made = Distribution(strategy, kind, strategy.num_replicas_in_sync, chief, index)
     _made[kind] = made
