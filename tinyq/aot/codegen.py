@@ -139,7 +139,7 @@ def generate(program: Program, name: str = "model", guard: str | None = None, se
     max_row = row_capacity(program)
     for i, step in enumerate(program.steps):
         src, dst = program.tensors[step.inputs[0]], program.tensors[step.output]
-        x, y = _pointer(program, memory, step.inputs[0], "input"), _pointer(program, memory, step.output, "output")
+        x, y = _pointer(program, memory, step.inputs[0]), _pointer(program, memory, step.output)
         p = step.params
         if step.op in KERNEL_OPS:
             text, f, const, packed = _layer_constants(i, step)
@@ -238,7 +238,7 @@ int {name}_invoke(const int8_t *input, int8_t *output);
     return Generated(header, source, memory.size, scratch, constant_bytes, packed_bytes)
 
 
-def _pointer(program: Program, memory: MemoryPlan, tensor: int, role: str) -> str:
+def _pointer(program: Program, memory: MemoryPlan, tensor: int) -> str:
     while tensor in memory.alias and tensor not in memory.offsets and tensor != program.input:
         tensor = memory.alias[tensor]
     if tensor == program.input:
