@@ -45,6 +45,9 @@ def test_pack_holds_every_image_once_with_its_label(pack, folders):
     for x, y in zip(streamed.x[:8], streamed.y[:8]):
         diff = np.abs(source.x.astype(int) - x.astype(int)).reshape(len(source), -1).mean(axis=1)
         assert diff.min() < 10 < np.partition(diff, 1)[1] and source.y[diff.argmin()] == y
+    limited = load_shard_splits(out, RES, 3, limit=10)["train"]
+    assert len(limited) == 10 and sum(limited.counts().values()) == 10  # --limit: the counts of what is read
+    assert limited.counts() == {k: int((limited.load().y == i).sum()) for i, k in enumerate(("non_person", "person"))}
     first = [train.load().y[:16] for _ in range(2)]
     assert np.array_equal(*first) and 0 < first[0].sum() < 16  # one order; shards mix both classes
 

@@ -192,14 +192,24 @@ class ShardSet:
         return self.n if self.limit is None else min(self.n, self.limit)
 
     def counts(self) -> dict[str, int]:
-        return dict(self.class_counts)
+        """Images per class: the manifest's, or with ``limit`` those of the first ``limit`` records (labels
+        read, images not decoded)."""
+        if self.limit is None or self.limit >= self.n:
+            return dict(self.class_counts)
+        from tinyq._tf import tf
+
+        labels = self.records(parse=lambda r: tf.io.parse_single_example(
+            r, {"label": tf.io.FixedLenFeature([], tf.int64)})["label"])
+        found = np.bincount(np.fromiter(labels.as_numpy_iterator(), np.int64), minlength=len(LABELS))
+        return {name: int(found[i]) for i, name in enumerate(LABELS)}
 
     @property
     def source(self) -> str:
         return str(self.root)
 
-    def records(self, files=None):
-        """``(image uint8 HWC, label)`` records, files in order (or ``files``), decoded in parallel."""
+    def records(self, files=None, parse=None):
+        """``(image uint8 HWC, label)`` records (or ``parse(record)``), files in order (or ``files``), decoded in
+        parallel."""
         from tinyq._tf import tf
 
         files = tf.data.Dataset.from_tensor_slices(self.files if files is None else files)
@@ -207,7 +217,7 @@ class ShardSet:
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if self.limit is not None:
             ds = ds.take(self.limit)
-        return ds.map(self._parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.map(parse or self._parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def _parse(self, record):
         from tinyq._tf import tf
