@@ -2,6 +2,7 @@
 kernels against their numpy specification, and real files against TFLM and tinyq's integer model."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -68,7 +69,7 @@ def _program(rng, storage: str, x: np.ndarray) -> Program:
 
     t = {0: Tensor(0, (1, 9, 9, 3), 1 / 255, -128), 1: Tensor(1, (1, 5, 5, 6), 0.05, -128),
          2: Tensor(2, (1, 5, 5, 6), 0.04, -128), 3: Tensor(3, (1, 5, 5, 8), 0.06, -128),
-         8: Tensor(8, (1, 5, 5, 4), 0.06, -128),
+         8: Tensor(8, (1, 5, 5, 4), 0.06, -128), 9: Tensor(9, (1, 3, 3, 4), 0.05, -128),
          4: Tensor(4, (1, 1, 1, 4), 0.03, -128), 5: Tensor(5, (1, 4), 0.03, -128), 6: Tensor(6, (1, 3), 0.03, 5),
          7: Tensor(7, (1, 3), 1 / 256, -128)}
     program = Program(t, [], 0, 7)
@@ -94,9 +95,11 @@ def _program(rng, storage: str, x: np.ndarray) -> Program:
     # pointwise convs that widen (6 -> 8) and narrow (8 -> 4) their input: both run in place
     add(Step("conv", [2], 3, layer(weights((8, 1, 1, 6), 0), storage, stride=(1, 1), dilation=(1, 1), pad=(0, 0))))
     add(Step("conv", [3], 8, layer(weights((4, 1, 1, 8), 0), storage, stride=(1, 1), dilation=(1, 1), pad=(0, 0))))
-    mq, ms = quantize_multiplier(0.06 / 0.03)
-    bits = min((25).bit_length() - 1, 32, 31 + int(ms))
-    add(Step("mean", [8], 4, {"multiplier": int((int(mq) << bits) // 25), "shift": int(ms) - bits, "count": 25}))
+    add(Step("depthwise", [8], 9, layer(weights((1, 3, 3, 4), 3), storage, stride=(2, 2), dilation=(1, 1),
+                                        pad=(1, 1), depth_multiplier=1)))
+    mq, ms = quantize_multiplier(0.05 / 0.03)
+    bits = min((9).bit_length() - 1, 32, 31 + int(ms))
+    add(Step("mean", [9], 4, {"multiplier": int((int(mq) << bits) // 9), "shift": int(ms) - bits, "count": 9}))
     add(Step("reshape", [4], 5))
     add(Step("fc", [5], 6, dict(layer(weights((3, 4), 0), storage), act_max=127)))
     sq, sl, dmin = softmax_params(0.03)
@@ -132,13 +135,30 @@ def test_c_kernels_compute_their_specification(tmp_path, storage):
     assert np.array_equal(_c_outputs(_compile(program, tmp_path), x, 3), expected)
 
 
+@pytest.mark.parametrize("board", ["m4", "m55"])
+@pytest.mark.parametrize("storage", ["2bit", "int4", "int8"])
+def test_c_kernels_on_cortex_m_compute_their_specification(tmp_path, storage, board):
+    """The same on QEMU, compiled as tinyq device builds the engine: the M4's DSP path (SMLAD, SSAT, QADD)
+    and the M55's Helium kernels (their own weight rows and vector requantization)."""
+    from tinyq.device import boards, firmware, qemu
+
+    missing = [t for t in ("arm-none-eabi-gcc", "qemu-system-arm") if shutil.which(t) is None]
+    assert not missing, f"{', '.join(missing)} not installed: the README's test command installs them"
+    rng = np.random.default_rng({"2bit": 1, "int4": 2, "int8": 3}[storage])
+    x = rng.integers(-128, 128, size=(24, 9, 9, 3)).astype(np.int8)
+    program = _program(rng, storage, x)
+    target = boards.board(board)
+    result = qemu.run(firmware.build_program(program, target, tmp_path / "fw").elf, target, x.reshape(len(x), -1))
+    assert np.array_equal(np.asarray(result.outputs).reshape(len(x), 3), run(program, x))
+
+
 def test_memory_plan_of_a_chain_is_in_place_or_disjoint():
     """Each step writes over its input (same offset) where its kernel allows it, else to bytes its input
     does not use; the caller's input and output are not in the buffer; the buffer is what one step needs."""
     rng = np.random.default_rng(4)
     program = _program(rng, "int8", rng.integers(-128, 128, size=(4, 9, 9, 3)).astype(np.int8))
     plan = plan_memory(program)
-    assert plan.in_place == {1, 2, 3}  # the depthwise conv, and both pointwise convs
+    assert plan.in_place == {1, 2, 3, 4}  # both depthwise convs, and both pointwise convs
     assert plan.alias == {5: 4} and 0 not in plan.offsets and 7 not in plan.offsets
     size = {t: -(-program.tensors[t].size // 4) * 4 for t in program.tensors}
     needs = []

@@ -16,6 +16,7 @@ class Board:
     linker_script: str
     tick_instructions: float  # instructions per timer tick under -icount shift=0: the count's resolution
     compile_flags: tuple[str, ...] = ()
+    helium: bool = False  # the M-profile vector extension (MVE), which tinyq's AOT kernels use where present
 
 
 BOARDS: dict[str, Board] = {b.name: b for b in [
@@ -26,7 +27,7 @@ BOARDS: dict[str, Board] = {b.name: b for b in [
     # no if-conversion: GCC 12 otherwise puts a VCVT in an IT block for the M55 (TFLM's resize_nearest_neighbor
     # at -O2 with NDEBUG), which its own assembler rejects
     Board("m55", "Cortex-M55 (Helium)", "mps3-an547", ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),
-          "mps3_an547", "an547.ld", 31.25, ("-fno-if-conversion", "-fno-if-conversion2")),
+          "mps3_an547", "an547.ld", 31.25, ("-fno-if-conversion", "-fno-if-conversion2"), helium=True),
 ]}
 
 KERNELS = ("reference", "cmsis-nn")

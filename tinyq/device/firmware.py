@@ -96,13 +96,20 @@ AOT_SUPPORT = ("tinyq_board.h", "semihost.c", "startup.c", "runner_aot.c", "sect
 def build_aot(bundle: Bundle, board: Board, folder: Path) -> Firmware:
     """``bundle`` as tinyq's AOT engine (:mod:`tinyq.aot`) with the AOT runner and board support, no TFLM,
     at -O2 (as TFLM's builds compile their kernels; the engine is kernels)."""
-    from tinyq.aot.codegen import generate
     from tinyq.aot.lower import lower
 
-    generated = generate(lower(bundle.data), "tq_model", "TQ_MODEL")
+    return build_program(lower(bundle.data), board, folder)
+
+
+def build_program(program, board: Board, folder: Path) -> Firmware:
+    """An AOT ``program`` (:class:`tinyq.aot.lower.Program`) as firmware for ``board`` (:func:`build_aot`)."""
+    from tinyq.aot.codegen import generate
+
+    generated = generate(program, "tq_model", "TQ_MODEL")
     return _build(folder, board, {"tq_model.h": generated.header, "tq_model.c": generated.source}, AOT_SUPPORT,
                   flags(board, False, False), [], [], "arm-none-eabi-gcc", "tq_model",
-                  generated.buffer_bytes + generated.scratch_bytes, optimize="-O2")
+                  generated.buffer_bytes + (generated.helium_scratch_bytes if board.helium else generated.scratch_bytes),
+                  optimize="-O2")
 
 
 _OUTPUT = re.compile(r"^(\.[\w.]+)\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)")

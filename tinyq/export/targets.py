@@ -106,6 +106,7 @@ def aot_files(v: dict, generated) -> dict[str, str]:
     """Plain C99 with no TFLM (tinyq.aot): the engine (NAME.h, NAME.c), model_settings.h (the input
     contract), model_io and sample_input, example/main.c (the sample against the host's scores), README.md."""
     w = dict(v, buffer_bytes=generated.buffer_bytes, scratch_bytes=generated.scratch_bytes,
+             helium_scratch_bytes=generated.helium_scratch_bytes,
              constant_bytes=generated.constant_bytes,
              packed_weight_bytes=generated.packed_weight_bytes)
     files = {f"{v['name']}.h": generated.header, f"{v['name']}.c": generated.source,
