@@ -77,7 +77,7 @@ class Generated:
     source: str
     buffer_bytes: int
     scratch_bytes: int  # the kernels' own static rows, plane and pixel
-    helium_scratch_bytes: int  # the same compiled for Helium (MVE), which adds each channel's offset sum
+    helium_scratch_bytes: int  # the same compiled for Helium (MVE), which adds each channel's base
     constant_bytes: int  # bytes of weights, levels, biases and requantization constants
     packed_weight_bytes: int  # weights alone, at their bits
 
@@ -138,7 +138,7 @@ def generate(program: Program, name: str = "model", guard: str | None = None, se
     constant_bytes = packed_bytes = 0
     wbits = set()
     max_row = row_capacity(program)
-    max_oc = 4  # output channels of the widest conv / fully connected layer, in fours (Helium's offset sums)
+    max_oc = 4  # output channels of the widest conv / fully connected layer, in fours (Helium's bases)
     for i, step in enumerate(program.steps):
         src, dst = program.tensors[step.inputs[0]], program.tensors[step.output]
         x, y = _pointer(program, memory, step.inputs[0]), _pointer(program, memory, step.output)
@@ -200,10 +200,10 @@ def generate(program: Program, name: str = "model", guard: str | None = None, se
     scratch_macro = f"#define {g}_SCRATCH_BYTES {scratch}  /* the kernels' static scratch: weight rows, a channel plane, a pixel */\n"
     helium_scratch = scratch + 4 * max_oc if scratch else 0
     if scratch:
-        # Helium's kernels keep each output channel's offset sum beside the rows
+        # Helium's kernels keep each output channel's base (bias and offset share) beside the rows
         scratch_macro = (f"#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)\n"
                          f"#define {g}_SCRATCH_BYTES {helium_scratch}  /* the kernels' static scratch: weight rows "
-                         f"and their offset sums, a channel plane, a pixel */\n#else\n{scratch_macro}#endif\n")
+                         f"and their channels' bases, a channel plane, a pixel */\n#else\n{scratch_macro}#endif\n")
     if settings:
         contract = f'#include "{settings}"  /* input and output: sizes, scales, zero points, labels */\n'
     else:
@@ -384,9 +384,9 @@ static int16_t tq_rows[4 * TQ_MAX_ROW < 9 ? 9 : 4 * TQ_MAX_ROW] TQ_ALIGNED; /* 9
 
 #if defined(TQ_MVE)
 /* Helium: the four channels' rows as int8, channel g's weight k at byte g * n + k (VMLADAV multiplies
-   sixteen int8 pairs and adds them to a scalar), and the input offset's share, in_offset * sum of the
-   channel's weights, beside them: sum of w * (x + off) = sum of w * x + off * sum of w */
-static int32_t tq_offset_sum[TQ_MAX_OC];
+   sixteen int8 pairs and adds them to a scalar), and beside them each channel's base, its bias plus the
+   input offset's share: sum of w * (x + off) + bias = sum of w * x + (bias + off * sum of w) */
+static int32_t tq_base[TQ_MAX_OC];
 
 /* weights k .. k + 15 of output channel o (the lanes p lets through), unpacked from flash in vectors: a
    byte gathered for each lane, its lane's bits shifted down; 2-bit codes pick the channel's levels by a
@@ -416,11 +416,11 @@ TQ_INLINE void tq_unpack_rows(const tq_layer *l, int16_t *rows, int o, int32_t n
       vstrbq_p_s8(r + k, w, p);
       sum = vaddvaq_p_s8(sum, w, p);
     }
-    tq_offset_sum[o + g] = sum * l->in_offset;
+    tq_base[o + g] = o + g < l->oc ? tq_bias(l, o + g) + sum * l->in_offset : 0;
   }
 }
 
-/* lane g: sum over k < n of row g's weight k * x[k] (the offset's share is tq_group's), sixteen at a time,
+/* lane g: sum over k < n of row g's weight k * x[k] (the base is tq_group's), sixteen at a time,
    the last block's lanes past n predicated off (neither read nor added); inlined, the layer's n folded */
 TQ_INLINE int32x4_t tq_dot4v(const int16_t *w, const int8_t *x, int32_t n) {
   const int8_t *r = (const int8_t *)w;
@@ -501,8 +501,7 @@ TQ_INLINE void tq_group(const tq_layer *l, const int16_t *rows, const int8_t *x,
   const int group = l->oc - o < 4 ? l->oc - o : 4;
 #if defined(TQ_MVE)
   const mve_pred16_t p = vctp32q((uint32_t)group);
-  int32x4_t a = vaddq_s32(tq_dot4v(rows, x, n), vld1q_s32(tq_offset_sum + o));
-  a = vaddq_s32(a, l->b16 ? vldrhq_z_s32(l->b16 + o, p) : vldrwq_z_s32(l->b32 + o, p));
+  const int32x4_t a = vaddq_s32(tq_dot4v(rows, x, n), vld1q_s32(tq_base + o));
   vstrbq_p_s32(y, tq_out4(l, a, vldrwq_z_s32(l->mult + o, p), vldrbq_z_s32(l->shift + o, p)), p);
 #else
   int32_t acc[4];
@@ -561,6 +560,8 @@ TQ_INLINE void tq_depthwise_run(const tq_layer *l, const int8_t *in, int8_t *out
     const uint32x4_t outs = vmulq_n_u32(vidupq_n_u32(0, 1), (uint32_t)l->oc);
     const int32x4_t vmult = vdupq_n_s32(mult), vshift = vdupq_n_s32(shift);
 #define TQ_TAPS4(q) (l->sw == 1 ? vldrbq_z_s32((q), pr) : vldrbq_gather_offset_z_s32((q), lanes, pr))
+    /* a 3x3 kernel's weights in registers (as the plain path's); tq_rows holds at least nine */
+    const int32_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6], w7 = w[7], w8 = w[8];
     for (int oy = 0; oy < l->oh; ++oy) {
       const int8_t *p = tq_plane + oy * l->sh * wp;
       int8_t *yr = y + oy * l->ow * l->oc;
@@ -568,15 +569,15 @@ TQ_INLINE void tq_depthwise_run(const tq_layer *l, const int8_t *in, int8_t *out
         const mve_pred16_t pr = vctp32q((uint32_t)(l->ow - ox));
         int32x4_t acc = vdupq_n_s32(base);
         if (l->kh == 3 && l->kw == 3) {
-          acc = vmlaq_n_s32(acc, TQ_TAPS4(p), w[0]);
-          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + col), w[1]);
-          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + 2 * col), w[2]);
-          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + row), w[3]);
-          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + row + col), w[4]);
-          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + row + 2 * col), w[5]);
-          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + 2 * row), w[6]);
-          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + 2 * row + col), w[7]);
-          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + 2 * row + 2 * col), w[8]);
+          acc = vmlaq_n_s32(acc, TQ_TAPS4(p), w0);
+          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + col), w1);
+          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + 2 * col), w2);
+          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + row), w3);
+          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + row + col), w4);
+          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + row + 2 * col), w5);
+          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + 2 * row), w6);
+          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + 2 * row + col), w7);
+          acc = vmlaq_n_s32(acc, TQ_TAPS4(p + 2 * row + 2 * col), w8);
         } else {
           for (int fy = 0; fy < l->kh; ++fy)
             for (int fx = 0; fx < l->kw; ++fx) acc = vmlaq_n_s32(acc, TQ_TAPS4(p + fy * row + fx * col), w[fy * l->kw + fx]);
@@ -713,7 +714,10 @@ TQ_INLINE void tq_pointwise_in_place(const tq_layer *l, int8_t *buf) {
   for (int32_t k = 0; k < pixels; ++k) {
     const int32_t p = widen ? pixels - 1 - k : k;
 #if defined(TQ_MVE)
-    for (int32_t c = 0; c < ic; c += 16) vstrbq_p_s8(tq_pixel + c, vldrbq_z_s8(buf + p * ic + c, vctp8q((uint32_t)(ic - c))), vctp8q((uint32_t)(ic - c)));
+    for (int32_t c = 0; c < ic; c += 16) {
+      const mve_pred16_t pr = vctp8q((uint32_t)(ic - c));
+      vstrbq_p_s8(tq_pixel + c, vldrbq_z_s8(buf + p * ic + c, pr), pr);
+    }
 #else
     for (int32_t c = 0; c < ic; ++c) tq_pixel[c] = buf[p * ic + c];
 #endif
