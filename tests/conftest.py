@@ -26,6 +26,16 @@ def battery(default: int) -> int:
     return int(os.environ.get("TINYQ_BATTERY", default))
 
 
+def needs_device_tools():
+    """The Arm toolchain, QEMU and make are part of the test environment (the README's test command installs
+    them): missing, the device tests fail and say which; only ../shared's TFLM tree may be absent (skipped)."""
+    import shutil
+
+    missing = [t for t in ("arm-none-eabi-gcc", "qemu-system-arm", "make") if shutil.which(t) is None]
+    assert not missing, (f"{', '.join(missing)} not installed: the README's test command installs "
+                         "gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm and make")
+
+
 def shared_path(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():

@@ -13,7 +13,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from conftest import shared_path
+from conftest import needs_device_tools, shared_path
 from tinyq.cli import main
 from tinyq.device import firmware, qemu
 from tinyq.errors import TinyqError
@@ -25,17 +25,9 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def _needs_tools():
-    """The Arm toolchain, QEMU and make are part of the test environment (the README's test command installs
-    them): missing, the device tests fail and say which; only ../shared's TFLM tree may be absent (skipped)."""
-    missing = [t for t in ("arm-none-eabi-gcc", "qemu-system-arm", "make") if shutil.which(t) is None]
-    assert not missing, (f"{', '.join(missing)} not installed: the README's test command installs "
-                         "gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm and make")
-
-
 @pytest.fixture(scope="session")
 def tflm_tree():
-    _needs_tools()
+    needs_device_tools()
     return shared_path("tflm-kit", "tflm")
 
 
@@ -100,7 +92,7 @@ def test_outputs_on_cortex_m4_equal_host_tflm(runs, mixed_run, folders, tflm_tre
 @pytest.mark.parametrize("which", ["int8", "int4", "lut2", "mixed"])
 def test_aot_engine_on_cortex_m4_equals_host_tflm(runs, mixed_run, folders, which):
     """tinyq's AOT C engine (no TFLM, no tree) on QEMU's Cortex-M4: every output TFLM's on the host."""
-    _needs_tools()
+    needs_device_tools()
     source = {"int8": runs[8], "int4": runs[4], "lut2": runs[2], "mixed": mixed_run}[which]
     r = invoke("device", source, "--board", "m4", "--engine", "aot", "--data", folders / "labelled", "--limit", 3,
                "--json")
